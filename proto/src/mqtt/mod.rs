@@ -1,0 +1,9 @@
+//! The MQTT codec: typed packets ([`packet`]), topic validation ([`topic`]) and the
+//! incremental decoder / encoder ([`codec`]).
+
+pub mod codec;
+pub mod packet;
+pub mod topic;
+
+pub use codec::{decode, encode, DecodeError, EncodeError};
+pub use packet::*;

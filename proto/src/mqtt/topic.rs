@@ -1,0 +1,1 @@
+//! Placeholder: topic validation is being written.
