@@ -1,12 +1,29 @@
 //! MQTT semantics: topics, sessions, the replicated MQTT state machine, routing and
-//! listeners. (Interface fixed; implementation in progress.)
+//! listeners. [`Broker::start`] wires them to a Raft node of `starling-cluster`.
 
 pub mod config;
+mod connection;
+mod listener;
+pub mod metrics;
+pub mod registry;
+mod router;
+pub mod state;
+pub mod topic;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_cluster::{Node, NodeConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 pub use config::MqttConfig;
+use metrics::Metrics;
+use registry::Registry;
+use state::{Command, ConnId, Message, MqttMachine, Reply};
 
 /// Everything a broker node needs to start.
 #[derive(Debug, Clone)]
@@ -32,13 +49,63 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Cluster(#[from] starling_cluster::ClusterError),
+    #[error("unreadable reply from the state machine: {0}")]
+    BadReply(#[from] postcard::Error),
+}
+
+/// How long a starting node waits for Raft to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most commands one Raft entry carries.
+const MAX_BATCH: usize = 4096;
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    node: Node,
+    machine: Arc<MqttMachine>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    config: MqttConfig,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    fn next_conn_id(&self) -> ConnId {
+        ConnId {
+            node: self.registry.node(),
+            incarnation: self.registry.incarnation(),
+            local: self.next_conn.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Commits `command` through Raft and returns the state machine's reply.
+    async fn propose(&self, command: Command) -> Result<Reply, BrokerError> {
+        let bytes = postcard::to_allocvec(&command)?;
+        let reply = self.node.propose(bytes).await?;
+        Ok(postcard::from_bytes(&reply)?)
+    }
+
+    /// Delivers `message` to the local subscribers that do not read a queue.
+    fn route(&self, message: &Message) {
+        router::route(&self.machine, &self.registry, &self.metrics, message);
+    }
 }
 
 /// A running broker node.
 pub struct Broker {
+    shared: Arc<Shared>,
     mqtt_addr: SocketAddr,
+    recovered: Recovered,
+    shutdown: watch::Sender<bool>,
+    accept: JoinHandle<()>,
 }
 
 impl Broker {
@@ -46,10 +113,66 @@ impl Broker {
     /// Metrics are registered in `registry`.
     pub async fn start(
         config: BrokerConfig,
-        _registry: &prometheus::Registry,
+        registry: &prometheus::Registry,
     ) -> Result<Broker, BrokerError> {
+        let metrics = Arc::new(Metrics::new(registry)?);
+        let incarnation = next_incarnation(&config.data_dir)?;
+        let local = Arc::new(Registry::new(config.node_id, incarnation));
+        let machine = Arc::new(MqttMachine::new(
+            local.clone(),
+            metrics.clone(),
+            config.mqtt.max_queued_messages,
+        ));
+        let node_config = NodeConfig {
+            node_id: config.node_id,
+            data_dir: config.data_dir.join("raft"),
+            max_batch: MAX_BATCH,
+        };
+        let node = Node::start(node_config, machine.clone()).await?;
+        node.wait_ready(READY_TIMEOUT).await?;
+        let shared = Arc::new(Shared {
+            node,
+            machine,
+            registry: local,
+            metrics,
+            config: config.mqtt.clone(),
+            next_conn: AtomicU64::new(0),
+        });
+        // Connections this node held before it stopped are gone: their wills are
+        // due and their clean sessions end.
+        let started = Command::NodeStarted {
+            node: config.node_id,
+            incarnation,
+        };
+        if let Reply::Disconnected { wills } = shared.propose(started).await? {
+            if !wills.is_empty() {
+                tracing::info!(
+                    wills = wills.len(),
+                    "published wills of connections lost at the last stop"
+                );
+            }
+        }
+        let recovered = shared.machine.summary();
+        let listener = tokio::net::TcpListener::bind(config.mqtt.listen)
+            .await
+            .map_err(|source| BrokerError::Listen {
+                addr: config.mqtt.listen,
+                source,
+            })?;
+        let mqtt_addr = listener
+            .local_addr()
+            .map_err(|source| BrokerError::Listen {
+                addr: config.mqtt.listen,
+                source,
+            })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let accept = tokio::spawn(listener::accept_loop(listener, shared.clone(), shutdown_rx));
         Ok(Broker {
-            mqtt_addr: config.mqtt.listen,
+            shared,
+            mqtt_addr,
+            recovered,
+            shutdown,
+            accept,
         })
     }
 
@@ -60,16 +183,54 @@ impl Broker {
 
     /// What was recovered from storage at start.
     pub fn recovered(&self) -> Recovered {
-        Recovered::default()
+        self.recovered
     }
 
     /// True when the node can serve clients (Raft has a leader, state is applied).
     pub fn is_ready(&self) -> bool {
-        false
+        !self.accept.is_finished() && self.shared.node.is_ready()
     }
 
-    /// Stops accepting, closes connections (wills of closed clients stay due as for
-    /// a lost connection only if the process dies; a clean shutdown disconnects
-    /// clients without publishing wills), and flushes storage.
-    pub async fn shutdown(self) {}
+    /// Stops accepting and closes every connection as lost (their wills are
+    /// published, as for any connection the server drops), then stops Raft.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.accept.await {
+            tracing::warn!(error = %e, "listener task failed");
+        }
+        let stats = self.shared.node.stats();
+        tracing::info!(
+            commands = stats.commands,
+            raft_entries = stats.batches,
+            log_flushes = stats.log_flushes,
+            "raft proposal totals"
+        );
+        self.shared.node.shutdown().await;
+    }
+}
+
+/// Reads, increments and durably stores this node's incarnation number, which
+/// fences the connections of earlier runs.
+fn next_incarnation(data_dir: &Path) -> Result<u64, BrokerError> {
+    let io = |source| BrokerError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let path = data_dir.join("incarnation");
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io(e)),
+    };
+    let next = previous + 1;
+    let tmp = data_dir.join("incarnation.tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(next.to_string().as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(next)
 }

@@ -1,1 +1,192 @@
-fn main() {}
+//! `starling`, the broker binary and the composition root: it reads the configuration,
+//! sets up logging and metrics, starts the broker and the HTTP server, and stops both
+//! on SIGINT or SIGTERM.
+
+mod cli;
+mod config;
+mod http;
+mod telemetry;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use starling_broker::{Broker, BrokerConfig};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::http::HttpServer;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Config { example: true }) = cli.command {
+        return print_or_fail(config::example());
+    }
+    let env = std::env::vars_os().map(|(name, value)| {
+        let name = name.to_string_lossy().into_owned();
+        (name, value.to_string_lossy().into_owned())
+    });
+    let config = match cli.resolve_config(env) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    if let Some(Command::Config { example: false }) = cli.command {
+        return print_or_fail(config.to_toml());
+    }
+    if let Err(e) = telemetry::init(&config.log, std::env::var("RUST_LOG").ok()) {
+        return fail(e);
+    }
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %describe(&e), "failed to start");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node_id = config.node_id,
+        data_dir = %config.data_dir.display(),
+        "starting"
+    );
+    // Listening from the start, so that a signal during start-up stops us cleanly.
+    let mut signals = Signals::new().context("cannot listen for signals")?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let registry = prometheus::Registry::new();
+    telemetry::register_process_metrics(&registry).context("cannot register metrics")?;
+    let http_listener = HttpServer::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for http on {}", config.http.listen))?;
+
+    let broker_config = BrokerConfig {
+        node_id: config.node_id,
+        data_dir: config.data_dir.clone(),
+        mqtt: config.mqtt.clone(),
+    };
+    let broker = Broker::start(broker_config, &registry)
+        .await
+        .context("cannot start the broker")?;
+    info!("mqtt listening on {}", broker.mqtt_addr());
+    let recovered = broker.recovered();
+    info!(
+        sessions = recovered.sessions,
+        subscriptions = recovered.subscriptions,
+        retained = recovered.retained,
+        queued_messages = recovered.queued_messages,
+        "recovered state"
+    );
+
+    let broker = Arc::new(broker);
+    let weak = Arc::downgrade(&broker);
+    // Once the broker is shutting down the upgrade fails and the node reports not ready.
+    let ready: http::Readiness = Arc::new(move || weak.upgrade().is_some_and(|b| b.is_ready()));
+    let http = HttpServer::serve(http_listener, ready, registry).context("cannot serve http")?;
+    info!("http listening on {}", http.local_addr());
+
+    let name = signals.recv().await;
+    info!(signal = name, "stopping");
+    // A second signal means the operator does not want to wait for a clean stop.
+    tokio::spawn(async move {
+        let name = signals.recv().await;
+        warn!(signal = name, "stopping at once, without a clean shutdown");
+        std::process::exit(1);
+    });
+    http.stop().await;
+    sole_owner(broker).await.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, the two ways to ask the process to stop.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next signal and names it.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// The broker, once nothing else holds it. The HTTP handlers hold only a `Weak` and
+/// upgrade it for one synchronous `is_ready` call, so this takes a few yields at most.
+async fn sole_owner(mut broker: Arc<Broker>) -> Broker {
+    loop {
+        match Arc::try_unwrap(broker) {
+            Ok(broker) => return broker,
+            Err(shared) => {
+                broker = shared;
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+/// The error and its causes on one line. A cause that its error's message already
+/// quotes is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+fn print_or_fail<E: std::fmt::Display>(text: Result<String, E>) -> ExitCode {
+    match text {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Reports an error that comes before logging is set up.
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("starling: {e}");
+    ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_skips_causes_the_message_already_quotes() {
+        let inner = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        let e = anyhow::Error::new(inner).context("cannot listen on 1.2.3.4:5: address in use");
+        let e = e.context("cannot start the broker");
+        assert_eq!(
+            describe(&e),
+            "cannot start the broker: cannot listen on 1.2.3.4:5: address in use"
+        );
+        let e = anyhow::anyhow!("disk full").context("cannot flush");
+        assert_eq!(describe(&e), "cannot flush: disk full");
+    }
+}

@@ -1,0 +1,339 @@
+//! What a connection does with each packet its client sends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_proto::mqtt::topic::validate_topic_filter;
+use starling_proto::mqtt::{
+    ConnAck, Connect, ConnectReturnCode, Packet, Publish, QoS, SubAck, SubAckCode, Subscribe,
+    Unsubscribe,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::outbound::{Outbound, Stage};
+use super::{Completion, Connection, End};
+use crate::registry::ClientHandle;
+use crate::state::{Command, Message, Reply};
+
+impl Connection {
+    pub(super) fn handle_packet(&mut self, packet: Packet) {
+        if self.version.is_none() {
+            match packet {
+                Packet::Connect(connect) => self.connect(connect),
+                _ => self.violation("first packet is not CONNECT [MQTT-3.1.0-1]"),
+            }
+            return;
+        }
+        match packet {
+            Packet::Connect(_) => self.violation("second CONNECT [MQTT-3.1.0-2]"),
+            Packet::Publish(publish) => self.publish(publish),
+            Packet::PubAck(id) => self.acknowledged(id, Stage::AwaitAck),
+            Packet::PubRec(id) => self.received(id),
+            Packet::PubRel(id) => self.release(id),
+            Packet::PubComp(id) => self.acknowledged(id, Stage::AwaitComp),
+            Packet::Subscribe(subscribe) => self.subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect => {
+                tracing::debug!("DISCONNECT received");
+                self.end = Some(End::Graceful);
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.violation("a packet only a server sends")
+            }
+        }
+    }
+
+    fn connect(&mut self, connect: Connect) {
+        let version = connect.protocol;
+        self.version = Some(version);
+        let refuse = |this: &mut Connection, code: ConnectReturnCode| {
+            this.send(&Packet::ConnAck(ConnAck {
+                session_present: false,
+                code,
+            }));
+            this.end = Some(End::Lost);
+        };
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            if !connect.clean_session {
+                tracing::info!("empty client id with a persistent session [MQTT-3.1.3-8]");
+                refuse(self, ConnectReturnCode::IdentifierRejected);
+                return;
+            }
+            Arc::from(format!(
+                "auto-{}-{}-{}",
+                self.conn.node, self.conn.incarnation, self.conn.local
+            ))
+        } else {
+            Arc::from(connect.client_id.as_str())
+        };
+        tracing::Span::current().record("client_id", &*client_id);
+        self.keep_alive = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        // Until CONNACK the client gets the connect timeout, not its keepalive.
+        let will = connect.will.map(|w| Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+        });
+        // Reachable before the Connect command applies, so that what apply queues
+        // or routes for this client finds this connection.
+        let (tx, rx) = mpsc::channel(self.shared.config.mailbox_capacity.max(1));
+        self.mailbox = Some(rx);
+        self.shared.registry.attach(
+            client_id.clone(),
+            ClientHandle {
+                conn: self.conn,
+                mailbox: tx,
+                wake: self.wake.clone(),
+            },
+        );
+        self.client_id = Some(client_id.clone());
+        self.persistent = !connect.clean_session;
+        let clean_session = connect.clean_session;
+        let command = Command::Connect {
+            client_id,
+            conn: self.conn,
+            clean_session,
+            will,
+        };
+        self.propose(command, move |reply| match reply {
+            Reply::Connected {
+                session_present,
+                wills,
+                ..
+            } => Completion::Connected {
+                session_present: session_present && !clean_session,
+                wills,
+            },
+            other => Completion::Failed(format!("unexpected reply to Connect: {other:?}")),
+        });
+    }
+
+    /// Called once CONNACK has been sent for an accepted CONNECT.
+    pub(super) fn connected(&mut self, session_present: bool) {
+        if let Some(keep_alive) = self.keep_alive {
+            self.deadline = Instant::now() + keep_alive;
+        } else {
+            self.deadline = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        }
+        let Some(client_id) = self.client_id.clone() else {
+            return;
+        };
+        if self.persistent {
+            let head = self.shared.machine.queue_head(&client_id).unwrap_or(0);
+            self.out.next_seq = head;
+            self.out.dup_below = match self.shared.registry.sent_mark(&client_id) {
+                Some(mark) => mark,
+                // Nothing was sent from this node since it started: messages at the
+                // head of the queue may have been sent before a crash or failover.
+                None if session_present => head + self.out.room() as u64,
+                None => 0,
+            };
+            self.fill_window();
+        }
+    }
+
+    fn publish(&mut self, publish: Publish) {
+        self.shared
+            .metrics
+            .messages_received
+            .with_label_values(&[crate::metrics::qos_label(publish.qos)])
+            .inc();
+        let message = Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+        };
+        let forwarded = Message {
+            retain: false,
+            ..message.clone()
+        };
+        let id = publish.packet_id;
+        let needs_commit = message.retain
+            || self
+                .shared
+                .machine
+                .reaches_a_queue(&message.topic, message.qos);
+        match message.qos {
+            QoS::AtMostOnce => {
+                self.shared.route(&forwarded);
+                if needs_commit {
+                    // QoS 0 never waits on Raft: the retained copy is stored in the
+                    // background, in order with this publisher's other proposals.
+                    let shared = self.shared.clone();
+                    let command = Command::Publish {
+                        message,
+                        inbound: None,
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = shared.propose(command).await {
+                            tracing::warn!(error = %e, "retained QoS 0 message not stored");
+                        }
+                    });
+                }
+            }
+            QoS::AtLeastOnce => {
+                if needs_commit {
+                    let command = Command::Publish {
+                        message,
+                        inbound: None,
+                    };
+                    self.propose(command, move |_| Completion::Published {
+                        message: Some(forwarded),
+                        answer: Some(Packet::PubAck(id)),
+                    });
+                } else {
+                    self.shared.route(&forwarded);
+                    self.send(&Packet::PubAck(id));
+                }
+            }
+            QoS::ExactlyOnce if self.persistent => {
+                // The packet id awaiting PUBREL must survive a crash.
+                let inbound = self.client_id.clone().map(|c| (c, id));
+                let command = Command::Publish { message, inbound };
+                self.propose(command, move |reply| Completion::Published {
+                    message: (reply != Reply::Published { duplicate: true }).then_some(forwarded),
+                    answer: Some(Packet::PubRec(id)),
+                });
+            }
+            QoS::ExactlyOnce => {
+                if !self.inbound_qos2.insert(id) {
+                    // A resend before PUBREL: already published once [MQTT-4.3.3-2].
+                    self.send(&Packet::PubRec(id));
+                } else if needs_commit {
+                    let command = Command::Publish {
+                        message,
+                        inbound: None,
+                    };
+                    self.propose(command, move |_| Completion::Published {
+                        message: Some(forwarded),
+                        answer: Some(Packet::PubRec(id)),
+                    });
+                } else {
+                    self.shared.route(&forwarded);
+                    self.send(&Packet::PubRec(id));
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, id: u16) {
+        if self.persistent {
+            let Some(client_id) = self.client_id.clone() else {
+                return;
+            };
+            let command = Command::Release {
+                client_id,
+                packet_id: id,
+            };
+            self.propose(command, move |_| Completion::Answer(Packet::PubComp(id)));
+        } else {
+            self.inbound_qos2.remove(&id);
+            self.send(&Packet::PubComp(id));
+        }
+    }
+
+    /// PUBACK (expecting `AwaitAck`) or PUBCOMP (expecting `AwaitComp`).
+    fn acknowledged(&mut self, id: u16, expected: Stage) {
+        if Outbound::is_queue_id(id) {
+            match self.out.queued.get(&id) {
+                Some(&(seq, stage)) if stage == expected => {
+                    self.out.queued.remove(&id);
+                    self.acked.push(seq);
+                }
+                _ => tracing::debug!(packet_id = id, "acknowledgement of nothing in flight"),
+            }
+        } else if self.out.direct.get(&id) == Some(&expected) {
+            self.out.direct.remove(&id);
+        } else {
+            tracing::debug!(packet_id = id, "acknowledgement of nothing in flight");
+        }
+        self.fill_window();
+    }
+
+    fn received(&mut self, id: u16) {
+        if Outbound::is_queue_id(id) {
+            let Some(&(seq, Stage::AwaitRec)) = self.out.queued.get(&id) else {
+                return;
+            };
+            let Some(client_id) = self.client_id.clone() else {
+                return;
+            };
+            self.out.queued.insert(id, (seq, Stage::Releasing));
+            // PUBREL only once the PUBREC is committed: a node resuming this
+            // session must not send the PUBLISH again after the client forgot it.
+            self.propose(Command::Received { client_id, seq }, move |_| {
+                Completion::Released(id)
+            });
+        } else if let Some(stage) = self.out.direct.get_mut(&id) {
+            if *stage == Stage::AwaitRec {
+                *stage = Stage::AwaitComp;
+                self.send(&Packet::PubRel(id));
+            }
+        }
+    }
+
+    fn subscribe(&mut self, subscribe: Subscribe) {
+        let Some(client_id) = self.client_id.clone() else {
+            return;
+        };
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut accepted = Vec::new();
+        for (filter, qos) in subscribe.filters {
+            if validate_topic_filter(&filter).is_ok() {
+                codes.push(SubAckCode::Granted(qos));
+                accepted.push((filter, qos));
+            } else {
+                tracing::debug!(%filter, "invalid topic filter refused");
+                codes.push(SubAckCode::Failure);
+            }
+        }
+        let packet_id = subscribe.packet_id;
+        if accepted.is_empty() {
+            self.send(&Packet::SubAck(SubAck { packet_id, codes }));
+            return;
+        }
+        let command = Command::Subscribe {
+            client_id,
+            conn: self.conn,
+            filters: accepted.clone(),
+        };
+        self.propose(command, move |reply| match reply {
+            Reply::Done => Completion::Subscribed {
+                answer: Packet::SubAck(SubAck { packet_id, codes }),
+                retained: accepted,
+            },
+            other => Completion::Failed(format!("subscribe refused: {other:?}")),
+        });
+    }
+
+    /// Sends the retained messages matching newly accepted subscriptions, with
+    /// retain = 1 [MQTT-3.3.1-6].
+    pub(super) fn send_retained(&mut self, filters: &[(String, QoS)]) {
+        for (filter, granted) in filters {
+            for message in self.shared.machine.retained_matching(filter) {
+                let qos = message.qos.min(*granted);
+                self.deliver(crate::registry::Delivery { message, qos });
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let Some(client_id) = self.client_id.clone() else {
+            return;
+        };
+        let packet_id = unsubscribe.packet_id;
+        let command = Command::Unsubscribe {
+            client_id,
+            conn: self.conn,
+            filters: unsubscribe.filters,
+        };
+        self.propose(command, move |_| {
+            Completion::Answer(Packet::UnsubAck(packet_id))
+        });
+    }
+}

@@ -1,0 +1,78 @@
+//! The broker's Prometheus metrics. Names are prefixed `starling_` and carry their
+//! unit; label values come from small fixed sets, never from client input.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct Metrics {
+    pub connections: IntGauge,
+    pub connections_total: IntCounter,
+    /// Connections closed for malformed packets or protocol violations, by reason.
+    pub protocol_errors: IntCounterVec,
+    pub messages_received: IntCounterVec,
+    pub messages_sent: IntCounterVec,
+    /// Messages not delivered, by why (`queue_full`, `mailbox_full`, `inflight_full`).
+    pub messages_dropped: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Metrics> {
+        let metrics = Metrics {
+            connections: IntGauge::new("starling_connections", "Open MQTT connections")?,
+            connections_total: IntCounter::new(
+                "starling_connections_total",
+                "MQTT connections accepted",
+            )?,
+            protocol_errors: IntCounterVec::new(
+                Opts::new(
+                    "starling_protocol_errors_total",
+                    "Connections closed for malformed packets or protocol violations",
+                ),
+                &["reason"],
+            )?,
+            messages_received: IntCounterVec::new(
+                Opts::new(
+                    "starling_messages_received_total",
+                    "PUBLISH packets received",
+                ),
+                &["qos"],
+            )?,
+            messages_sent: IntCounterVec::new(
+                Opts::new("starling_messages_sent_total", "PUBLISH packets sent"),
+                &["qos"],
+            )?,
+            messages_dropped: IntCounterVec::new(
+                Opts::new("starling_messages_dropped_total", "Messages not delivered"),
+                &["reason"],
+            )?,
+        };
+        registry.register(Box::new(metrics.connections.clone()))?;
+        registry.register(Box::new(metrics.connections_total.clone()))?;
+        registry.register(Box::new(metrics.protocol_errors.clone()))?;
+        registry.register(Box::new(metrics.messages_received.clone()))?;
+        registry.register(Box::new(metrics.messages_sent.clone()))?;
+        registry.register(Box::new(metrics.messages_dropped.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Metrics registered nowhere, for unit tests.
+    pub fn unregistered() -> Metrics {
+        Metrics::new(&Registry::new()).unwrap_or_else(|e| panic!("metric definitions: {e}"))
+    }
+
+    pub fn dropped(&self, reason: &'static str) {
+        self.messages_dropped.with_label_values(&[reason]).inc();
+    }
+
+    pub fn protocol_error(&self, reason: &'static str) {
+        self.protocol_errors.with_label_values(&[reason]).inc();
+    }
+}
+
+/// The label of a QoS.
+pub fn qos_label(qos: starling_proto::mqtt::QoS) -> &'static str {
+    match qos {
+        starling_proto::mqtt::QoS::AtMostOnce => "0",
+        starling_proto::mqtt::QoS::AtLeastOnce => "1",
+        starling_proto::mqtt::QoS::ExactlyOnce => "2",
+    }
+}

@@ -1,0 +1,137 @@
+//! The connections this node holds, by client id: how the router reaches a local
+//! subscriber, and how the state machine wakes or closes one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use starling_proto::mqtt::QoS;
+use tokio::sync::{mpsc, Notify};
+
+use crate::metrics::Metrics;
+use crate::state::{ConnId, Message};
+
+/// A message for one subscriber, at the QoS it is delivered with.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Message,
+    pub qos: QoS,
+}
+
+/// How to reach one local connection.
+#[derive(Clone)]
+pub struct ClientHandle {
+    pub conn: ConnId,
+    /// Read by the connection task. Bounded: when full, the router drops the
+    /// message and counts it (the connection is not reading its socket fast enough).
+    pub mailbox: mpsc::Sender<Delivery>,
+    /// Notified when the client's replicated queue grew.
+    pub wake: Arc<Notify>,
+}
+
+pub struct Registry {
+    node: u64,
+    incarnation: u64,
+    /// Client id -> its connection here. Locked for map operations only.
+    clients: RwLock<HashMap<Arc<str>, ClientHandle>>,
+    /// Local connection number -> the signal that closes it (takeover).
+    kicks: Mutex<HashMap<u64, Arc<Notify>>>,
+    /// Client id -> the sequence number below which its queued messages were sent
+    /// at least once from this node, so that a resumed session sets DUP on them.
+    sent_marks: Mutex<HashMap<Arc<str>, u64>>,
+}
+
+impl Registry {
+    pub fn new(node: u64, incarnation: u64) -> Registry {
+        Registry {
+            node,
+            incarnation,
+            clients: RwLock::new(HashMap::new()),
+            kicks: Mutex::new(HashMap::new()),
+            sent_marks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    fn is_local(&self, conn: ConnId) -> bool {
+        conn.node == self.node && conn.incarnation == self.incarnation
+    }
+
+    /// Registers a connection's kick signal before it connects.
+    pub fn open(&self, conn: ConnId, kick: Arc<Notify>) {
+        lock(&self.kicks).insert(conn.local, kick);
+    }
+
+    /// Makes `handle` the way to reach `client_id`.
+    pub fn attach(&self, client_id: Arc<str>, handle: ClientHandle) {
+        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        clients.insert(client_id, handle);
+    }
+
+    /// Forgets connection `conn`, and `client_id`'s entry if `conn` still owns it.
+    pub fn close(&self, client_id: Option<&Arc<str>>, conn: ConnId) {
+        lock(&self.kicks).remove(&conn.local);
+        if let Some(client_id) = client_id {
+            let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+            if clients.get(client_id).is_some_and(|h| h.conn == conn) {
+                clients.remove(client_id);
+            }
+        }
+    }
+
+    /// Closes connection `conn` if this node holds it (session takeover).
+    pub fn kick(&self, conn: ConnId) {
+        if self.is_local(conn) {
+            if let Some(kick) = lock(&self.kicks).get(&conn.local) {
+                kick.notify_one();
+            }
+        }
+    }
+
+    /// Tells `client_id`'s connection, if here, that its queue grew.
+    pub fn wake(&self, client_id: &str) {
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = clients.get(client_id) {
+            handle.wake.notify_one();
+        }
+    }
+
+    /// Hands each (client, delivery) to the client's connection if it is here.
+    pub fn deliver(
+        &self,
+        targets: impl IntoIterator<Item = (Arc<str>, Delivery)>,
+        metrics: &Metrics,
+    ) {
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        for (client_id, delivery) in targets {
+            let Some(handle) = clients.get(&client_id) else {
+                continue;
+            };
+            if handle.mailbox.try_send(delivery).is_err() {
+                metrics.dropped("mailbox_full");
+            }
+        }
+    }
+
+    pub fn sent_mark(&self, client_id: &str) -> Option<u64> {
+        lock(&self.sent_marks).get(client_id).copied()
+    }
+
+    pub fn set_sent_mark(&self, client_id: &Arc<str>, mark: u64) {
+        lock(&self.sent_marks).insert(client_id.clone(), mark);
+    }
+
+    pub fn connected_clients(&self) -> usize {
+        self.clients.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

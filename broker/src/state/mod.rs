@@ -1,0 +1,496 @@
+//! The replicated MQTT state machine: the session registry, subscriptions,
+//! retained messages, wills, the queues of persistent sessions and the inbound
+//! QoS 2 packet ids awaiting PUBREL.
+//!
+//! Raft hands every node the same commands in the same order; [`MqttMachine`]
+//! applies them deterministically. Apply also tells the node-local
+//! [`Registry`](crate::registry::Registry) what concerns its own connections (a
+//! queue grew, a connection was taken over), and keeps the subscription trie that
+//! the publish hot path reads.
+
+pub mod command;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde::{Deserialize, Serialize};
+use starling_proto::mqtt::QoS;
+use starling_storage::StateMachine;
+
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::topic::{filter_matches, SubscriptionTrie};
+use crate::Recovered;
+pub use command::{Command, ConnId, Message, Reply};
+
+/// What the subscription trie stores per (filter, client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub qos: QoS,
+    /// The subscriber's session outlives its connection: QoS 1/2 messages reach it
+    /// through its replicated queue, never directly.
+    pub persistent: bool,
+}
+
+impl Route {
+    /// True when a message of `qos` reaches this subscriber through its queue.
+    pub fn is_queued(&self, qos: QoS) -> bool {
+        self.persistent && qos.min(self.qos) > QoS::AtMostOnce
+    }
+}
+
+pub type Routes = SubscriptionTrie<Arc<str>, Route>;
+
+/// One subscriber a message reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub client_id: Arc<str>,
+    /// min(publish QoS, the highest matching subscription QoS).
+    pub qos: QoS,
+    /// Delivered through the client's replicated queue rather than directly.
+    pub queued: bool,
+}
+
+/// One message in a persistent session's queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Queued {
+    pub message: Arc<Message>,
+    /// The QoS it is delivered at: min(publish QoS, subscription QoS).
+    pub qos: QoS,
+    /// PUBREC was received (QoS 2): only PUBREL remains to be sent.
+    pub released: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    clean: bool,
+    conn: Option<ConnId>,
+    will: Option<Message>,
+    subscriptions: BTreeMap<String, QoS>,
+    /// Keyed by a sequence number that only grows; packet ids derive from it.
+    queue: BTreeMap<u64, Queued>,
+    next_seq: u64,
+    /// Inbound QoS 2 packet ids whose PUBREL has not arrived.
+    inbound: BTreeSet<u16>,
+}
+
+impl Session {
+    fn new(clean: bool) -> Session {
+        Session {
+            clean,
+            conn: None,
+            will: None,
+            subscriptions: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            next_seq: 0,
+            inbound: BTreeSet::new(),
+        }
+    }
+}
+
+/// The replicated state. Ordered maps keep apply deterministic where it iterates.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    sessions: BTreeMap<Arc<str>, Session>,
+    retained: BTreeMap<Arc<str>, Message>,
+}
+
+pub struct MqttMachine {
+    /// The replicated state. Locked by apply and by short reads of connections.
+    state: Mutex<State>,
+    /// Derived from the subscriptions in `state`; read on every publish, so it has
+    /// its own lock and readers do not wait for queue updates.
+    routes: RwLock<Routes>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    max_queued_messages: usize,
+}
+
+impl MqttMachine {
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, max_queued: usize) -> Self {
+        MqttMachine {
+            state: Mutex::new(State::default()),
+            routes: RwLock::new(Routes::new()),
+            registry,
+            metrics,
+            max_queued_messages: max_queued,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug already reported; the state is
+        // still the last consistent one we wrote, so keep serving it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls `f` for every subscription matching `topic`.
+    pub fn for_each_route(&self, topic: &str, f: impl FnMut(&Arc<str>, &Route)) {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes.for_each_match(topic, f);
+    }
+
+    /// Every client a message on `topic` at `qos` reaches: once per client, at the
+    /// highest QoS of its matching subscriptions [MQTT-3.3.5-1].
+    pub fn targets(&self, topic: &str, qos: QoS) -> Vec<Target> {
+        let mut found: Vec<(Arc<str>, QoS, bool)> = Vec::new();
+        self.for_each_route(topic, |client, route| {
+            found.push((client.clone(), qos.min(route.qos), route.persistent));
+        });
+        if found.len() > 1 {
+            found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            // After the sort the first entry of each client has its highest QoS.
+            found.dedup_by(|later, first| later.0 == first.0);
+        }
+        found
+            .into_iter()
+            .map(|(client_id, qos, persistent)| Target {
+                client_id,
+                qos,
+                queued: persistent && qos > QoS::AtMostOnce,
+            })
+            .collect()
+    }
+
+    /// True when a message on `topic` at `qos` reaches at least one queue.
+    pub fn reaches_a_queue(&self, topic: &str, qos: QoS) -> bool {
+        let mut found = false;
+        self.for_each_route(topic, |_, route| found |= route.is_queued(qos));
+        found
+    }
+
+    /// True when `client_id` has a persistent session.
+    pub fn is_persistent(&self, client_id: &str) -> bool {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| !s.clean)
+    }
+
+    /// Retained messages whose topic matches `filter`.
+    pub fn retained_matching(&self, filter: &str) -> Vec<Message> {
+        self.lock()
+            .retained
+            .values()
+            .filter(|m| filter_matches(filter, &m.topic))
+            .cloned()
+            .collect()
+    }
+
+    /// Up to `max` queued messages of `client_id` with a sequence number of at least
+    /// `from`, in order.
+    pub fn queued(&self, client_id: &str, from: u64, max: usize) -> Vec<(u64, Queued)> {
+        let state = self.lock();
+        let Some(session) = state.sessions.get(client_id) else {
+            return Vec::new();
+        };
+        session
+            .queue
+            .range(from..)
+            .take(max)
+            .map(|(seq, q)| (*seq, q.clone()))
+            .collect()
+    }
+
+    /// The oldest sequence number still queued for `client_id`.
+    pub fn queue_head(&self, client_id: &str) -> Option<u64> {
+        let state = self.lock();
+        let session = state.sessions.get(client_id)?;
+        session.queue.keys().next().copied()
+    }
+
+    pub fn summary(&self) -> Recovered {
+        let state = self.lock();
+        Recovered {
+            sessions: state.sessions.len(),
+            subscriptions: state.sessions.values().map(|s| s.subscriptions.len()).sum(),
+            retained: state.retained.len(),
+            queued_messages: state.sessions.values().map(|s| s.queue.len()).sum(),
+        }
+    }
+
+    fn apply_command(&self, state: &mut State, command: Command) -> Reply {
+        match command {
+            Command::Connect {
+                client_id,
+                conn,
+                clean_session,
+                will,
+            } => self.connect(state, client_id, conn, clean_session, will),
+            Command::Disconnect {
+                client_id,
+                conn,
+                publish_will,
+            } => match state.sessions.get(&client_id) {
+                Some(s) if s.conn == Some(conn) => Reply::Disconnected {
+                    wills: self.end_connection(state, &client_id, publish_will),
+                },
+                _ => Reply::NotOwner,
+            },
+            Command::Subscribe {
+                client_id,
+                conn,
+                filters,
+            } => {
+                let Some(session) = owned(state, &client_id, conn) else {
+                    return Reply::NotOwner;
+                };
+                let persistent = !session.clean;
+                let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+                for (filter, qos) in filters {
+                    routes.insert(&filter, client_id.clone(), Route { qos, persistent });
+                    session.subscriptions.insert(filter, qos);
+                }
+                Reply::Done
+            }
+            Command::Unsubscribe {
+                client_id,
+                conn,
+                filters,
+            } => {
+                let Some(session) = owned(state, &client_id, conn) else {
+                    return Reply::NotOwner;
+                };
+                let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+                for filter in filters {
+                    routes.remove(&filter, &client_id);
+                    session.subscriptions.remove(&filter);
+                }
+                Reply::Done
+            }
+            Command::Publish { message, inbound } => {
+                if let Some((client_id, packet_id)) = inbound {
+                    if let Some(session) = state.sessions.get_mut(&client_id) {
+                        if !session.inbound.insert(packet_id) {
+                            return Reply::Published { duplicate: true };
+                        }
+                    }
+                }
+                self.publish(state, message);
+                Reply::Published { duplicate: false }
+            }
+            Command::Release {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(session) = state.sessions.get_mut(&client_id) {
+                    session.inbound.remove(&packet_id);
+                }
+                Reply::Done
+            }
+            Command::Ack { client_id, seqs } => {
+                if let Some(session) = state.sessions.get_mut(&client_id) {
+                    for seq in seqs {
+                        session.queue.remove(&seq);
+                    }
+                }
+                Reply::Done
+            }
+            Command::Received { client_id, seq } => {
+                if let Some(q) = state
+                    .sessions
+                    .get_mut(&client_id)
+                    .and_then(|s| s.queue.get_mut(&seq))
+                {
+                    q.released = true;
+                }
+                Reply::Done
+            }
+            Command::NodeStarted { node, incarnation } => {
+                let gone: Vec<Arc<str>> = state
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.conn
+                            .is_some_and(|c| c.node == node && c.incarnation < incarnation)
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let mut wills = Vec::new();
+                for client_id in gone {
+                    wills.extend(self.end_connection(state, &client_id, true));
+                }
+                Reply::Disconnected { wills }
+            }
+        }
+    }
+
+    fn connect(
+        &self,
+        state: &mut State,
+        client_id: Arc<str>,
+        conn: ConnId,
+        clean_session: bool,
+        will: Option<Message>,
+    ) -> Reply {
+        let mut wills = Vec::new();
+        let mut previous = None;
+        let mut session_present = false;
+        if let Some(old) = state.sessions.get_mut(&client_id) {
+            if let Some(old_conn) = old.conn.take() {
+                // Takeover: the old connection is lost as far as MQTT is concerned.
+                previous = Some(old_conn);
+                if let Some(old_will) = old.will.take() {
+                    wills.push(old_will);
+                }
+            }
+            session_present = !clean_session && !old.clean;
+        }
+        if !session_present {
+            self.remove_session(state, &client_id);
+            state
+                .sessions
+                .insert(client_id.clone(), Session::new(clean_session));
+        }
+        if let Some(session) = state.sessions.get_mut(&client_id) {
+            session.conn = Some(conn);
+            session.will = will;
+        }
+        for will in &wills {
+            self.publish(state, will.clone());
+        }
+        if let Some(previous) = previous {
+            self.registry.kick(previous);
+        }
+        Reply::Connected {
+            session_present,
+            previous,
+            wills,
+        }
+    }
+
+    /// The connection of `client_id` is gone: its will is published (if asked) and a
+    /// clean session ends. Returns the published will.
+    fn end_connection(
+        &self,
+        state: &mut State,
+        client_id: &Arc<str>,
+        publish_will: bool,
+    ) -> Vec<Message> {
+        let Some(session) = state.sessions.get_mut(client_id) else {
+            return Vec::new();
+        };
+        session.conn = None;
+        let will = session.will.take().filter(|_| publish_will);
+        if session.clean {
+            self.remove_session(state, client_id);
+        }
+        match will {
+            Some(will) => {
+                self.publish(state, will.clone());
+                vec![will]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn remove_session(&self, state: &mut State, client_id: &Arc<str>) {
+        if let Some(old) = state.sessions.remove(client_id) {
+            let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+            for filter in old.subscriptions.keys() {
+                routes.remove(filter, client_id);
+            }
+        }
+    }
+
+    /// Stores a retained message and queues `message` for every persistent session
+    /// it reaches at QoS 1/2, once per session at the highest matching QoS.
+    fn publish(&self, state: &mut State, mut message: Message) {
+        if message.retain {
+            if message.payload.is_empty() {
+                state.retained.remove(&message.topic);
+            } else {
+                state
+                    .retained
+                    .insert(message.topic.clone(), message.clone());
+            }
+            // Forwarded copies carry retain = 0 [MQTT-3.3.1-9].
+            message.retain = false;
+        }
+        let targets: Vec<Target> = self
+            .targets(&message.topic, message.qos)
+            .into_iter()
+            .filter(|t| t.queued)
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let message = Arc::new(message);
+        for Target { client_id, qos, .. } in targets {
+            let Some(session) = state.sessions.get_mut(&client_id) else {
+                continue;
+            };
+            if session.queue.len() >= self.max_queued_messages {
+                // Like Mosquitto: keep what is queued, drop the newcomer, count it.
+                self.metrics.dropped("queue_full");
+                continue;
+            }
+            let seq = session.next_seq;
+            session.next_seq += 1;
+            session.queue.insert(
+                seq,
+                Queued {
+                    message: message.clone(),
+                    qos,
+                    released: false,
+                },
+            );
+            self.registry.wake(&client_id);
+        }
+    }
+}
+
+/// The session of `client_id` if `conn` owns it.
+fn owned<'a>(state: &'a mut State, client_id: &str, conn: ConnId) -> Option<&'a mut Session> {
+    state
+        .sessions
+        .get_mut(client_id)
+        .filter(|s| s.conn == Some(conn))
+}
+
+impl StateMachine for MqttMachine {
+    fn apply(&self, command: &[u8]) -> Vec<u8> {
+        let reply = match postcard::from_bytes::<Command>(command) {
+            Ok(command) => {
+                let mut state = self.lock();
+                self.apply_command(&mut state, command)
+            }
+            Err(e) => {
+                // Only our own nodes propose; a command we cannot read means
+                // mismatched versions. Applying nothing keeps every node equal.
+                tracing::error!(error = %e, "undecodable command in the raft log, skipped");
+                Reply::Done
+            }
+        };
+        postcard::to_allocvec(&reply).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let state = self.lock();
+        postcard::to_allocvec(&*state).unwrap_or_default()
+    }
+
+    fn restore(&self, snapshot: &[u8]) -> Result<(), String> {
+        let restored: State = if snapshot.is_empty() {
+            State::default()
+        } else {
+            postcard::from_bytes(snapshot).map_err(|e| e.to_string())?
+        };
+        let mut routes = Routes::new();
+        for (client_id, session) in &restored.sessions {
+            for (filter, qos) in &session.subscriptions {
+                let route = Route {
+                    qos: *qos,
+                    persistent: !session.clean,
+                };
+                routes.insert(filter, client_id.clone(), route);
+            }
+        }
+        let mut state = self.lock();
+        *state = restored;
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! The command line: flags for the common settings, which override the config file and
+//! the environment, and the `config` subcommand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError, LogFormat};
+
+/// A clustered MQTT broker.
+///
+/// Settings come from the defaults, then the config file, then STARLING_* environment
+/// variables, then these flags; each overrides the ones before it.
+#[derive(Debug, Parser)]
+#[command(name = "starling", version)]
+pub struct Cli {
+    /// Config file (TOML); see `starling config --example`.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the configuration this node would run with, as TOML.
+    Config {
+        /// Print a commented example file instead: every key, what it means, and its
+        /// default.
+        #[arg(long)]
+        example: bool,
+    },
+}
+
+/// Flags that override single config keys.
+#[derive(Debug, Default, Args)]
+pub struct Overrides {
+    /// Directory of the node's durable state [config: data_dir; default: ./data]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// MQTT-over-TCP listener [config: mqtt.listen; default: 127.0.0.1:1883]
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// HTTP listener for /healthz, /readyz, /metrics [config: http.listen; default:
+    /// 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub http_listen: Option<SocketAddr>,
+    /// Id of this node in the cluster [config: node_id; default: 1]
+    #[arg(long, value_name = "N", global = true)]
+    pub node_id: Option<u64>,
+    /// Log output format [config: log.format; default: text]
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Cli {
+    /// The configuration to run with: defaults, overridden by the config file, then by
+    /// the `STARLING_*` variables in `env`, then by the flags.
+    pub fn resolve_config<I>(&self, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut config = config::load(self.config.as_deref(), env)?;
+        self.overrides.apply(&mut config);
+        Ok(config)
+    }
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(addr) = self.mqtt_listen {
+            config.mqtt.listen = addr;
+        }
+        if let Some(addr) = self.http_listen {
+            config.http.listen = addr;
+        }
+        if let Some(id) = self.node_id {
+            config.node_id = id;
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("starling").chain(args.iter().copied())).unwrap()
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_arguments_give_the_defaults() {
+        let cli = parse(&[]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.resolve_config(env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn flags_set_their_keys() {
+        let cli = parse(&[
+            "--data-dir",
+            "/tmp/n2",
+            "--mqtt-listen",
+            "0.0.0.0:1884",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "2",
+            "--log-format",
+            "json",
+        ]);
+        let config = cli.resolve_config(env(&[])).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/n2"));
+        assert_eq!(config.mqtt.listen, "0.0.0.0:1884".parse().unwrap());
+        assert_eq!(config.http.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_flag_values_are_refused() {
+        for args in [
+            &["--mqtt-listen", "localhost"][..],
+            &["--node-id", "-1"],
+            &["--log-format", "xml"],
+            &["--no-such-flag"],
+        ] {
+            let argv = std::iter::once("starling").chain(args.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn config_subcommand() {
+        let cli = parse(&["config", "--example"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Config { example: true })
+        ));
+        let cli = parse(&["--node-id", "4", "config"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Config { example: false })
+        ));
+        assert_eq!(cli.overrides.node_id, Some(4));
+        let cli = parse(&["config", "--node-id", "5"]);
+        assert_eq!(cli.overrides.node_id, Some(5));
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("starling.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\n\
+             data_dir = \"/from/file\"\n\
+             [mqtt]\n\
+             listen = \"127.0.0.1:2000\"\n\
+             max_inflight = 8\n\
+             [http]\n\
+             listen = \"127.0.0.1:2001\"\n\
+             [log]\n\
+             format = \"json\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let cli = parse(&[
+            "--config",
+            path,
+            "--node-id",
+            "4",
+            "--mqtt-listen",
+            "127.0.0.1:4000",
+        ]);
+        let config = cli
+            .resolve_config(env(&[
+                ("STARLING_NODE_ID", "3"),
+                ("STARLING_MQTT__LISTEN", "127.0.0.1:3000"),
+                ("STARLING_HTTP__LISTEN", "127.0.0.1:3001"),
+            ]))
+            .unwrap();
+        // Flag over environment over file.
+        assert_eq!(config.node_id, 4);
+        assert_eq!(config.mqtt.listen, "127.0.0.1:4000".parse().unwrap());
+        // Environment over file.
+        assert_eq!(config.http.listen, "127.0.0.1:3001".parse().unwrap());
+        // File over defaults.
+        assert_eq!(config.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(config.mqtt.max_inflight, 8);
+        assert_eq!(config.log.format, LogFormat::Json);
+        // Defaults where nobody said anything.
+        assert_eq!(config.log.level, "info,openraft=warn");
+        assert_eq!(
+            config.mqtt.max_packet_size,
+            Config::default().mqtt.max_packet_size
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! The node's configuration as it appears in the TOML file, and how the defaults, the
+//! file and `STARLING_*` environment variables are merged into one `Config`.
+//!
+//! Everything goes through one `toml::Value` tree: the file is deserialized on top of
+//! the defaults (serde fills in what it leaves out), the result is turned back into a
+//! tree, and every environment variable overrides one leaf of it. The command-line
+//! flags come last; they live in `cli`.
+
+mod example;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use starling_broker::MqttConfig;
+
+pub use example::example;
+
+/// Prefix of the environment variables that override config keys.
+const ENV_PREFIX: &str = "STARLING_";
+/// Separates a section from its key in an environment variable's name.
+const ENV_SEPARATOR: &str = "__";
+
+/// Everything a `starling` process is configured with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Id of this node in the cluster; every node of a cluster needs its own.
+    pub node_id: u64,
+    /// Directory of the node's durable state: the Raft log, snapshots and the MQTT
+    /// state they hold. Created if missing.
+    pub data_dir: PathBuf,
+    /// Settings of the MQTT side of a node.
+    pub mqtt: MqttConfig,
+    /// The HTTP server for health checks and metrics.
+    pub http: HttpConfig,
+    /// What is logged, and how.
+    pub log: LogConfig,
+}
+
+/// Settings of the HTTP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP server: `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+}
+
+/// Settings of the log output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Which events are logged, as a `RUST_LOG`-style filter such as "info" or
+    /// "info,starling_broker=debug". `RUST_LOG`, when set, replaces it.
+    pub level: String,
+    /// "text" for people, or "json" (one object per line) for log collectors.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            data_dir: PathBuf::from("./data"),
+            mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info,openraft=warn".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// The configuration as a TOML document.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {}: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error(
+        "environment variable {var} does not name a config key (a section and its key \
+         are separated by a double underscore, as in STARLING_MQTT__LISTEN)"
+    )]
+    UnknownEnvKey { var: String },
+    #[error("environment variable {var} names a config section; set its keys one by one")]
+    EnvSection { var: String },
+    #[error("invalid value in environment variable {var}: {source}")]
+    EnvValue {
+        var: String,
+        source: toml::de::Error,
+    },
+    #[error("cannot represent the configuration as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
+}
+
+/// Reads the config file at `path` (if any) over the defaults, then applies the
+/// `STARLING_*` variables found in `env`. Other variables are ignored.
+pub fn load<I>(path: Option<&Path>, env: I) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let base = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            // Deserialized on its own first, so that its errors point into the file.
+            toml::from_str(&text).map_err(|source| ConfigError::File {
+                path: path.to_owned(),
+                source,
+            })?
+        }
+        None => Config::default(),
+    };
+    apply_env(base, env)
+}
+
+/// Overrides the keys of `config` named by the `STARLING_*` variables in `env`.
+pub fn apply_env<I>(config: Config, env: I) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    // Sorted so that the same environment always gives the same result and error.
+    vars.sort();
+    let mut tree = toml::Value::try_from(&config)?;
+    let mut config = config;
+    for (var, raw) in vars {
+        let path = env_path(&var).ok_or_else(|| ConfigError::UnknownEnvKey { var: var.clone() })?;
+        let slot = lookup(&mut tree, &path)
+            .ok_or_else(|| ConfigError::UnknownEnvKey { var: var.clone() })?;
+        *slot = match slot {
+            toml::Value::Table(_) => return Err(ConfigError::EnvSection { var }),
+            // A key that holds text takes the variable's text as it is: a data
+            // directory named "2024" stays a string.
+            toml::Value::String(_) => toml::Value::String(raw),
+            _ => parse_value(&raw),
+        };
+        // Checked after each variable, so that an error names the one at fault.
+        config = tree
+            .clone()
+            .try_into()
+            .map_err(|source| ConfigError::EnvValue { var, source })?;
+    }
+    Ok(config)
+}
+
+/// `STARLING_MQTT__MAX_INFLIGHT` -> `["mqtt", "max_inflight"]`.
+fn env_path(var: &str) -> Option<Vec<String>> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    let path: Vec<String> = rest
+        .split(ENV_SEPARATOR)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    path.iter().all(|key| !key.is_empty()).then_some(path)
+}
+
+/// The existing value at `path`, if there is one.
+fn lookup<'a>(tree: &'a mut toml::Value, path: &[String]) -> Option<&'a mut toml::Value> {
+    path.iter()
+        .try_fold(tree, |node, key| node.as_table_mut()?.get_mut(key))
+}
+
+/// The TOML value `raw` spells (`64`, `true`, `[1, 2]`, `"quoted"`), or else `raw` as
+/// a string (`0.0.0.0:1883`, `info`).
+fn parse_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("value = {raw}"))
+        .ok()
+        .and_then(|mut table| table.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn from_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        apply_env(Config::default(), env(vars))
+    }
+
+    #[test]
+    fn defaults_are_a_working_single_node() {
+        let config = Config::default();
+        assert_eq!(config.node_id, 1);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.mqtt.listen, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.log.level, "info,openraft=warn");
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults() {
+        let config: Config = toml::from_str("node_id = 7\n[mqtt]\nmax_inflight = 5\n").unwrap();
+        assert_eq!(config.node_id, 7);
+        assert_eq!(config.mqtt.max_inflight, 5);
+        assert_eq!(
+            config.mqtt.max_packet_size,
+            MqttConfig::default().max_packet_size
+        );
+        assert_eq!(config.http, HttpConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        assert!(toml::from_str::<Config>("nodeid = 2").is_err());
+        assert!(toml::from_str::<Config>("[mqtt]\nlisten_addr = \"0.0.0.0:1\"").is_err());
+        assert!(toml::from_str::<Config>("[metrics]\nenabled = true").is_err());
+    }
+
+    #[test]
+    fn env_names_map_to_key_paths() {
+        assert_eq!(env_path("STARLING_NODE_ID").unwrap(), ["node_id"]);
+        assert_eq!(
+            env_path("STARLING_MQTT__MAX_INFLIGHT").unwrap(),
+            ["mqtt", "max_inflight"]
+        );
+        assert_eq!(env_path("STARLING_"), None);
+        assert_eq!(env_path("STARLING_MQTT__"), None);
+        assert_eq!(env_path("OTHER_NODE_ID"), None);
+    }
+
+    #[test]
+    fn env_overrides_top_level_and_section_keys() {
+        let config = from_env(&[
+            ("STARLING_NODE_ID", "2"),
+            ("STARLING_DATA_DIR", "/var/lib/starling"),
+            ("STARLING_MQTT__LISTEN", "0.0.0.0:1883"),
+            ("STARLING_MQTT__MAX_INFLIGHT", "64"),
+            ("STARLING_HTTP__LISTEN", "[::1]:9000"),
+            ("STARLING_LOG__LEVEL", "debug,sled=warn"),
+            ("STARLING_LOG__FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/starling"));
+        assert_eq!(config.mqtt.listen, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(config.mqtt.max_inflight, 64);
+        assert_eq!(config.http.listen, "[::1]:9000".parse().unwrap());
+        assert_eq!(config.log.level, "debug,sled=warn");
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn env_values_are_toml_when_they_parse() {
+        assert_eq!(parse_value("64"), toml::Value::Integer(64));
+        assert_eq!(parse_value("true"), toml::Value::Boolean(true));
+        assert_eq!(parse_value("\"json\""), toml::Value::String("json".into()));
+        assert_eq!(
+            parse_value("0.0.0.0:1883"),
+            toml::Value::String("0.0.0.0:1883".into())
+        );
+        assert_eq!(parse_value("json"), toml::Value::String("json".into()));
+        // Only the value itself is taken, never further keys smuggled in after it.
+        assert_eq!(parse_value("1\nother = 2"), toml::Value::Integer(1));
+    }
+
+    #[test]
+    fn env_keeps_text_for_string_keys() {
+        let config =
+            from_env(&[("STARLING_DATA_DIR", "2024"), ("STARLING_LOG__LEVEL", "1")]).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("2024"));
+        assert_eq!(config.log.level, "1");
+    }
+
+    #[test]
+    fn env_ignores_other_variables() {
+        let config =
+            from_env(&[("PATH", "/bin"), ("RUST_LOG", "trace"), ("STARLINGX", "1")]).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn env_refuses_unknown_keys_and_sections() {
+        for var in [
+            "STARLING_MQTT_LISTEN",
+            "STARLING_NODEID",
+            "STARLING_MQTT__NOPE",
+            "STARLING_NODE_ID__X",
+            "STARLING_",
+        ] {
+            let err = from_env(&[(var, "1")]).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::UnknownEnvKey { var: v } if v == var),
+                "{var}: {err}"
+            );
+        }
+        let err = from_env(&[("STARLING_MQTT", "1")]).unwrap_err();
+        assert!(matches!(err, ConfigError::EnvSection { .. }), "{err}");
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let err = from_env(&[
+            ("STARLING_NODE_ID", "3"),
+            ("STARLING_MQTT__MAX_INFLIGHT", "lots"),
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::EnvValue { var, .. } if var == "STARLING_MQTT__MAX_INFLIGHT"),
+            "{err}"
+        );
+        let err = from_env(&[("STARLING_LOG__FORMAT", "xml")]).unwrap_err();
+        assert!(err.to_string().contains("STARLING_LOG__FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("starling.toml");
+        std::fs::write(
+            &path,
+            "node_id = 5\ndata_dir = \"/srv/a\"\n[mqtt]\nmax_inflight = 9\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let config = load(
+            Some(&path),
+            env(&[
+                ("STARLING_NODE_ID", "6"),
+                ("STARLING_MQTT__MAX_INFLIGHT", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.node_id, 6);
+        assert_eq!(config.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(config.mqtt.max_inflight, 10);
+        assert_eq!(config.mqtt.listen, "127.0.0.1:1".parse().unwrap());
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let err = load(Some(&missing), env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[mqtt]\nmax_inflight = \"many\"\n").unwrap();
+        let err = load(Some(&bad), env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }));
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        let mut config = Config::default();
+        config.node_id = 3;
+        config.log.format = LogFormat::Json;
+        let text = config.to_toml().unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+    }
+}

@@ -1,0 +1,237 @@
+//! `starling config --example`: a commented config file holding every key at its
+//! default value.
+//!
+//! The values come from `Config::default()`, so they cannot drift. Doc comments are
+//! not available at run time, so the comments are kept in `DOCS`; the unit tests check
+//! that it holds exactly the keys of the config and the same text as the doc comments
+//! of the structs (ours and the broker's `MqttConfig`), and that the example parses
+//! back into the defaults.
+
+use std::fmt::Write as _;
+
+use super::{Config, ENV_PREFIX, ENV_SEPARATOR};
+
+/// Every key and section of the config file, in the order the example shows them, with
+/// the doc comment of its field. Top-level keys come before the first section.
+const DOCS: &[(&str, &str)] = &[
+    (
+        "node_id",
+        "Id of this node in the cluster; every node of a cluster needs its own.",
+    ),
+    (
+        "data_dir",
+        "Directory of the node's durable state: the Raft log, snapshots and the MQTT\n\
+         state they hold. Created if missing.",
+    ),
+    ("mqtt", "Settings of the MQTT side of a node."),
+    ("mqtt.listen", "Address of the MQTT-over-TCP listener."),
+    (
+        "mqtt.max_packet_size",
+        "Largest packet accepted from a client, in bytes (fixed header included).\n\
+         Bigger packets close the connection before their body is read.",
+    ),
+    (
+        "mqtt.max_inflight",
+        "QoS 1/2 messages sent to one client and not yet acknowledged, at most.",
+    ),
+    (
+        "mqtt.max_queued_messages",
+        "QoS 1/2 messages kept for one persistent session; further ones are dropped\n\
+         and counted.",
+    ),
+    (
+        "mqtt.max_connections",
+        "Connections this node accepts at once; more wait in the accept queue.",
+    ),
+    (
+        "mqtt.mailbox_capacity",
+        "Messages waiting in one connection's mailbox; past that, QoS 0 messages to\n\
+         it are dropped and counted.",
+    ),
+    ("http", "The HTTP server for health checks and metrics."),
+    (
+        "http.listen",
+        "Address of the HTTP server: `/healthz`, `/readyz` and `/metrics`.",
+    ),
+    ("log", "What is logged, and how."),
+    (
+        "log.level",
+        "Which events are logged, as a `RUST_LOG`-style filter such as \"info\" or\n\
+         \"info,starling_broker=debug\". `RUST_LOG`, when set, replaces it.",
+    ),
+    (
+        "log.format",
+        "\"text\" for people, or \"json\" (one object per line) for log collectors.",
+    ),
+];
+
+const HEADER: &str = "\
+# Starling configuration (TOML).
+#
+# Every key is optional: the values below are the defaults, and a node started
+# without any config file runs with them. Precedence, lowest first: defaults, this
+# file, environment variables, command-line flags. Every key can be set from the
+# environment as STARLING_<KEY> or STARLING_<SECTION>__<KEY>, as noted beside it.
+";
+
+/// A commented config file with every key at its default value.
+pub fn example() -> Result<String, super::ConfigError> {
+    let defaults = toml::Value::try_from(Config::default())?;
+    let mut out = String::from(HEADER);
+    for (path, doc) in DOCS {
+        // A path that is not in the config is left out; the tests make sure there
+        // is none.
+        let Some(value) = path
+            .split('.')
+            .try_fold(&defaults, |node, key| node.get(key))
+        else {
+            continue;
+        };
+        // A blank line between keys, but none between a section and its first key.
+        if !out.ends_with("]\n") {
+            out.push('\n');
+        }
+        for line in doc.lines() {
+            let _ = writeln!(out, "# {line}");
+        }
+        if value.is_table() {
+            let _ = writeln!(out, "[{path}]");
+        } else {
+            let key = path.rsplit('.').next().unwrap_or(path);
+            let _ = writeln!(out, "# (environment: {})", env_var(path));
+            let _ = writeln!(out, "{key} = {value}");
+        }
+    }
+    Ok(out)
+}
+
+/// `mqtt.max_inflight` -> `STARLING_MQTT__MAX_INFLIGHT`.
+fn env_var(path: &str) -> String {
+    let keys: Vec<String> = path.split('.').map(str::to_ascii_uppercase).collect();
+    format!("{ENV_PREFIX}{}", keys.join(ENV_SEPARATOR))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn the_example_parses_back_into_the_defaults() {
+        let text = example().unwrap();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn the_example_sets_every_key_explicitly() {
+        let example: toml::Value = toml::from_str(&example().unwrap()).unwrap();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        assert_eq!(example, defaults);
+    }
+
+    /// Dotted paths of every key and section of the default config.
+    fn paths(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let Some(table) = value.as_table() {
+            for (key, inner) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                out.push(path.clone());
+                paths(inner, &path, out);
+            }
+        }
+    }
+
+    #[test]
+    fn docs_cover_exactly_the_config_keys() {
+        let mut expected = Vec::new();
+        paths(
+            &toml::Value::try_from(Config::default()).unwrap(),
+            "",
+            &mut expected,
+        );
+        expected.sort();
+        let mut documented: Vec<String> = DOCS.iter().map(|(p, _)| p.to_string()).collect();
+        documented.sort();
+        assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn docs_list_top_level_keys_before_sections() {
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let first_section = DOCS
+            .iter()
+            .position(|(path, _)| defaults.get(path).is_some_and(toml::Value::is_table))
+            .unwrap();
+        assert!(DOCS[first_section..]
+            .iter()
+            .all(|(path, _)| path.contains('.') || defaults[path].is_table()));
+    }
+
+    /// Field name -> doc comment, for each struct in a Rust source file. Enough for
+    /// plain config structs: `///` lines directly above `pub name: Type,`.
+    fn doc_comments(source: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut structs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut current = None;
+        let mut doc: Vec<&str> = Vec::new();
+        for line in source.lines().map(str::trim) {
+            if let Some(text) = line.strip_prefix("///") {
+                doc.push(text.strip_prefix(' ').unwrap_or(text));
+                continue;
+            }
+            if line.starts_with("#[") {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("pub struct ") {
+                let name = rest.split([' ', '{', '<']).next().unwrap_or_default();
+                current = Some(name.to_owned());
+            } else if line == "}" {
+                current = None;
+            } else if let (Some(name), Some(field)) = (&current, line.strip_prefix("pub ")) {
+                if let Some((field, _)) = field.split_once(':') {
+                    structs
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(field.to_owned(), doc.join("\n"));
+                }
+            }
+            doc.clear();
+        }
+        structs
+    }
+
+    #[test]
+    fn docs_match_the_doc_comments_of_the_structs() {
+        let mut source = doc_comments(include_str!("../config.rs"));
+        source.extend(doc_comments(include_str!("../../../broker/src/config.rs")));
+        let mut expected = BTreeMap::new();
+        for (name, section) in [
+            ("Config", ""),
+            ("MqttConfig", "mqtt."),
+            ("HttpConfig", "http."),
+            ("LogConfig", "log."),
+        ] {
+            let fields = source
+                .remove(name)
+                .unwrap_or_else(|| panic!("struct {name} not found"));
+            for (field, doc) in fields {
+                expected.insert(format!("{section}{field}"), doc);
+            }
+        }
+        let documented: BTreeMap<String, String> = DOCS
+            .iter()
+            .map(|(path, doc)| (path.to_string(), doc.to_string()))
+            .collect();
+        assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn env_var_names() {
+        assert_eq!(env_var("node_id"), "STARLING_NODE_ID");
+        assert_eq!(env_var("mqtt.max_inflight"), "STARLING_MQTT__MAX_INFLIGHT");
+    }
+}
