@@ -1,0 +1,21 @@
+//! Black-box tests of a single-node broker: each test starts a real `starling`
+//! process on free loopback ports with its own data directory, and speaks MQTT
+//! to it with an independent client (rumqttc), raw sockets, or Debian's
+//! mosquitto clients. One test binary, so the harness is linked once.
+
+mod harness;
+
+#[path = "connect.rs"]
+mod connect;
+#[path = "publish_qos.rs"]
+mod publish_qos;
+#[path = "retained_will.rs"]
+mod retained_will;
+#[path = "sessions.rs"]
+mod sessions;
+#[path = "durability.rs"]
+mod durability;
+#[path = "malformed.rs"]
+mod malformed;
+#[path = "cli_clients.rs"]
+mod cli_clients;
