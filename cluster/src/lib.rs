@@ -1,9 +1,16 @@
 //! An openraft node that replicates a state machine its user supplies.
-//! (Interface fixed; implementation in progress.)
+//!
+//! The user hands [`Node::start`] a [`StateMachine`] and proposes opaque commands
+//! with [`Node::propose`]; concurrent proposals are coalesced into few Raft entries
+//! and few fsyncs. No openraft type appears in this crate's public API.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
+mod network;
+mod node;
+mod proposer;
+
+pub use node::{Node, RaftStatus, Tuning};
 pub use starling_storage::StateMachine;
 
 /// How to start a node.
@@ -30,50 +37,17 @@ pub struct ProposalStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// The Raft storage could not be opened or failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// This node is not the leader, or it lost leadership while the command was in
+    /// flight. In the second case the command may still commit later.
     #[error("no leader or no quorum")]
     Unavailable,
+    /// [`Node::shutdown`] was called (or Raft stopped) before the command committed.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// Raft failed; the node must be restarted.
     #[error("raft: {0}")]
     Raft(String),
-}
-
-/// A running Raft node. Cheap to clone.
-#[derive(Clone)]
-pub struct Node {
-    _sm: Arc<dyn StateMachine>,
-}
-
-impl Node {
-    /// Opens (or creates) the node's storage under `config.data_dir`, restores the
-    /// state machine from the last snapshot and the log, and starts Raft. A node
-    /// whose storage is new initializes a one-member cluster.
-    pub async fn start(
-        _config: NodeConfig,
-        state_machine: Arc<dyn StateMachine>,
-    ) -> Result<Node, ClusterError> {
-        Ok(Node { _sm: state_machine })
-    }
-
-    /// Commits one command, batched with the commands proposed concurrently, and
-    /// returns what [`StateMachine::apply`] returned for it. When this returns `Ok`,
-    /// the command is durable (fsynced) in the log of a quorum.
-    pub async fn propose(&self, _command: Vec<u8>) -> Result<Vec<u8>, ClusterError> {
-        Err(ClusterError::Unavailable)
-    }
-
-    /// True when this node has a leader and has applied the log up to what it knew
-    /// at start: it may serve clients.
-    pub fn is_ready(&self) -> bool {
-        false
-    }
-
-    pub fn stats(&self) -> ProposalStats {
-        ProposalStats::default()
-    }
-
-    /// Stops Raft and flushes storage.
-    pub async fn shutdown(&self) {}
 }

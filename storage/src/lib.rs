@@ -2,6 +2,17 @@
 //! machine, and the snapshot store. This crate knows Raft but not MQTT: it stores
 //! and applies opaque commands for a [`StateMachine`] supplied from above.
 
+mod log_store;
+mod snapshot;
+mod state_machine;
+mod store;
+pub mod types;
+
+pub use log_store::{LogReader, LogStore};
+pub use state_machine::{SnapshotBuilder, StateMachineStore};
+pub use store::{Recovery, Storage, StorageHandle, StoreError};
+pub use types::{NodeId, PeerNode, Request, Response, TypeConfig};
+
 /// The application state that Raft replicates. `storage` hosts it; `broker`
 /// implements it. Every method is called from one task at a time, in log order.
 pub trait StateMachine: Send + Sync + 'static {

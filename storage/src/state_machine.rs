@@ -1,0 +1,233 @@
+//! The Raft state machine: hosts the application's [`StateMachine`], feeds it the
+//! committed commands in log order, and drops commands it has already applied.
+//!
+//! The application state lives in memory. It is made durable by the log and by
+//! snapshots: at open the store restores the last snapshot and reports its last
+//! log id as applied, and openraft re-applies the committed log after it.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use crate::snapshot::{self, Body};
+use crate::store::{Shared, StoreError};
+use crate::types::{
+    Entry, LogId, NodeId, Request, Response, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
+use crate::StateMachine;
+
+/// The newest command applied from one origin; anything at or below it is a
+/// duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct Mark {
+    pub(crate) incarnation: u64,
+    pub(crate) seq: u64,
+}
+
+/// What this layer tracks beside the application state. Part of every snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct SmState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    marks: BTreeMap<NodeId, Mark>,
+}
+
+impl SmState {
+    pub(crate) fn from_snapshot(meta: &SnapshotMeta, marks: Vec<(NodeId, Mark)>) -> SmState {
+        SmState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            marks: marks.into_iter().collect(),
+        }
+    }
+}
+
+/// The state machine half of the storage that openraft drives.
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    app: Arc<dyn StateMachine>,
+    state: SmState,
+    /// Makes snapshot ids unique within one incarnation.
+    snapshots_built: u64,
+}
+
+impl StateMachineStore {
+    pub(crate) fn new(shared: Arc<Shared>, app: Arc<dyn StateMachine>, state: SmState) -> Self {
+        StateMachineStore {
+            shared,
+            app,
+            state,
+            snapshots_built: 0,
+        }
+    }
+
+    fn apply_request(&mut self, request: Request) -> Response {
+        let Request {
+            origin,
+            incarnation,
+            first_seq,
+            commands,
+        } = request;
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut skipped = 0usize;
+        for (seq, command) in (first_seq..).zip(commands) {
+            let this = Mark { incarnation, seq };
+            if self
+                .state
+                .marks
+                .get(&origin)
+                .is_some_and(|mark| this <= *mark)
+            {
+                skipped += 1;
+                replies.push(Vec::new());
+                continue;
+            }
+            replies.push(self.app.apply(&command));
+            self.state.marks.insert(origin, this);
+        }
+        if skipped > 0 {
+            debug!(
+                origin,
+                incarnation, first_seq, skipped, "skipped commands already applied"
+            );
+        }
+        replies
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.state.last_applied, self.state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        for entry in entries {
+            self.state.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(request) => self.apply_request(request),
+                EntryPayload::Membership(membership) => {
+                    self.state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Vec::new()
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // Runs between two `apply` calls: the copy is consistent with last_applied.
+        self.snapshots_built += 1;
+        let last = self.state.last_applied;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: self.state.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}-{}",
+                self.shared.incarnation,
+                last.map_or(0, |id| id.index),
+                self.snapshots_built
+            ),
+        };
+        let marks = self.state.marks.iter().map(|(o, m)| (*o, *m)).collect();
+        let body = Body::encode(marks, &self.app.snapshot());
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            meta,
+            body: Some(body),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let err = |e: StoreError| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+        };
+        let body = snapshot.into_inner();
+        // Refuse bytes we cannot read before they replace the stored snapshot.
+        Body::decode(&body).map_err(err)?;
+        let body = store_blocking(&self.shared, meta, body)
+            .await
+            .map_err(err)?;
+        let parts = Body::decode(&body).map_err(err)?;
+        self.app
+            .restore(parts.app)
+            .map_err(|e| err(StoreError::Restore(e)))?;
+        self.state = SmState::from_snapshot(meta, parts.marks);
+        info!(snapshot = %meta, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let stored =
+            snapshot::load(&self.shared).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.body)),
+        }))
+    }
+}
+
+/// Persists a snapshot off the async threads (it fsyncs) and hands the bytes back.
+async fn store_blocking(
+    shared: &Arc<Shared>,
+    meta: &SnapshotMeta,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    let shared = shared.clone();
+    let meta = meta.clone();
+    tokio::task::spawn_blocking(move || snapshot::store(&shared, &meta, &body).map(|_| body))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Builds a snapshot from the copy taken by `get_snapshot_builder`.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    meta: SnapshotMeta,
+    /// The encoded copy; `None` once built.
+    body: Option<Result<Vec<u8>, StoreError>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let meta = self.meta.clone();
+        let err = |e: StoreError| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+        };
+        let body = self
+            .body
+            .take()
+            .unwrap_or_else(|| Err(StoreError::Task("snapshot already built".into())))
+            .map_err(err)?;
+        let body = store_blocking(&self.shared, &meta, body)
+            .await
+            .map_err(err)?;
+        info!(snapshot = %meta, bytes = body.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(body)),
+        })
+    }
+}
