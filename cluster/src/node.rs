@@ -1,28 +1,42 @@
-//! A running Raft node: storage opened, openraft started, a proposer in front.
+//! A running Raft node: storage opened, openraft started, the cluster server
+//! listening, a proposer in front and a monitor watching liveness and quorum.
 //!
-//! Lifecycle: [`Node::start`] opens the sled store (restoring the state machine
-//! from its last snapshot), starts openraft, which re-applies the committed log
-//! after the snapshot, and initializes a one-member cluster if the store is new.
-//! [`Node::shutdown`] stops the proposer, then Raft, then closes the store.
+//! Lifecycle: [`Node::start`] binds the cluster listener, opens the sled store
+//! (restoring the state machine from its last snapshot), starts openraft, which
+//! re-applies the committed log after the snapshot, and then either initializes the
+//! cluster (a node alone, or the lowest id of the bootstrap peers, when its storage
+//! is new), waits to be contacted, or asks to join. [`Node::shutdown`] stops the
+//! proposer, then the server and Raft together, then closes the store.
 
-use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use openraft::error::{InitializeError, RaftError};
-use openraft::metrics::WaitError;
 use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use starling_storage::{NodeId, PeerNode, Storage, StorageHandle, TypeConfig};
-use tokio::sync::{mpsc, oneshot, watch, OnceCell};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OnceCell};
 use tokio::task::JoinHandle;
-use tracing::{info, info_span, warn, Instrument};
+use tokio::time::Instant;
+use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::network::NetworkFactory;
+use crate::forward::ForwardHandler;
+use crate::liveness::{self, Monitor};
+use crate::membership;
+use crate::network::{NetworkFactory, Peers};
 use crate::proposer::{Counters, Proposal, Proposer};
-use crate::{ClusterError, NodeConfig, ProposalStats, StateMachine};
+use crate::{ClusterError, ClusterEvent, NodeConfig, ProposalStats, StateMachine};
 
 /// How long shutdown waits for the store's files to close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the server's open connections to finish.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a new node keeps asking to join before [`Node::start`] fails.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long [`Node::leave`] keeps trying.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Events a receiver of [`Node::events`] may fall behind by before it loses the
+/// oldest.
+const EVENT_CAPACITY: usize = 256;
 
 /// Knobs beyond [`NodeConfig`]; the defaults suit a LAN cluster.
 #[derive(Debug, Clone)]
@@ -32,11 +46,10 @@ pub struct Tuning {
     /// Entries kept in the log behind a snapshot, so that a follower a little
     /// behind catches up from the log rather than by a snapshot transfer.
     pub entries_kept_after_snapshot: u64,
-    /// Raft entries the proposer keeps in flight at once. Commands proposed while
-    /// all are in flight wait in the queue and form the next entry. On one node 1
-    /// is fastest: more entries in flight only split the same load into smaller
-    /// batches, each with its own fsync. Measure again where replication adds
-    /// latency that pipelining could hide.
+    /// Not used: the proposer keeps one entry in flight. A batch that fails over
+    /// to a new leader is retried as it was, and no later batch of the same node
+    /// may commit before it, or the retry would be taken for a duplicate. Commands
+    /// proposed meanwhile wait in the queue and form the next entry.
     pub max_batches_in_flight: usize,
     /// Commands that may wait for the proposer. When it is full, `propose` waits
     /// for room: callers are slowed down, never refused.
@@ -73,6 +86,19 @@ pub struct RaftStatus {
     pub purged_index: Option<u64>,
     /// Snapshot index the state machine was restored from when this node started.
     pub started_from_snapshot: Option<u64>,
+    /// Whether this node initialized the cluster when it started (its storage was
+    /// new and it was alone, or the lowest id of the bootstrap peers).
+    pub initialized_here: bool,
+}
+
+/// What the server, the proposer, the monitor and the membership code share.
+pub(crate) struct Core {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) node_down_after: Duration,
+    /// True once shutdown began.
+    pub(crate) stopping: watch::Receiver<bool>,
 }
 
 /// A running Raft node. Cheap to clone.
@@ -82,31 +108,74 @@ pub struct Node {
 }
 
 struct Inner {
-    id: NodeId,
-    raft: Raft<TypeConfig>,
+    core: Arc<Core>,
     /// The proposer task holds the receiving end.
     queue: mpsc::Sender<Proposal>,
     counters: Arc<Counters>,
     storage: StorageHandle,
     /// The last log index on disk at start: the node serves once it applied it.
     replay_to: Option<u64>,
-    /// Tells the proposer to stop.
+    initialized_here: bool,
+    cluster_addr: SocketAddr,
+    advertise: String,
+    /// Tells the proposer, the monitor and the join task to stop.
     stop: watch::Sender<bool>,
+    /// Tells the server to stop; sent together with Raft's shutdown.
+    stop_server: watch::Sender<bool>,
+    events: broadcast::Sender<ClusterEvent>,
     /// Taken by the one shutdown that runs; a short, synchronous section.
-    proposer: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Option<Tasks>>,
     /// Set once shutdown has completed; later callers wait on the first one.
     stopped: OnceCell<()>,
 }
 
+struct Tasks {
+    proposer: JoinHandle<()>,
+    monitor: JoinHandle<()>,
+    server: JoinHandle<()>,
+}
+
+/// Starts a [`Node`] with more than a config and a state machine.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    tuning: Tuning,
+    state_machine: Arc<dyn StateMachine>,
+    forward: Option<Arc<dyn ForwardHandler>>,
+}
+
+impl NodeBuilder {
+    /// Non-default [`Tuning`].
+    pub fn tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Serves the forwarding streams of other nodes' [`crate::Forwarder`]s on the
+    /// cluster listener, handing their frames to `handler`. Without one, peers'
+    /// forwarding streams are refused (`Unimplemented`).
+    pub fn forward_handler(mut self, handler: Arc<dyn ForwardHandler>) -> Self {
+        self.forward = Some(handler);
+        self
+    }
+
+    /// Starts the node; see [`Node::start`].
+    pub async fn start(self) -> Result<Node, ClusterError> {
+        let span = info_span!("node", id = self.config.node_id);
+        start(self).instrument(span).await
+    }
+}
+
 impl Node {
-    /// Opens (or creates) the node's storage under `config.data_dir`, restores the
-    /// state machine from the last snapshot and the log, and starts Raft. A node
-    /// whose storage is new initializes a one-member cluster.
+    /// Binds the cluster listener, opens (or creates) the node's storage under
+    /// `config.data_dir`, restores the state machine from the last snapshot and the
+    /// log, starts Raft, and then bootstraps or joins as `config` says. A new node
+    /// with `join` set returns once it is a voter (or fails with `Unavailable`
+    /// after a minute). It does not wait for a leader: see [`Node::wait_ready`].
     pub async fn start(
         config: NodeConfig,
         state_machine: Arc<dyn StateMachine>,
     ) -> Result<Node, ClusterError> {
-        Node::start_tuned(config, Tuning::default(), state_machine).await
+        Node::builder(config, state_machine).start().await
     }
 
     /// [`Node::start`] with non-default [`Tuning`].
@@ -115,13 +184,46 @@ impl Node {
         tuning: Tuning,
         state_machine: Arc<dyn StateMachine>,
     ) -> Result<Node, ClusterError> {
-        let span = info_span!("node", id = config.node_id);
-        start(config, tuning, state_machine).instrument(span).await
+        Node::builder(config, state_machine)
+            .tuning(tuning)
+            .start()
+            .await
     }
 
-    /// Commits one command, batched with the commands proposed concurrently, and
-    /// returns what [`StateMachine::apply`] returned for it. When this returns `Ok`,
+    /// A builder for the less common options.
+    pub fn builder(config: NodeConfig, state_machine: Arc<dyn StateMachine>) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            tuning: Tuning::default(),
+            state_machine,
+            forward: None,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.core.id
+    }
+
+    /// The address the cluster server is bound to (useful with port 0).
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.inner.cluster_addr
+    }
+
+    /// The address the other members dial to reach this node.
+    pub fn advertise_addr(&self) -> &str {
+        &self.inner.advertise
+    }
+
+    /// Commits one command, batched with the commands proposed concurrently on this
+    /// node, and returns what [`StateMachine::apply`] returned for it. Works on any
+    /// member: a follower sends its batches to the leader. When this returns `Ok`,
     /// the command is durable (fsynced) in the log of a quorum.
+    ///
+    /// Across a leader change the batch is sent again as it was, for up to
+    /// `node_down_after`; the state machine host applies it once. After that, or at
+    /// once when this node knows it has no quorum for that long, it fails with
+    /// [`ClusterError::Unavailable`] (the command may still commit later).
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ClusterError> {
         if *self.inner.stop.borrow() {
             return Err(ClusterError::ShuttingDown);
@@ -136,49 +238,97 @@ impl Node {
         replied.await.unwrap_or(Err(ClusterError::ShuttingDown))
     }
 
-    /// True when this node has a leader and has applied the log up to what it knew
-    /// at start: it may serve clients.
+    /// True when this node is in touch with a quorum: as leader, a quorum of voters
+    /// acknowledged it within `node_down_after` (or it is the only voter); as
+    /// follower or learner, it heard from a leader within `node_down_after`.
+    pub fn has_quorum(&self) -> bool {
+        let metrics = self.inner.core.raft.metrics();
+        let quorum = liveness::has_quorum(&self.inner.core, &metrics.borrow());
+        quorum
+    }
+
+    /// True when this node may serve clients: it has a quorum and has applied the
+    /// log up to what it held at start.
     pub fn is_ready(&self) -> bool {
-        let metrics = self.inner.raft.metrics();
-        let ready = is_ready(&metrics.borrow(), self.inner.id, self.inner.replay_to);
-        ready
+        if *self.inner.stop.borrow() {
+            return false;
+        }
+        let metrics = self.inner.core.raft.metrics();
+        let m = metrics.borrow();
+        liveness::has_quorum(&self.inner.core, &m) && self.replayed(&m)
+    }
+
+    fn replayed(&self, m: &RaftMetrics<NodeId, PeerNode>) -> bool {
+        m.last_applied.map(|id| id.index) >= self.inner.replay_to
     }
 
     /// Waits until [`Node::is_ready`]; `Unavailable` if it is not within `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClusterError> {
-        if *self.inner.stop.borrow() {
-            return Err(ClusterError::ShuttingDown);
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.inner.core.raft.metrics();
+        loop {
+            if *self.inner.stop.borrow() {
+                return Err(ClusterError::ShuttingDown);
+            }
+            if self.is_ready() {
+                return Ok(());
+            }
+            // Readiness also depends on when a leader was last heard from, which
+            // is not in the metrics: look again at least every monitor period.
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() {
+                    return Err(ClusterError::ShuttingDown);
+                },
+                _ = tokio::time::sleep(liveness::CHECK_EVERY) => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(ClusterError::Unavailable),
+            }
         }
-        let (id, replay_to) = (self.inner.id, self.inner.replay_to);
-        self.inner
-            .raft
-            .wait(Some(timeout))
-            .metrics(move |m| is_ready(m, id, replay_to), "node ready")
-            .await
-            .map(|_| ())
-            .map_err(wait_error)
+    }
+
+    /// Liveness and quorum events. The channel is bounded: a receiver that falls
+    /// more than 256 events behind loses the oldest (`recv` reports `Lagged`), and
+    /// should then read [`Node::status`], [`Node::members`] and
+    /// [`Node::has_quorum`] afresh.
+    pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The members as this node knows them: (id, address, is a voter), by id.
+    /// Non-voters are learners (a node joining, not yet caught up).
+    pub fn members(&self) -> Vec<(u64, String, bool)> {
+        let metrics = self.inner.core.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| (*id, node.grpc_addr.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// Removes this node from the cluster (its voters and learners), through the
+    /// leader; a leader removes itself and steps down once that is committed. Ok
+    /// if it is no member. Retries while there is no leader or another change is
+    /// in progress, up to a minute (then `Unavailable`); `Membership` if the leader
+    /// refuses (the last voter cannot leave). The node keeps running: shut it down
+    /// afterwards.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        membership::leave(&self.inner.core, Instant::now() + LEAVE_TIMEOUT).await
     }
 
     /// Counters of the proposal path since this node started.
     pub fn stats(&self) -> ProposalStats {
+        use std::sync::atomic::Ordering::Relaxed;
         ProposalStats {
-            commands: self
-                .inner
-                .counters
-                .commands
-                .load(std::sync::atomic::Ordering::Relaxed),
-            batches: self
-                .inner
-                .counters
-                .batches
-                .load(std::sync::atomic::Ordering::Relaxed),
+            commands: self.inner.counters.commands.load(Relaxed),
+            batches: self.inner.counters.batches.load(Relaxed),
             log_flushes: self.inner.storage.log_flushes(),
         }
     }
 
     /// Where Raft stands on this node.
     pub fn status(&self) -> RaftStatus {
-        let metrics = self.inner.raft.metrics();
+        let metrics = self.inner.core.raft.metrics();
         let m = metrics.borrow();
         RaftStatus {
             term: m.current_term,
@@ -189,48 +339,43 @@ impl Node {
             snapshot_index: m.snapshot.map(|id| id.index),
             purged_index: m.purged.map(|id| id.index),
             started_from_snapshot: self.inner.storage.recovery().snapshot_index,
+            initialized_here: self.inner.initialized_here,
         }
     }
 
     /// Builds a snapshot of everything applied so far and waits until it is stored,
     /// at most `timeout`. Snapshots are also built on their own (see [`Tuning`]).
     pub async fn snapshot(&self, timeout: Duration) -> Result<(), ClusterError> {
-        let applied = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map(|id| id.index);
-        self.inner
-            .raft
-            .trigger()
+        let raft = &self.inner.core.raft;
+        let applied = raft.metrics().borrow().last_applied.map(|id| id.index);
+        raft.trigger()
             .snapshot()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        self.inner
-            .raft
-            .wait(Some(timeout))
+        raft.wait(Some(timeout))
             .metrics(
                 move |m| m.snapshot.map(|id| id.index) >= applied,
                 "snapshot built",
             )
             .await
             .map(|_| ())
-            .map_err(wait_error)
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => ClusterError::Unavailable,
+                openraft::metrics::WaitError::ShuttingDown => ClusterError::ShuttingDown,
+            })
     }
 
-    /// Stops Raft and flushes storage.
+    /// Stops the proposer, the cluster server and Raft, and flushes storage.
     ///
     /// Commands still queued fail with `ShuttingDown`; entries already submitted
-    /// are waited for. Idempotent: every caller, on any clone, returns once the
-    /// one shutdown has finished and the storage is closed.
+    /// are waited for (a few seconds at most). Idempotent: every caller, on any
+    /// clone, returns once the one shutdown has finished and the storage is closed.
     pub async fn shutdown(&self) {
         let inner = self.inner.clone();
         self.inner
             .stopped
             .get_or_init(|| async move { inner.stop().await })
-            .instrument(info_span!("node", id = self.inner.id))
+            .instrument(info_span!("node", id = self.inner.core.id))
             .await;
     }
 }
@@ -238,18 +383,34 @@ impl Node {
 impl Inner {
     async fn stop(&self) {
         self.stop.send_replace(true);
-        let proposer = self
-            .proposer
+        let tasks = self
+            .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(proposer) = proposer {
-            if let Err(e) = proposer.await {
-                warn!(error = %e, "proposer task failed");
-            }
+        let Some(tasks) = tasks else { return };
+        if let Err(e) = tasks.proposer.await {
+            warn!(error = %e, "proposer task failed");
         }
-        if let Err(e) = self.raft.shutdown().await {
+        if let Err(e) = tasks.monitor.await {
+            warn!(error = %e, "monitor task failed");
+        }
+        // The server and Raft stop together, so that no peer is answered by a
+        // stopped Raft.
+        self.stop_server.send_replace(true);
+        if let Err(e) = self.core.raft.shutdown().await {
             warn!(error = %e, "raft core task failed");
+        }
+        let server = tasks.server;
+        let abort = server.abort_handle();
+        match tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_cancelled() => {}
+            Ok(Err(e)) => warn!(error = %e, "cluster server task failed"),
+            Err(_) => {
+                warn!("cluster connections still open after shutdown; closing the listener");
+                abort.abort();
+            }
         }
         if let Err(e) = self.storage.flush() {
             warn!(error = %e, "final flush of raft storage failed");
@@ -266,19 +427,6 @@ impl Inner {
     }
 }
 
-fn is_ready(m: &RaftMetrics<NodeId, PeerNode>, id: NodeId, replay_to: Option<u64>) -> bool {
-    m.state == ServerState::Leader
-        && m.current_leader == Some(id)
-        && m.last_applied.map(|id| id.index) >= replay_to
-}
-
-fn wait_error(e: WaitError) -> ClusterError {
-    match e {
-        WaitError::Timeout(..) => ClusterError::Unavailable,
-        WaitError::ShuttingDown => ClusterError::ShuttingDown,
-    }
-}
-
 fn raft_config(tuning: &Tuning) -> Result<Arc<openraft::Config>, ClusterError> {
     let config = openraft::Config {
         cluster_name: "starling".into(),
@@ -287,11 +435,14 @@ fn raft_config(tuning: &Tuning) -> Result<Arc<openraft::Config>, ClusterError> {
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 1000,
+        // Entries per AppendEntries; the log store also caps the bytes of one read.
         max_payload_entries: 512,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_after_entries),
         // Never 0: a leader with a fully purged log could not catch a follower up.
         max_in_snapshot_log_to_keep: tuning.entries_kept_after_snapshot.max(1),
-        purge_batch_size: 256,
+        // Purging waits for this many entries; never more than a snapshot interval,
+        // or a small interval would never purge.
+        purge_batch_size: tuning.snapshot_after_entries.clamp(1, 256),
         install_snapshot_timeout: 5_000,
         ..Default::default()
     };
@@ -301,14 +452,46 @@ fn raft_config(tuning: &Tuning) -> Result<Arc<openraft::Config>, ClusterError> {
         .map_err(|e| ClusterError::Raft(e.to_string()))
 }
 
-async fn start(
-    config: NodeConfig,
-    tuning: Tuning,
-    state_machine: Arc<dyn StateMachine>,
-) -> Result<Node, ClusterError> {
+fn validate(config: &NodeConfig) -> Result<(), ClusterError> {
+    let bad = |s: &str| Err(ClusterError::Config(s.to_owned()));
+    if !config.peers.is_empty() && !config.peers.contains_key(&config.node_id) {
+        return bad("`peers` must include this node's own id");
+    }
+    if !config.peers.is_empty() && config.join.is_some() {
+        return bad("set `peers` (bootstrap) or `join`, not both");
+    }
+    if config.node_down_after < Duration::from_millis(500) {
+        return bad("`node_down_after` must be at least 500 ms (the election timeout)");
+    }
+    Ok(())
+}
+
+async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
+    let NodeBuilder {
+        config,
+        tuning,
+        state_machine,
+        forward,
+    } = builder;
+    validate(&config)?;
     let storage_error = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
     let raft_error = |e: &dyn std::fmt::Display| ClusterError::Raft(e.to_string());
     let id = config.node_id;
+
+    // Bound first: a port in use fails the start before anything is opened.
+    let listen_error = |source| ClusterError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let cluster_addr = listener.local_addr().map_err(listen_error)?;
+    let advertise = config
+        .advertise
+        .clone()
+        .or_else(|| config.peers.get(&id).cloned())
+        .unwrap_or_else(|| cluster_addr.to_string());
 
     let dir = config.data_dir.clone();
     let Storage {
@@ -321,56 +504,115 @@ async fn start(
         .map_err(|e| storage_error(&e))?;
     let recovery = storage.recovery();
 
+    let peers = Arc::new(Peers::new(id));
     let raft = Raft::new(
         id,
         raft_config(&tuning)?,
-        NetworkFactory,
+        NetworkFactory {
+            peers: peers.clone(),
+        },
         log_store,
         state_machine,
     )
     .await
     .map_err(|e| raft_error(&e))?;
-    if !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
-        let members = BTreeMap::from([(id, PeerNode::default())]);
-        match raft.initialize(members).await {
-            Ok(()) => info!("initialized a new one-member cluster"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => {
-                let _ = raft.shutdown().await;
-                return Err(raft_error(&e));
+    let was_initialized = raft.is_initialized().await.map_err(|e| raft_error(&e))?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let (stop_server, stop_server_rx) = watch::channel(false);
+    let core = Arc::new(Core {
+        id,
+        raft,
+        peers,
+        node_down_after: config.node_down_after,
+        stopping: stop_rx.clone(),
+    });
+    let server = crate::server::spawn(listener, core.clone(), forward, stop_server_rx);
+
+    let alone = config.peers.is_empty() && config.join.is_none();
+    let started = async {
+        let initialized = membership::bootstrap(&core, &config.peers, alone, &advertise).await?;
+        match &config.join {
+            // A node that was a member already serves at once; asking again only
+            // makes sure it is a voter.
+            Some(seed) if was_initialized => {
+                let (core, seed, advertise) = (core.clone(), seed.clone(), advertise.clone());
+                let mut stop = stop_rx.clone();
+                tokio::spawn(
+                    async move {
+                        let join = membership::join(
+                            &core,
+                            &seed,
+                            &advertise,
+                            Instant::now() + JOIN_TIMEOUT,
+                        );
+                        tokio::select! {
+                            _ = stop.wait_for(|stop| *stop) => {}
+                            result = join => if let Err(e) = result {
+                                error!(error = %e, seed, "could not rejoin as a voter");
+                            }
+                        }
+                    }
+                    .in_current_span(),
+                );
             }
+            Some(seed) => {
+                info!(seed, "asking to join the cluster");
+                membership::join(&core, seed, &advertise, Instant::now() + JOIN_TIMEOUT).await?;
+            }
+            None => {}
         }
-    }
+        Ok(initialized)
+    };
+    let initialized_here = match started.await {
+        Ok(initialized) => initialized,
+        Err(e) => {
+            stop_server.send_replace(true);
+            let _ = core.raft.shutdown().await;
+            let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
+            return Err(e);
+        }
+    };
 
     let counters = Arc::new(Counters::default());
     let (queue, queue_rx) = mpsc::channel(tuning.queue_capacity.max(1));
-    let (stop, stop_rx) = watch::channel(false);
     let proposer = Proposer {
-        raft: raft.clone(),
-        origin: id,
+        core: core.clone(),
         incarnation: storage.incarnation(),
         max_batch: config.max_batch,
-        max_in_flight: tuning.max_batches_in_flight.max(1),
         counters: counters.clone(),
     };
-    let proposer = tokio::spawn(proposer.run(queue_rx, stop_rx).in_current_span());
+    let proposer = tokio::spawn(proposer.run(queue_rx, stop_rx.clone()).in_current_span());
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let monitor = Monitor::new(core.clone(), events.clone());
+    let monitor = tokio::spawn(monitor.run(stop_rx).in_current_span());
 
     info!(
         incarnation = storage.incarnation(),
+        %cluster_addr,
+        advertise,
         snapshot_index = ?recovery.snapshot_index,
         last_log_index = ?recovery.last_log_index,
         "raft node started"
     );
     Ok(Node {
         inner: Arc::new(Inner {
-            id,
-            raft,
+            core,
             queue,
             counters,
             storage,
             replay_to: recovery.last_log_index,
+            initialized_here,
+            cluster_addr,
+            advertise,
             stop,
-            proposer: Mutex::new(Some(proposer)),
+            stop_server,
+            events,
+            tasks: Mutex::new(Some(Tasks {
+                proposer,
+                monitor,
+                server,
+            })),
             stopped: OnceCell::new(),
         }),
     })

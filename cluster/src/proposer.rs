@@ -1,27 +1,38 @@
 //! The proposer: turns many concurrent proposals into few Raft entries.
 //!
 //! Callers of `Node::propose` send (command, reply slot) into a bounded queue. One
-//! task owns the other end. It waits for one of `max_in_flight` slots, takes the
-//! first queued command plus everything else already queued (up to `max_batch`),
-//! and submits them as ONE entry. While entries are in flight, new commands pile up
-//! in the queue and form the next batch, so batches grow with load on their own.
-//! When an entry is applied, each caller gets its own reply from the entry's reply
-//! vector.
+//! task owns the other end. It takes the first queued command plus everything
+//! else already queued (up to `max_batch`) and submits them as ONE entry; while
+//! that entry is in flight, new commands pile up in the queue and form the next
+//! batch, so batches grow with load on their own. When the entry is applied, each
+//! caller gets its own reply from the entry's reply vector.
+//!
+//! On the leader the batch goes straight into Raft; on any other member it is sent
+//! to the leader. If the leader changes or cannot be reached, the same batch (same
+//! origin, incarnation and sequence numbers) is sent again to whoever leads next,
+//! for up to `node_down_after`: the state machine host applies it once. For that
+//! to hold, only one batch is in flight at a time, so no later batch can commit
+//! before a retried one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::ClientWriteError;
-use openraft::Raft;
-use starling_storage::{NodeId, Request, TypeConfig};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn, Instrument};
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::ServerState;
+use starling_storage::{Request, Response};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
+use crate::network::CallError;
+use crate::node::Core;
+use crate::wire::Refused;
 use crate::ClusterError;
 
-/// How long shutdown waits for entries already submitted before stopping Raft.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest pause between two attempts while no leader is known; a leader
+/// change seen in the metrics ends it early.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// One proposed command and where its reply goes.
 pub(crate) struct Proposal {
@@ -39,34 +50,23 @@ pub(crate) struct Counters {
 
 /// What the proposer needs to run.
 pub(crate) struct Proposer {
-    pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) origin: NodeId,
+    pub(crate) core: Arc<Core>,
     pub(crate) incarnation: u64,
     pub(crate) max_batch: usize,
-    pub(crate) max_in_flight: usize,
     pub(crate) counters: Arc<Counters>,
 }
 
 impl Proposer {
     /// Runs until `stop` turns true or every sender is gone. Commands still queued
-    /// then fail with `ShuttingDown`; entries already submitted are waited for.
+    /// then fail with `ShuttingDown`; the batch in flight is finished first.
     pub(crate) async fn run(
         self,
         mut queue: mpsc::Receiver<Proposal>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let slots = Arc::new(Semaphore::new(self.max_in_flight));
         let max_batch = self.max_batch.max(1);
         let mut next_seq = 0u64;
         loop {
-            let permit = tokio::select! {
-                biased;
-                _ = stop.wait_for(|stop| *stop) => break,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
             let first = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break,
@@ -85,24 +85,17 @@ impl Proposer {
             }
             let first_seq = next_seq;
             next_seq += batch.len() as u64;
-            self.submit(batch, first_seq, permit).await;
+            self.submit(batch, first_seq).await;
         }
 
         queue.close();
         while let Ok(proposal) = queue.try_recv() {
             let _ = proposal.reply.send(Err(ClusterError::ShuttingDown));
         }
-        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
-        if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all))
-            .await
-            .is_err()
-        {
-            warn!("entries still in flight at shutdown; their proposers get an error");
-        }
     }
 
-    /// Submits one batch as one entry and leaves a task to deliver its replies.
-    async fn submit(&self, batch: Vec<Proposal>, first_seq: u64, permit: OwnedSemaphorePermit) {
+    /// Commits one batch as one entry and hands out the replies.
+    async fn submit(&self, batch: Vec<Proposal>, first_seq: u64) {
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let count = commands.len();
@@ -112,64 +105,94 @@ impl Proposer {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         debug!(commands = count, first_seq, "proposing batch");
         let request = Request {
-            origin: self.origin,
+            origin: self.core.id,
             incarnation: self.incarnation,
             first_seq,
             commands,
         };
-        // `client_write_ff` returns once the entry is queued in Raft's core, so the
-        // entries enter the log in the order of their sequence numbers.
-        match self.raft.client_write_ff(request).await {
-            Ok(pending) => {
-                tokio::spawn(
-                    async move {
-                        let outcome = pending.await;
-                        // Free the slot first: the next batch can form while replies go out.
-                        drop(permit);
-                        deliver(outcome, replies);
-                    }
-                    .in_current_span(),
-                );
-            }
-            Err(fatal) => {
-                for reply in replies {
-                    let _ = reply.send(Err(ClusterError::Raft(fatal.to_string())));
+        let outcome = write(&self.core, &request).await;
+        deliver(outcome, replies);
+    }
+}
+
+/// Commits `request` through whichever member leads, retrying the same request
+/// across leader changes until `node_down_after` has passed.
+async fn write(core: &Core, request: &Request) -> Result<Response, ClusterError> {
+    let deadline = Instant::now() + core.node_down_after;
+    let mut metrics = core.raft.metrics();
+    loop {
+        let (leading, leader) = {
+            let m = metrics.borrow_and_update();
+            let leader = m
+                .current_leader
+                .filter(|l| *l != core.id)
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            (m.state == ServerState::Leader, leader)
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ClusterError::Unavailable);
+        }
+        if leading {
+            match tokio::time::timeout(remaining, core.raft.client_write(request.clone())).await {
+                Err(_) => return Err(ClusterError::Unavailable),
+                Ok(Ok(response)) => return Ok(response.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    debug!("lost leadership with a batch in flight; retrying");
                 }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(ClusterError::Raft(e.to_string()))
+                }
+                Ok(Err(RaftError::Fatal(Fatal::Stopped))) => {
+                    return Err(ClusterError::ShuttingDown)
+                }
+                Ok(Err(RaftError::Fatal(e))) => return Err(ClusterError::Raft(e.to_string())),
             }
+        } else if let Some(leader) = leader {
+            match core
+                .peers
+                .propose(&leader.grpc_addr, request, remaining)
+                .await
+            {
+                Ok(Ok(data)) => return Ok(data),
+                Ok(Err(Refused::Failed(e))) => return Err(ClusterError::Raft(e)),
+                Ok(Err(refused)) => debug!(%refused, "leader refused a batch; retrying"),
+                Err(CallError::Timeout) => return Err(ClusterError::Unavailable),
+                Err(e) => debug!(error = %e, "leader unreachable; retrying"),
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() {
+                return Err(ClusterError::ShuttingDown);
+            },
+            _ = tokio::time::sleep(RETRY_PAUSE) => {}
+            _ = tokio::time::sleep_until(deadline) => return Err(ClusterError::Unavailable),
         }
     }
 }
 
-type WriteOutcome = Result<
-    Result<
-        openraft::raft::ClientWriteResponse<TypeConfig>,
-        ClientWriteError<NodeId, starling_storage::PeerNode>,
-    >,
-    oneshot::error::RecvError,
->;
-
 /// Hands each caller its own reply, or the batch's error.
-fn deliver(outcome: WriteOutcome, replies: Vec<oneshot::Sender<Result<Vec<u8>, ClusterError>>>) {
+fn deliver(
+    outcome: Result<Response, ClusterError>,
+    replies: Vec<oneshot::Sender<Result<Vec<u8>, ClusterError>>>,
+) {
     let failure = match outcome {
-        Ok(Ok(response)) if response.data.len() == replies.len() => {
-            for (reply, data) in replies.into_iter().zip(response.data) {
+        Ok(data) if data.len() == replies.len() => {
+            for (reply, data) in replies.into_iter().zip(data) {
                 // A caller that stopped waiting is no error: its command committed.
                 let _ = reply.send(Ok(data));
             }
             return;
         }
-        Ok(Ok(response)) => {
+        Ok(data) => {
             warn!(
                 expected = replies.len(),
-                got = response.data.len(),
+                got = data.len(),
                 "state machine returned the wrong number of replies"
             );
             ClusterError::Raft("the state machine returned the wrong number of replies".into())
         }
-        Ok(Err(ClientWriteError::ForwardToLeader(_))) => ClusterError::Unavailable,
-        Ok(Err(ClientWriteError::ChangeMembershipError(e))) => ClusterError::Raft(e.to_string()),
-        // Raft dropped the entry's responder: it is stopping.
-        Err(_) => ClusterError::ShuttingDown,
+        Err(e) => e,
     };
     for reply in replies {
         let _ = reply.send(Err(same(&failure)));
@@ -183,5 +206,11 @@ fn same(error: &ClusterError) -> ClusterError {
         ClusterError::Unavailable => ClusterError::Unavailable,
         ClusterError::ShuttingDown => ClusterError::ShuttingDown,
         ClusterError::Raft(s) => ClusterError::Raft(s.clone()),
+        ClusterError::Config(s) => ClusterError::Config(s.clone()),
+        ClusterError::Membership(s) => ClusterError::Membership(s.clone()),
+        ClusterError::Listen { addr, source } => ClusterError::Listen {
+            addr: *addr,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
     }
 }

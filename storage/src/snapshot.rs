@@ -8,12 +8,15 @@
 //! [u32 BE header length][postcard Header][application snapshot bytes]
 //! ```
 //!
+//! The header starts with its format number; format 1 had no replies of last
+//! batches and is still read.
+//!
 //! The last snapshot is kept in the `snapshot` tree: its metadata and bytes in one
 //! atomic batch, flushed before the snapshot is reported built or installed.
 
 use serde::{Deserialize, Serialize};
 
-use crate::state_machine::Mark;
+use crate::state_machine::{LastBatch, Mark};
 use crate::store::{decode, encode, get, Shared, StoreError};
 use crate::types::{NodeId, SnapshotMeta};
 
@@ -21,10 +24,19 @@ const KEY_META: &[u8] = b"meta";
 const KEY_DATA: &[u8] = b"data";
 
 /// Bumped when the header changes incompatibly.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// The format before the replies of last batches were kept.
+const FORMAT_NO_REPLIES: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
+    format: u32,
+    marks: Vec<(NodeId, Mark)>,
+    last_batches: Vec<(NodeId, LastBatch)>,
+}
+
+#[derive(Deserialize)]
+struct HeaderNoReplies {
     format: u32,
     marks: Vec<(NodeId, Mark)>,
 }
@@ -32,16 +44,22 @@ struct Header {
 /// The decoded parts of a snapshot's bytes.
 pub(crate) struct Body<'a> {
     pub(crate) marks: Vec<(NodeId, Mark)>,
+    pub(crate) last_batches: Vec<(NodeId, LastBatch)>,
     pub(crate) app: &'a [u8],
 }
 
 impl<'a> Body<'a> {
-    pub(crate) fn encode(marks: Vec<(NodeId, Mark)>, app: &[u8]) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn encode(
+        marks: Vec<(NodeId, Mark)>,
+        last_batches: Vec<(NodeId, LastBatch)>,
+        app: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
         let header = encode(
             "snapshot header",
             &Header {
                 format: FORMAT,
                 marks,
+                last_batches,
             },
         )?;
         let len = u32::try_from(header.len())
@@ -64,15 +82,29 @@ impl<'a> Body<'a> {
             .and_then(|len| len.checked_add(4))
             .ok_or_else(too_short)?;
         let header_bytes = bytes.get(4..header_end).ok_or_else(too_short)?;
-        let header: Header = decode("snapshot header", header_bytes)?;
-        if header.format != FORMAT {
-            return Err(StoreError::corrupt(
-                "snapshot",
-                format!("format {} (this build reads {FORMAT})", header.format),
-            ));
-        }
+        // Every format starts with its number.
+        let (format, _) = postcard::take_from_bytes::<u32>(header_bytes)
+            .map_err(|e| StoreError::corrupt("snapshot header", e))?;
+        let (marks, last_batches) = match format {
+            FORMAT => {
+                let header: Header = decode("snapshot header", header_bytes)?;
+                (header.marks, header.last_batches)
+            }
+            FORMAT_NO_REPLIES => {
+                let header: HeaderNoReplies = decode("snapshot header", header_bytes)?;
+                debug_assert_eq!(header.format, FORMAT_NO_REPLIES);
+                (header.marks, Vec::new())
+            }
+            other => {
+                return Err(StoreError::corrupt(
+                    "snapshot",
+                    format!("format {other} (this build reads {FORMAT_NO_REPLIES} and {FORMAT})"),
+                ))
+            }
+        };
         Ok(Body {
-            marks: header.marks,
+            marks,
+            last_batches,
             app: bytes.get(header_end..).ok_or_else(too_short)?,
         })
     }

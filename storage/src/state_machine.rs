@@ -30,20 +30,37 @@ pub(crate) struct Mark {
     pub(crate) seq: u64,
 }
 
+/// The replies to the last batch applied from one origin. A proposer that retries
+/// a batch after a leader change (it cannot know whether the first attempt
+/// committed) gets these replies again rather than empty ones; it has only one
+/// batch in flight, so the last one is the only one it can retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LastBatch {
+    pub(crate) incarnation: u64,
+    pub(crate) first_seq: u64,
+    pub(crate) replies: Vec<Vec<u8>>,
+}
+
 /// What this layer tracks beside the application state. Part of every snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct SmState {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     marks: BTreeMap<NodeId, Mark>,
+    last_batches: BTreeMap<NodeId, LastBatch>,
 }
 
 impl SmState {
-    pub(crate) fn from_snapshot(meta: &SnapshotMeta, marks: Vec<(NodeId, Mark)>) -> SmState {
+    pub(crate) fn from_snapshot(
+        meta: &SnapshotMeta,
+        marks: Vec<(NodeId, Mark)>,
+        last_batches: Vec<(NodeId, LastBatch)>,
+    ) -> SmState {
         SmState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             marks: marks.into_iter().collect(),
+            last_batches: last_batches.into_iter().collect(),
         }
     }
 }
@@ -74,7 +91,8 @@ impl StateMachineStore {
             first_seq,
             commands,
         } = request;
-        let mut replies = Vec::with_capacity(commands.len());
+        let count = commands.len();
+        let mut replies = Vec::with_capacity(count);
         let mut skipped = 0usize;
         for (seq, command) in (first_seq..).zip(commands) {
             let this = Mark { incarnation, seq };
@@ -96,6 +114,26 @@ impl StateMachineStore {
                 origin,
                 incarnation, first_seq, skipped, "skipped commands already applied"
             );
+        }
+        if skipped == 0 {
+            self.state.last_batches.insert(
+                origin,
+                LastBatch {
+                    incarnation,
+                    first_seq,
+                    replies: replies.clone(),
+                },
+            );
+        } else if skipped == count {
+            // The whole batch again: a retry. Answer it as the first time.
+            if let Some(last) = self.state.last_batches.get(&origin) {
+                if last.incarnation == incarnation
+                    && last.first_seq == first_seq
+                    && last.replies.len() == count
+                {
+                    return last.replies.clone();
+                }
+            }
         }
         replies
     }
@@ -144,7 +182,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ),
         };
         let marks = self.state.marks.iter().map(|(o, m)| (*o, *m)).collect();
-        let body = Body::encode(marks, &self.app.snapshot());
+        let last_batches = self
+            .state
+            .last_batches
+            .iter()
+            .map(|(o, b)| (*o, b.clone()))
+            .collect();
+        let body = Body::encode(marks, last_batches, &self.app.snapshot());
         SnapshotBuilder {
             shared: self.shared.clone(),
             meta,
@@ -174,7 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.app
             .restore(parts.app)
             .map_err(|e| err(StoreError::Restore(e)))?;
-        self.state = SmState::from_snapshot(meta, parts.marks);
+        self.state = SmState::from_snapshot(meta, parts.marks, parts.last_batches);
         info!(snapshot = %meta, "installed snapshot");
         Ok(())
     }

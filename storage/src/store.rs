@@ -215,7 +215,7 @@ impl Storage {
             let parts = snapshot::Body::decode(&body)?;
             app.restore(parts.app).map_err(StoreError::Restore)?;
             recovery.snapshot_index = meta.last_log_id.map(|id| id.index);
-            sm_state = SmState::from_snapshot(&meta, parts.marks);
+            sm_state = SmState::from_snapshot(&meta, parts.marks, parts.last_batches);
         }
         recovery.last_log_index = last_log_id(&shared)?.map(|id| id.index);
 

@@ -323,3 +323,63 @@ async fn a_corrupt_snapshot_is_refused_without_replacing_the_stored_one() {
         .expect("stored");
     assert_eq!(current.meta, snap.meta);
 }
+
+#[tokio::test]
+async fn a_retried_batch_gets_its_first_replies_also_after_a_snapshot_transfer() {
+    let dir = TempDir::new().expect("temp dir");
+    let (mut s, app) = open(dir.path());
+    let request = |first_seq: u64, commands: &[&str]| Request {
+        origin: 9,
+        incarnation: 1,
+        first_seq,
+        commands: commands.iter().map(|c| c.as_bytes().to_vec()).collect(),
+    };
+    let normal = |index: u64, r: Request| Entry::<TypeConfig> {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(r),
+    };
+    let first = vec![1u64.to_be_bytes().to_vec(), 2u64.to_be_bytes().to_vec()];
+
+    let replies = s
+        .state_machine
+        .apply([normal(1, request(0, &["a", "b"]))])
+        .await
+        .expect("apply");
+    assert_eq!(replies, vec![first.clone()]);
+
+    // The proposer did not learn the outcome and sent the batch again.
+    let replies = s
+        .state_machine
+        .apply([normal(2, request(0, &["a", "b"]))])
+        .await
+        .expect("apply");
+    assert_eq!(
+        replies,
+        vec![first.clone()],
+        "the retry is answered as the first time"
+    );
+    assert_eq!(app.applied(), vec![b"a".to_vec(), b"b".to_vec()]);
+
+    // The replies travel with the snapshot: a new leader answers the retry alike.
+    let snap = s
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+    let other_dir = TempDir::new().expect("temp dir");
+    let (mut other, other_app) = open(other_dir.path());
+    other
+        .state_machine
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .expect("install");
+    let replies = other
+        .state_machine
+        .apply([normal(3, request(0, &["a", "b"]))])
+        .await
+        .expect("apply");
+    assert_eq!(replies, vec![first]);
+    assert_eq!(other_app.applied(), app.applied());
+}

@@ -46,6 +46,8 @@ pub fn config(dir: &Path) -> NodeConfig {
         node_id: 1,
         data_dir: dir.to_path_buf(),
         max_batch: 1024,
+        listen: ([127, 0, 0, 1], 0).into(),
+        ..NodeConfig::default()
     }
 }
 

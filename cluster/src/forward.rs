@@ -1,0 +1,766 @@
+//! Node-to-node forwarding: opaque frames (the broker's batches of publishes) sent
+//! to a peer on one long-lived gRPC stream, and acknowledged once the peer's
+//! [`ForwardHandler`] has taken them.
+//!
+//! Sending side ([`Forwarder`]): one task per peer owns a bounded queue and the
+//! stream. It numbers frames, keeps those not yet acknowledged in a window, writes
+//! whatever is queued back to back, and when the stream breaks it reconnects with
+//! backoff and sends the window again.
+//!
+//! Receiving side ([`forward_service`]): per sender stream it remembers the highest
+//! seq handled, so a frame sent again after a reconnect is acknowledged without
+//! being handled twice, and frames from one sender are handled in the order sent.
+//! That memory lives as long as the service: if the receiving process restarts, a
+//! frame it handled just before whose ack was lost is handled again.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use starling_proto::cluster::forward_client::ForwardClient;
+use starling_proto::cluster::forward_server::{Forward, ForwardServer};
+use starling_proto::cluster::{ForwardAck, ForwardFrame};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn, Instrument};
+
+/// The largest frame either end accepts. A bigger frame is refused by
+/// [`Forwarder::send`]: once queued it could never be delivered, and would stall
+/// every frame behind it.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Request metadata: the sending node's id.
+const NODE_HEADER: &str = "x-starling-node";
+/// Request metadata: a random id of the sender's stream, so that a sender that
+/// restarts (and numbers its frames from 1 again) is not taken for a duplicate.
+const STREAM_HEADER: &str = "x-starling-stream";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const KEEPALIVE: Duration = Duration::from_secs(2);
+/// How long opening a stream may take before the attempt counts as failed.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Frames handed to the gRPC stream but not yet encoded. The window, not this,
+/// bounds what is in flight; this only lets the encoder take several at once.
+const STAGED_FRAMES: usize = 128;
+/// The receiver acknowledges at least every this many frames, even while more are
+/// arriving; otherwise one ack covers everything handled so far.
+const ACK_EVERY: usize = 64;
+
+/// Receives frames forwarded by peers. Supplied by the user of the cluster crate.
+pub trait ForwardHandler: Send + Sync + 'static {
+    /// Handles one frame from node `from`. When this returns, the frame counts as
+    /// accepted (the peer's sender gets its ack).
+    fn handle(&self, from: u64, frame: Bytes);
+}
+
+/// Why a frame was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No address is known for the node ([`Forwarder::set_peer`] was not called, or
+    /// the peer was removed).
+    #[error("node {0} is not a known peer")]
+    UnknownPeer(u64),
+    /// The queue towards the node is full; the frame was not queued.
+    #[error("the forwarding buffer towards node {0} is full")]
+    BufferFull(u64),
+    /// The node did not acknowledge in time. The frame stays queued and may still be
+    /// delivered later.
+    #[error("node {0} did not acknowledge the frame in time")]
+    Timeout(u64),
+    /// The frame is larger than [`MAX_FRAME_BYTES`]; it was not queued.
+    #[error("a frame of {len} bytes for node {to} exceeds the limit")]
+    TooLarge { to: u64, len: usize },
+    /// The peer was removed, or the forwarder dropped, before the frame was
+    /// acknowledged.
+    #[error("the forwarding stream was closed")]
+    Closed,
+}
+
+/// Counters of the sending side since the [`Forwarder`] was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardStats {
+    /// Frames written to a stream for the first time.
+    pub sent: u64,
+    /// Frames a peer acknowledged.
+    pub acked: u64,
+    /// Frames refused because the queue towards their peer was full.
+    pub dropped: u64,
+    /// Frames written again after a stream was re-opened.
+    pub resent: u64,
+    /// Streams that failed to open or broke.
+    pub errors: u64,
+    /// Sends whose caller stopped waiting for the ack ([`ForwardError::Timeout`]).
+    pub timeouts: u64,
+    /// One entry per known peer, by id.
+    pub peers: Vec<PeerStats>,
+}
+
+/// The state of the stream towards one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    pub id: u64,
+    /// Frames queued, not yet taken by the stream task.
+    pub queued: usize,
+    /// Frames taken by the stream task and not yet acknowledged.
+    pub unacked: usize,
+    /// Whether a stream is open right now.
+    pub connected: bool,
+}
+
+// ---------------------------------------------------------------------------
+// Receiving side
+// ---------------------------------------------------------------------------
+
+/// The gRPC service side: one long-lived bidirectional stream per peer. The peer's
+/// node id comes in request metadata `x-starling-node`.
+pub fn forward_service(handler: Arc<dyn ForwardHandler>) -> ForwardServer<impl Forward> {
+    ForwardServer::new(ForwardService {
+        handler,
+        senders: Mutex::default(),
+    })
+    .max_decoding_message_size(MAX_FRAME_BYTES)
+    .max_encoding_message_size(MAX_FRAME_BYTES)
+}
+
+struct ForwardService {
+    handler: Arc<dyn ForwardHandler>,
+    /// The latest sender stream of each peer. Locked only to look an entry up or to
+    /// replace it, when streams open.
+    senders: Mutex<HashMap<u64, Arc<SenderStream>>>,
+}
+
+/// What the receiver remembers of one sender stream.
+struct SenderStream {
+    epoch: u64,
+    /// The highest seq handled, `None` before the first frame. Held while the
+    /// handler runs: after a reconnect the old and the new gRPC stream of one sender
+    /// may overlap for a moment, and each frame must still be handled once, in order.
+    handled: Mutex<Option<u64>>,
+}
+
+impl ForwardService {
+    fn sender_stream(&self, from: u64, epoch: u64) -> Arc<SenderStream> {
+        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        match senders.get(&from) {
+            Some(s) if s.epoch == epoch => s.clone(),
+            _ => {
+                let s = Arc::new(SenderStream {
+                    epoch,
+                    handled: Mutex::new(None),
+                });
+                senders.insert(from, s.clone());
+                s
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Forward for ForwardService {
+    type StreamStream = AckStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<ForwardFrame>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let from = metadata_u64(request.metadata(), NODE_HEADER)?;
+        let epoch = metadata_u64(request.metadata(), STREAM_HEADER)?;
+        debug!(from, epoch, "forward stream opened");
+        Ok(Response::new(AckStream {
+            from,
+            sender: self.sender_stream(from, epoch),
+            handler: self.handler.clone(),
+            inbound: request.into_inner(),
+            ack: None,
+            done: false,
+        }))
+    }
+}
+
+fn metadata_u64(metadata: &MetadataMap, key: &str) -> Result<u64, Status> {
+    metadata
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Status::invalid_argument(format!("missing or malformed {key}")))
+}
+
+/// The response of one forward stream. Polling it reads and handles the frames the
+/// peer sent, so frames are taken only as fast as acks can be written back, and
+/// reading stops when the peer goes away.
+struct AckStream {
+    from: u64,
+    sender: Arc<SenderStream>,
+    handler: Arc<dyn ForwardHandler>,
+    inbound: Streaming<ForwardFrame>,
+    /// The highest seq accepted and not yet acknowledged.
+    ack: Option<u64>,
+    done: bool,
+}
+
+impl AckStream {
+    fn accept(&mut self, frame: ForwardFrame) {
+        let seq = frame.seq;
+        // The lock is held while the handler runs; see `SenderStream::handled`.
+        let mut handled = self
+            .sender
+            .handled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *handled {
+            Some(h) if seq <= h => {}
+            Some(h) if seq != h + 1 => {
+                warn!(
+                    from = self.from,
+                    expected = h + 1,
+                    got = seq,
+                    "forward stream skipped frames"
+                );
+                self.handler.handle(self.from, frame.messages);
+                *handled = Some(seq);
+            }
+            _ => {
+                self.handler.handle(self.from, frame.messages);
+                *handled = Some(seq);
+            }
+        }
+        self.ack = Some(self.ack.map_or(seq, |a| a.max(seq)));
+    }
+}
+
+impl Stream for AckStream {
+    type Item = Result<ForwardAck, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let mut error = None;
+        let mut taken = 0;
+        while !this.done && taken < ACK_EVERY {
+            match Pin::new(&mut this.inbound).poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.accept(frame);
+                    taken += 1;
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    debug!(from = this.from, %status, "forward stream failed");
+                    this.done = true;
+                    error = Some(status);
+                }
+                Poll::Ready(None) => {
+                    debug!(from = this.from, "forward stream closed");
+                    this.done = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if let Some(seq) = this.ack.take() {
+            return Poll::Ready(Some(Ok(ForwardAck { seq })));
+        }
+        match (this.done, error) {
+            (_, Some(status)) => Poll::Ready(Some(Err(status))),
+            (true, None) => Poll::Ready(None),
+            (false, None) => Poll::Pending,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sending side
+// ---------------------------------------------------------------------------
+
+/// The sending side: one stream per peer, opened when the first frame for that peer
+/// is queued. Must be used within a Tokio runtime.
+#[derive(Clone)]
+pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    self_id: u64,
+    buffer: usize,
+    /// Read on every send, written on membership changes.
+    peers: RwLock<HashMap<u64, Peer>>,
+    counters: Arc<Counters>,
+}
+
+/// The forwarder's handle on one peer's task. Dropping it stops the task, and the
+/// frames it still holds fail with [`ForwardError::Closed`].
+struct Peer {
+    /// The peer's address; the task reconnects when it changes.
+    addr: watch::Sender<String>,
+    /// Frames for the task. Overflow: `send` fails with `BufferFull` and counts it.
+    queue: mpsc::Sender<Outgoing>,
+    shared: Arc<PeerShared>,
+}
+
+/// What the task reports about its peer.
+#[derive(Default)]
+struct PeerShared {
+    unacked: AtomicUsize,
+    connected: AtomicBool,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    dropped: AtomicU64,
+    resent: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A frame in the queue, with the caller's end of its ack.
+struct Outgoing {
+    frame: Bytes,
+    ack: oneshot::Sender<()>,
+}
+
+impl Forwarder {
+    /// `buffer` is how many frames may wait in the queue towards each peer; as many
+    /// again may be on the wire, awaiting their ack.
+    pub fn new(self_id: u64, buffer: usize) -> Forwarder {
+        Forwarder {
+            inner: Arc::new(Inner {
+                self_id,
+                buffer: buffer.max(1),
+                peers: RwLock::default(),
+                counters: Arc::default(),
+            }),
+        }
+    }
+
+    /// Where peer `id` listens (host:port); called on membership changes. A new
+    /// address re-opens the stream; frames not yet acknowledged are sent again.
+    pub fn set_peer(&self, id: u64, addr: String) {
+        let mut peers = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(peer) = peers.get(&id) {
+            peer.addr.send_if_modified(|old| {
+                let changed = *old != addr;
+                *old = addr;
+                changed
+            });
+            return;
+        }
+        let (queue, queue_rx) = mpsc::channel(self.inner.buffer);
+        let (addr_tx, addr_rx) = watch::channel(addr);
+        let shared = Arc::new(PeerShared::default());
+        let task = PeerTask {
+            self_id: self.inner.self_id,
+            epoch: stream_epoch(),
+            addr: addr_rx,
+            queue: queue_rx,
+            window: VecDeque::new(),
+            window_cap: self.inner.buffer,
+            next_seq: 1,
+            next_write: 1,
+            written_max: 0,
+            progressed: false,
+            counters: self.inner.counters.clone(),
+            shared: shared.clone(),
+        };
+        tokio::spawn(
+            task.run()
+                .instrument(tracing::info_span!("forward", peer = id)),
+        );
+        peers.insert(
+            id,
+            Peer {
+                addr: addr_tx,
+                queue,
+                shared,
+            },
+        );
+    }
+
+    /// Forgets peer `id`; frames still queued for it fail with
+    /// [`ForwardError::Closed`].
+    pub fn remove_peer(&self, id: u64) {
+        let removed = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        drop(removed);
+    }
+
+    /// Queues `frame` for peer `to`; the future resolves Ok when the peer
+    /// acknowledged it (its handler returned), Err if the peer is unknown, the buffer
+    /// is full (counted, never blocks the caller), or no ack came within `timeout`.
+    ///
+    /// The frame is queued by this call, not when the future is first polled, so
+    /// frames to one peer are handled in the order of the calls, and dropping the
+    /// future does not withdraw the frame.
+    pub fn send(
+        &self,
+        to: u64,
+        frame: Bytes,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), ForwardError>> + Send + 'static {
+        let deadline = Instant::now() + timeout;
+        let queued = self.enqueue(to, frame);
+        let counters = self.inner.counters.clone();
+        async move {
+            match tokio::time::timeout_at(deadline, queued?).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(ForwardError::Closed),
+                Err(_) => {
+                    bump(&counters.timeouts, 1);
+                    Err(ForwardError::Timeout(to))
+                }
+            }
+        }
+    }
+
+    fn enqueue(&self, to: u64, frame: Bytes) -> Result<oneshot::Receiver<()>, ForwardError> {
+        if frame.len() > MAX_FRAME_BYTES {
+            return Err(ForwardError::TooLarge {
+                to,
+                len: frame.len(),
+            });
+        }
+        let peers = self
+            .inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let peer = peers.get(&to).ok_or(ForwardError::UnknownPeer(to))?;
+        let (ack, acked) = oneshot::channel();
+        match peer.queue.try_send(Outgoing { frame, ack }) {
+            Ok(()) => Ok(acked),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                bump(&self.inner.counters.dropped, 1);
+                Err(ForwardError::BufferFull(to))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ForwardError::Closed),
+        }
+    }
+
+    /// Counters: frames sent, acked, dropped (buffer full), resent, errors; per
+    /// peer queue depth.
+    pub fn stats(&self) -> ForwardStats {
+        let c = &self.inner.counters;
+        let peers = self
+            .inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut peer_stats: Vec<PeerStats> = peers
+            .iter()
+            .map(|(&id, p)| PeerStats {
+                id,
+                queued: p.queue.max_capacity() - p.queue.capacity(),
+                unacked: p.shared.unacked.load(Ordering::Relaxed),
+                connected: p.shared.connected.load(Ordering::Relaxed),
+            })
+            .collect();
+        peer_stats.sort_by_key(|p| p.id);
+        ForwardStats {
+            sent: c.sent.load(Ordering::Relaxed),
+            acked: c.acked.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            resent: c.resent.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            peers: peer_stats,
+        }
+    }
+}
+
+/// A random id for a new sender stream.
+fn stream_epoch() -> u64 {
+    static STREAMS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(now.as_nanos());
+    hasher.write_u64(STREAMS.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .tcp_nodelay(true)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true))
+}
+
+/// Why a stream attempt ended.
+enum End {
+    /// The peer was removed or the forwarder dropped.
+    Removed,
+    AddrChanged,
+    Broken(StreamError),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("bad address: {0}")]
+    Address(tonic::transport::Error),
+    #[error("{0}")]
+    Status(#[from] Status),
+    #[error("no answer within {OPEN_TIMEOUT:?}")]
+    OpenTimeout,
+    #[error("closed by the peer")]
+    ClosedByPeer,
+    #[error("the request stream was dropped")]
+    RequestClosed,
+}
+
+/// A frame taken from the queue: written (maybe) and not yet acknowledged.
+struct InFlight {
+    seq: u64,
+    frame: Bytes,
+    ack: oneshot::Sender<()>,
+}
+
+/// Owns the stream towards one peer.
+struct PeerTask {
+    self_id: u64,
+    epoch: u64,
+    addr: watch::Receiver<String>,
+    /// The forwarder holds the other end.
+    queue: mpsc::Receiver<Outgoing>,
+    /// Consecutive seqs, oldest first.
+    window: VecDeque<InFlight>,
+    window_cap: usize,
+    /// The seq the next frame taken from the queue gets.
+    next_seq: u64,
+    /// The seq of the next frame to write on the current stream.
+    next_write: u64,
+    /// The highest seq ever written, to tell a resend from a first send.
+    written_max: u64,
+    /// Whether the current stream got an ack; a stream that did resets the backoff.
+    progressed: bool,
+    counters: Arc<Counters>,
+    shared: Arc<PeerShared>,
+}
+
+impl PeerTask {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut failures = 0u32;
+        loop {
+            if self.window.is_empty() {
+                // Open a stream only when there is something to send.
+                tokio::select! {
+                    m = self.queue.recv() => match m {
+                        Some(m) => self.push(m),
+                        None => return,
+                    },
+                    r = self.addr.changed() => match r {
+                        Ok(()) => continue,
+                        Err(_) => return,
+                    },
+                }
+            }
+            let addr = self.addr.borrow_and_update().clone();
+            self.progressed = false;
+            let end = self.stream(&addr, failures).await;
+            self.shared.connected.store(false, Ordering::Relaxed);
+            let error = match end {
+                End::Removed => return,
+                End::AddrChanged => {
+                    backoff = BACKOFF_MIN;
+                    failures = 0;
+                    continue;
+                }
+                End::Broken(e) => e,
+            };
+            bump(&self.counters.errors, 1);
+            if self.progressed {
+                backoff = BACKOFF_MIN;
+                failures = 0;
+            }
+            if failures == 0 {
+                warn!(%addr, error = %error, "forward stream to peer failed");
+            } else {
+                debug!(%addr, error = %error, failures, "forward stream to peer failed again");
+            }
+            failures = failures.saturating_add(1);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                r = self.addr.changed() => if r.is_err() { return },
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Opens a stream, sends the window again, then streams until something ends it.
+    async fn stream(&mut self, addr: &str, failures: u32) -> End {
+        let channel = match endpoint(addr) {
+            Ok(endpoint) => endpoint.connect_lazy(),
+            Err(e) => return End::Broken(StreamError::Address(e)),
+        };
+        let mut client = ForwardClient::new(channel)
+            .max_decoding_message_size(MAX_FRAME_BYTES)
+            .max_encoding_message_size(MAX_FRAME_BYTES);
+        // Overflow: none; frames are only written when there is room (`pump`, and
+        // `reserve` below), the window holds them meanwhile.
+        let (out, out_rx) = mpsc::channel(STAGED_FRAMES);
+        let mut request = Request::new(ReceiverStream::new(out_rx));
+        let metadata = request.metadata_mut();
+        metadata.insert(NODE_HEADER, MetadataValue::from(self.self_id));
+        metadata.insert(STREAM_HEADER, MetadataValue::from(self.epoch));
+
+        self.next_write = self.window.front().map_or(self.next_seq, |f| f.seq);
+        if let Err(e) = self.pump(&out) {
+            return End::Broken(e);
+        }
+        let open = tokio::time::timeout(OPEN_TIMEOUT, client.stream(request));
+        let mut acks = tokio::select! {
+            r = open => match r {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => return End::Broken(status.into()),
+                Err(_) => return End::Broken(StreamError::OpenTimeout),
+            },
+            r = self.addr.changed() => return self.addr_changed(r),
+        };
+        self.shared.connected.store(true, Ordering::Relaxed);
+        if failures > 0 {
+            info!(%addr, "forward stream to peer re-opened");
+        } else {
+            debug!(%addr, "forward stream to peer opened");
+        }
+
+        loop {
+            if let Err(e) = self.pump(&out) {
+                return End::Broken(e);
+            }
+            let room = self.window.len() < self.window_cap;
+            let unwritten = self.next_write < self.next_seq;
+            tokio::select! {
+                biased;
+                ack = acks.message() => match ack {
+                    Ok(Some(ack)) => self.acked(ack.seq),
+                    Ok(None) => return End::Broken(StreamError::ClosedByPeer),
+                    Err(status) => return End::Broken(status.into()),
+                },
+                r = self.addr.changed() => return self.addr_changed(r),
+                m = self.queue.recv(), if room => match m {
+                    Some(m) => self.push(m),
+                    None => return End::Removed,
+                },
+                permit = out.reserve(), if unwritten => match permit {
+                    Ok(permit) => self.write(permit),
+                    Err(_) => return End::Broken(StreamError::RequestClosed),
+                },
+            }
+        }
+    }
+
+    fn addr_changed(&self, r: Result<(), watch::error::RecvError>) -> End {
+        match r {
+            Ok(()) => End::AddrChanged,
+            Err(_) => End::Removed,
+        }
+    }
+
+    /// Takes what is queued into the window and writes what fits, without waiting.
+    fn pump(&mut self, out: &mpsc::Sender<ForwardFrame>) -> Result<(), StreamError> {
+        while self.window.len() < self.window_cap {
+            match self.queue.try_recv() {
+                Ok(m) => self.push(m),
+                // Empty, or removed: the `select!` in `stream` sees the latter.
+                Err(_) => break,
+            }
+        }
+        while self.next_write < self.next_seq {
+            match out.try_reserve() {
+                Ok(permit) => self.write(permit),
+                Err(mpsc::error::TrySendError::Full(())) => break,
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    return Err(StreamError::RequestClosed)
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, m: Outgoing) {
+        self.window.push_back(InFlight {
+            seq: self.next_seq,
+            frame: m.frame,
+            ack: m.ack,
+        });
+        self.next_seq += 1;
+        self.shared
+            .unacked
+            .store(self.window.len(), Ordering::Relaxed);
+    }
+
+    /// Writes the frame `next_write`, which the window holds.
+    fn write(&mut self, permit: mpsc::Permit<'_, ForwardFrame>) {
+        let Some(front) = self.window.front() else {
+            return;
+        };
+        let index = (self.next_write - front.seq) as usize;
+        let Some(f) = self.window.get(index) else {
+            return;
+        };
+        permit.send(ForwardFrame {
+            seq: f.seq,
+            messages: f.frame.clone(),
+        });
+        if f.seq <= self.written_max {
+            bump(&self.counters.resent, 1);
+        } else {
+            bump(&self.counters.sent, 1);
+            self.written_max = f.seq;
+        }
+        self.next_write += 1;
+    }
+
+    /// The peer handled every frame up to `seq`.
+    fn acked(&mut self, seq: u64) {
+        let mut n = 0;
+        while let Some(front) = self.window.front() {
+            // Never trust an ack for a frame not written on this stream.
+            if front.seq > seq || front.seq >= self.next_write {
+                break;
+            }
+            if let Some(f) = self.window.pop_front() {
+                // The caller may have stopped waiting; the frame was delivered anyway.
+                let _ = f.ack.send(());
+                n += 1;
+            }
+        }
+        self.progressed |= n > 0;
+        bump(&self.counters.acked, n);
+        self.shared
+            .unacked
+            .store(self.window.len(), Ordering::Relaxed);
+    }
+}
