@@ -37,3 +37,74 @@ impl Default for MqttConfig {
         }
     }
 }
+
+/// Settings of the cluster side of a node, as they appear under `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Address of the cluster gRPC listener: Raft and publish forwarding.
+    pub listen: SocketAddr,
+    /// The address other nodes dial to reach this one (host:port). Empty: the
+    /// listen address.
+    pub advertise: String,
+    /// The members of a new cluster as "ID=HOST:PORT" entries, the same list on
+    /// every node, this one included. Empty: a cluster of this node alone.
+    pub peers: Vec<String>,
+    /// The cluster address of a member of a running cluster to join. Empty: none.
+    pub join: String,
+    /// How long a node may stay silent before it is declared down, in
+    /// milliseconds: its clients' wills are then published by the others.
+    pub node_down_after_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            advertise: String::new(),
+            peers: Vec::new(),
+            join: String::new(),
+            node_down_after_ms: 3000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The peers as (id, address), or which entry is not "ID=HOST:PORT".
+    pub fn parse_peers(&self) -> Result<std::collections::BTreeMap<u64, String>, String> {
+        self.peers
+            .iter()
+            .map(|entry| {
+                let (id, addr) = entry
+                    .split_once('=')
+                    .ok_or_else(|| format!("peer {entry:?} is not ID=HOST:PORT"))?;
+                let id = id
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("peer {entry:?} has no numeric id"))?;
+                Ok((id, addr.trim().to_owned()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_entries_are_named() {
+        let config = ClusterConfig {
+            peers: vec!["1=127.0.0.1:7946".into(), " 2 = h:1 ".into()],
+            ..ClusterConfig::default()
+        };
+        let peers = config.parse_peers().expect("valid");
+        assert_eq!(peers.get(&1).map(String::as_str), Some("127.0.0.1:7946"));
+        assert_eq!(peers.get(&2).map(String::as_str), Some("h:1"));
+        let bad = ClusterConfig {
+            peers: vec!["x=h:1".into()],
+            ..ClusterConfig::default()
+        };
+        assert!(bad.parse_peers().unwrap_err().contains("x=h:1"));
+    }
+}

@@ -3,6 +3,8 @@
 
 pub mod config;
 mod connection;
+mod events;
+mod forward;
 mod listener;
 pub mod metrics;
 pub mod registry;
@@ -20,7 +22,7 @@ use starling_cluster::{Node, NodeConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::MqttConfig;
+pub use config::{ClusterConfig, MqttConfig};
 use metrics::Metrics;
 use registry::Registry;
 use state::{Command, ConnId, Message, MqttMachine, Reply};
@@ -31,6 +33,7 @@ pub struct BrokerConfig {
     pub node_id: u64,
     pub data_dir: PathBuf,
     pub mqtt: MqttConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// What a node found in its storage at start.
@@ -66,6 +69,8 @@ pub enum BrokerError {
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most commands one Raft entry carries.
 const MAX_BATCH: usize = 4096;
+/// Forwarded messages queued per peer before sends fail fast (and are counted).
+const FORWARD_BUFFER: usize = 16 * 1024;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -74,6 +79,7 @@ pub(crate) struct Shared {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     config: MqttConfig,
+    forwarder: starling_cluster::Forwarder,
     next_conn: AtomicU64,
 }
 
@@ -93,9 +99,27 @@ impl Shared {
         Ok(postcard::from_bytes(&reply)?)
     }
 
-    /// Delivers `message` to the local subscribers that do not read a queue.
-    fn route(&self, message: &Message) {
-        router::route(&self.machine, &self.registry, &self.metrics, message);
+    /// Delivers `message` to the subscribers that do not read a queue: those here
+    /// at once, those on other nodes through the forwarding streams. The future
+    /// (if any node is involved) resolves when every such node accepted it.
+    fn route(&self, message: &Message) -> Option<futures::future::BoxFuture<'static, ()>> {
+        let nodes = router::route(&self.machine, &self.registry, &self.metrics, message);
+        if nodes.is_empty() {
+            return None;
+        }
+        Some(forward::send(
+            &self.forwarder,
+            &self.metrics,
+            message,
+            nodes,
+        ))
+    }
+
+    /// Like [`Shared::route`], for a caller that does not wait for other nodes.
+    fn route_detached(&self, message: &Message) {
+        if let Some(forwarded) = self.route(message) {
+            tokio::spawn(forwarded);
+        }
     }
 }
 
@@ -123,19 +147,40 @@ impl Broker {
             metrics.clone(),
             config.mqtt.max_queued_messages,
         ));
+        let peers = config
+            .cluster
+            .parse_peers()
+            .map_err(starling_cluster::ClusterError::Config)?;
+        let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
         let node_config = NodeConfig {
             node_id: config.node_id,
             data_dir: config.data_dir.join("raft"),
             max_batch: MAX_BATCH,
+            listen: config.cluster.listen,
+            advertise: non_empty(&config.cluster.advertise),
+            peers,
+            join: non_empty(&config.cluster.join),
+            node_down_after: Duration::from_millis(config.cluster.node_down_after_ms),
         };
-        let node = Node::start(node_config, machine.clone()).await?;
+        let inbound = Arc::new(forward::Inbound {
+            machine: machine.clone(),
+            registry: local.clone(),
+            metrics: metrics.clone(),
+        });
+        let node = Node::builder(node_config, machine.clone())
+            .forward_handler(inbound)
+            .start()
+            .await?;
         node.wait_ready(READY_TIMEOUT).await?;
+        let forwarder = starling_cluster::Forwarder::new(config.node_id, FORWARD_BUFFER);
+        forward::sync_peers(&node, &forwarder);
         let shared = Arc::new(Shared {
             node,
             machine,
             registry: local,
             metrics,
             config: config.mqtt.clone(),
+            forwarder,
             next_conn: AtomicU64::new(0),
         });
         // Connections this node held before it stopped are gone: their wills are
@@ -166,6 +211,11 @@ impl Broker {
                 source,
             })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(events::run(
+            shared.clone(),
+            config.data_dir.clone(),
+            shutdown_rx.clone(),
+        ));
         let accept = tokio::spawn(listener::accept_loop(listener, shared.clone(), shutdown_rx));
         Ok(Broker {
             shared,
@@ -191,6 +241,17 @@ impl Broker {
         !self.accept.is_finished() && self.shared.node.is_ready()
     }
 
+    /// Removes this node from the cluster's voters (membership change through
+    /// Raft). The node keeps serving until it is stopped.
+    pub async fn leave(&self) -> Result<(), BrokerError> {
+        Ok(self.shared.node.leave().await?)
+    }
+
+    /// This node's view of the cluster: term, leader, log indexes.
+    pub fn raft_status(&self) -> starling_cluster::RaftStatus {
+        self.shared.node.status()
+    }
+
     /// Stops accepting and closes every connection as lost (their wills are
     /// published, as for any connection the server drops), then stops Raft.
     pub async fn shutdown(self) {
@@ -211,7 +272,7 @@ impl Broker {
 
 /// Reads, increments and durably stores this node's incarnation number, which
 /// fences the connections of earlier runs.
-fn next_incarnation(data_dir: &Path) -> Result<u64, BrokerError> {
+pub(crate) fn next_incarnation(data_dir: &Path) -> Result<u64, BrokerError> {
     let io = |source| BrokerError::DataDir {
         path: data_dir.to_path_buf(),
         source,

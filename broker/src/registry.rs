@@ -2,6 +2,7 @@
 //! subscriber, and how the state machine wakes or closes one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use starling_proto::mqtt::QoS;
@@ -30,11 +31,14 @@ pub struct ClientHandle {
 
 pub struct Registry {
     node: u64,
-    incarnation: u64,
+    /// Changes when this node was declared down and starts a new incarnation.
+    incarnation: AtomicU64,
+    /// Notified when this node's incarnation was declared down by the cluster.
+    fenced: Notify,
     /// Client id -> its connection here. Locked for map operations only.
     clients: RwLock<HashMap<Arc<str>, ClientHandle>>,
-    /// Local connection number -> the signal that closes it (takeover).
-    kicks: Mutex<HashMap<u64, Arc<Notify>>>,
+    /// Connection -> the signal that closes it (takeover).
+    kicks: Mutex<HashMap<ConnId, Arc<Notify>>>,
     /// Client id -> the sequence number below which its queued messages were sent
     /// at least once from this node, so that a resumed session sets DUP on them.
     sent_marks: Mutex<HashMap<Arc<str>, u64>>,
@@ -44,7 +48,8 @@ impl Registry {
     pub fn new(node: u64, incarnation: u64) -> Registry {
         Registry {
             node,
-            incarnation,
+            incarnation: AtomicU64::new(incarnation),
+            fenced: Notify::new(),
             clients: RwLock::new(HashMap::new()),
             kicks: Mutex::new(HashMap::new()),
             sent_marks: Mutex::new(HashMap::new()),
@@ -56,16 +61,40 @@ impl Registry {
     }
 
     pub fn incarnation(&self) -> u64 {
-        self.incarnation
+        self.incarnation.load(Ordering::Acquire)
+    }
+
+    pub fn set_incarnation(&self, incarnation: u64) {
+        self.incarnation.store(incarnation, Ordering::Release);
     }
 
     fn is_local(&self, conn: ConnId) -> bool {
-        conn.node == self.node && conn.incarnation == self.incarnation
+        conn.node == self.node
+    }
+
+    /// Called by apply when `node` was declared down.
+    pub fn node_down(&self, node: u64) {
+        if node == self.node {
+            self.fenced.notify_one();
+        }
+    }
+
+    /// Resolves when this node learns that the cluster declared it down.
+    pub async fn fenced(&self) {
+        self.fenced.notified().await;
+    }
+
+    /// Closes every connection of this node, without publishing wills (the
+    /// cluster already ended their sessions, or cannot commit anything now).
+    pub fn kick_all(&self) {
+        for kick in lock(&self.kicks).values() {
+            kick.notify_one();
+        }
     }
 
     /// Registers a connection's kick signal before it connects.
     pub fn open(&self, conn: ConnId, kick: Arc<Notify>) {
-        lock(&self.kicks).insert(conn.local, kick);
+        lock(&self.kicks).insert(conn, kick);
     }
 
     /// Makes `handle` the way to reach `client_id`.
@@ -76,7 +105,7 @@ impl Registry {
 
     /// Forgets connection `conn`, and `client_id`'s entry if `conn` still owns it.
     pub fn close(&self, client_id: Option<&Arc<str>>, conn: ConnId) {
-        lock(&self.kicks).remove(&conn.local);
+        lock(&self.kicks).remove(&conn);
         if let Some(client_id) = client_id {
             let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
             if clients.get(client_id).is_some_and(|h| h.conn == conn) {
@@ -88,7 +117,7 @@ impl Registry {
     /// Closes connection `conn` if this node holds it (session takeover).
     pub fn kick(&self, conn: ConnId) {
         if self.is_local(conn) {
-            if let Some(kick) = lock(&self.kicks).get(&conn.local) {
+            if let Some(kick) = lock(&self.kicks).get(&conn) {
                 kick.notify_one();
             }
         }
@@ -102,21 +131,25 @@ impl Registry {
         }
     }
 
-    /// Hands each (client, delivery) to the client's connection if it is here.
+    /// Hands each (client, delivery) to the client's connection if it is here;
+    /// returns the clients that are not connected to this node.
     pub fn deliver(
         &self,
         targets: impl IntoIterator<Item = (Arc<str>, Delivery)>,
         metrics: &Metrics,
-    ) {
+    ) -> Vec<Arc<str>> {
         let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        let mut elsewhere = Vec::new();
         for (client_id, delivery) in targets {
             let Some(handle) = clients.get(&client_id) else {
+                elsewhere.push(client_id);
                 continue;
             };
             if handle.mailbox.try_send(delivery).is_err() {
                 metrics.dropped("mailbox_full");
             }
         }
+        elsewhere
     }
 
     pub fn sent_mark(&self, client_id: &str) -> Option<u64> {

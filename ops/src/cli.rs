@@ -54,17 +54,39 @@ pub struct Overrides {
     /// Log output format [config: log.format; default: text]
     #[arg(long, value_name = "FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
+    /// Cluster listener: Raft and publish forwarding [config: cluster.listen; default:
+    /// 127.0.0.1:7946]
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Address other nodes dial to reach this one [config: cluster.advertise; default:
+    /// the cluster listener's]
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub advertise: Option<String>,
+    /// Members of a new cluster, the same list on every node, this one included
+    /// [config: cluster.peers; default: none, a cluster of this node alone]
+    #[arg(
+        long,
+        value_name = "ID=HOST:PORT,...",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub peers: Option<Vec<String>>,
+    /// Cluster address of a member of a running cluster to join [config: cluster.join;
+    /// default: none]
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub join: Option<String>,
 }
 
 impl Cli {
     /// The configuration to run with: defaults, overridden by the config file, then by
-    /// the `STARLING_*` variables in `env`, then by the flags.
+    /// the `STARLING_*` variables in `env`, then by the flags; checked as a whole.
     pub fn resolve_config<I>(&self, env: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
     {
         let mut config = config::load(self.config.as_deref(), env)?;
         self.overrides.apply(&mut config);
+        config.validate()?;
         Ok(config)
     }
 }
@@ -85,6 +107,25 @@ impl Overrides {
         }
         if let Some(format) = self.log_format {
             config.log.format = format;
+        }
+        if let Some(addr) = self.cluster_listen {
+            config.cluster.listen = addr;
+        }
+        if let Some(addr) = &self.advertise {
+            config.cluster.advertise = addr.clone();
+        }
+        if let Some(peers) = &self.peers {
+            // As for the environment: entries trimmed, empty ones dropped, so that
+            // `--peers ""` clears the list.
+            config.cluster.peers = peers
+                .iter()
+                .map(|peer| peer.trim())
+                .filter(|peer| !peer.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(addr) = &self.join {
+            config.cluster.join = addr.clone();
         }
     }
 }
@@ -140,9 +181,74 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags_set_their_keys() {
+        let cli = parse(&[
+            "--node-id",
+            "2",
+            "--cluster-listen",
+            "0.0.0.0:7000",
+            "--advertise",
+            "n2.example:7000",
+            "--peers",
+            "1=n1.example:7000, 2=n2.example:7000,3=[::1]:7000",
+            "--join",
+            "n1.example:7000",
+        ]);
+        let config = cli.resolve_config(env(&[])).unwrap();
+        assert_eq!(config.cluster.listen, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(config.cluster.advertise, "n2.example:7000");
+        assert_eq!(
+            config.cluster.peers,
+            ["1=n1.example:7000", "2=n2.example:7000", "3=[::1]:7000"]
+        );
+        assert_eq!(config.cluster.join, "n1.example:7000");
+    }
+
+    #[test]
+    fn peers_flag_can_repeat_and_clear() {
+        let cli = parse(&["--peers", "1=a:1", "--peers", "2=b:2,3=c:3"]);
+        let config = cli.resolve_config(env(&[])).unwrap();
+        assert_eq!(config.cluster.peers, ["1=a:1", "2=b:2", "3=c:3"]);
+
+        let cli = parse(&["--peers", ""]);
+        let config = cli
+            .resolve_config(env(&[("STARLING_CLUSTER__PEERS", "1=a:1,2=b:2")]))
+            .unwrap();
+        assert!(config.cluster.peers.is_empty());
+    }
+
+    #[test]
+    fn invalid_cluster_settings_fail_whatever_set_them() {
+        let cli = parse(&["--peers", "1=a:1,two=b:2"]);
+        let err = cli.resolve_config(env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("cluster.peers") && err.contains("two=b:2"),
+            "{err}"
+        );
+        // The environment is checked too, after the flags had their say.
+        let err = parse(&[])
+            .resolve_config(env(&[("STARLING_CLUSTER__PEERS", "2=b:2")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node_id 1"), "{err}");
+        let cli = parse(&["--node-id", "2"]);
+        cli.resolve_config(env(&[("STARLING_CLUSTER__PEERS", "2=b:2")]))
+            .unwrap();
+        let err = parse(&["--join", "nohost"])
+            .resolve_config(env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cluster.join") && err.contains("--join"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_flag_values_are_refused() {
         for args in [
             &["--mqtt-listen", "localhost"][..],
+            &["--cluster-listen", "localhost:7946"],
             &["--node-id", "-1"],
             &["--log-format", "xml"],
             &["--no-such-flag"],
@@ -183,7 +289,12 @@ mod tests {
              [http]\n\
              listen = \"127.0.0.1:2001\"\n\
              [log]\n\
-             format = \"json\"\n",
+             format = \"json\"\n\
+             [cluster]\n\
+             listen = \"127.0.0.1:2002\"\n\
+             advertise = \"file:2002\"\n\
+             peers = [\"4=file:2002\"]\n\
+             node_down_after_ms = 2000\n",
         )
         .unwrap();
         let path = path.to_str().unwrap();
@@ -194,25 +305,35 @@ mod tests {
             "4",
             "--mqtt-listen",
             "127.0.0.1:4000",
+            "--cluster-listen",
+            "127.0.0.1:4002",
         ]);
         let config = cli
             .resolve_config(env(&[
                 ("STARLING_NODE_ID", "3"),
                 ("STARLING_MQTT__LISTEN", "127.0.0.1:3000"),
                 ("STARLING_HTTP__LISTEN", "127.0.0.1:3001"),
+                ("STARLING_CLUSTER__LISTEN", "127.0.0.1:3002"),
+                ("STARLING_CLUSTER__ADVERTISE", "env:3002"),
+                ("STARLING_CLUSTER__NODE_DOWN_AFTER_MS", "1500"),
             ]))
             .unwrap();
         // Flag over environment over file.
         assert_eq!(config.node_id, 4);
         assert_eq!(config.mqtt.listen, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(config.cluster.listen, "127.0.0.1:4002".parse().unwrap());
         // Environment over file.
         assert_eq!(config.http.listen, "127.0.0.1:3001".parse().unwrap());
+        assert_eq!(config.cluster.advertise, "env:3002");
+        assert_eq!(config.cluster.node_down_after_ms, 1500);
         // File over defaults.
         assert_eq!(config.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(config.cluster.peers, ["4=file:2002"]);
         assert_eq!(config.mqtt.max_inflight, 8);
         assert_eq!(config.log.format, LogFormat::Json);
         // Defaults where nobody said anything.
         assert_eq!(config.log.level, "info,openraft=warn");
+        assert_eq!(config.cluster.join, "");
         assert_eq!(
             config.mqtt.max_packet_size,
             Config::default().mqtt.max_packet_size

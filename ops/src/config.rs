@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use starling_broker::MqttConfig;
+use starling_broker::{ClusterConfig, MqttConfig};
 
 pub use example::example;
 
@@ -32,6 +32,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Settings of the MQTT side of a node.
     pub mqtt: MqttConfig,
+    /// Settings of the cluster side of a node: how it reaches the other nodes, and
+    /// which cluster it forms or joins.
+    pub cluster: ClusterConfig,
     /// The HTTP server for health checks and metrics.
     pub http: HttpConfig,
     /// What is logged, and how.
@@ -73,6 +76,7 @@ impl Default for Config {
             node_id: 1,
             data_dir: PathBuf::from("./data"),
             mqtt: MqttConfig::default(),
+            cluster: ClusterConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
         }
@@ -128,6 +132,13 @@ pub enum ConfigError {
         var: String,
         source: toml::de::Error,
     },
+    #[error("invalid {key} (set by the config file, {env} or {flag}): {reason}")]
+    Invalid {
+        key: &'static str,
+        env: &'static str,
+        flag: &'static str,
+        reason: String,
+    },
     #[error("cannot represent the configuration as TOML: {0}")]
     Serialize(#[from] toml::ser::Error),
 }
@@ -177,6 +188,12 @@ where
             // A key that holds text takes the variable's text as it is: a data
             // directory named "2024" stays a string.
             toml::Value::String(_) => toml::Value::String(raw),
+            // A key that holds a list takes a TOML array, or else comma-separated
+            // text: "1=a:7946,2=b:7946" is two entries.
+            toml::Value::Array(_) => match parse_value(&raw) {
+                list @ toml::Value::Array(_) => list,
+                _ => split_list(&raw),
+            },
             _ => parse_value(&raw),
         };
         // Checked after each variable, so that an error names the one at fault.
@@ -213,6 +230,88 @@ fn parse_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
+/// `"a, b,,c"` -> `["a", "b", "c"]`: entries trimmed, empty ones dropped, so that an
+/// empty text is an empty list.
+pub fn split_list(raw: &str) -> toml::Value {
+    toml::Value::Array(
+        raw.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| toml::Value::String(entry.to_owned()))
+            .collect(),
+    )
+}
+
+impl Config {
+    /// Checks what serde cannot: the cluster addresses and the peer list. Run on the
+    /// merged configuration, so that a mistake fails the start whatever set it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        let invalid = |key, env, flag, reason| ConfigError::Invalid {
+            key,
+            env,
+            flag,
+            reason,
+        };
+        let peers = |reason| {
+            invalid(
+                "cluster.peers",
+                "STARLING_CLUSTER__PEERS",
+                "--peers",
+                reason,
+            )
+        };
+        let ids = cluster.parse_peers().map_err(peers)?;
+        if ids.len() != cluster.peers.len() {
+            return Err(peers("two entries have the same id".to_owned()));
+        }
+        if let Some((id, addr)) = ids.iter().find(|(_, addr)| !is_host_port(addr)) {
+            return Err(peers(format!(
+                "the address {addr:?} of peer {id} is not HOST:PORT"
+            )));
+        }
+        if !ids.is_empty() && !ids.contains_key(&self.node_id) {
+            return Err(peers(format!(
+                "this node (node_id {}) is not in the list; every node lists all \
+                 members, itself included",
+                self.node_id
+            )));
+        }
+        for (key, env, flag, value) in [
+            (
+                "cluster.advertise",
+                "STARLING_CLUSTER__ADVERTISE",
+                "--advertise",
+                &cluster.advertise,
+            ),
+            (
+                "cluster.join",
+                "STARLING_CLUSTER__JOIN",
+                "--join",
+                &cluster.join,
+            ),
+        ] {
+            if !value.is_empty() && !is_host_port(value) {
+                return Err(invalid(
+                    key,
+                    env,
+                    flag,
+                    format!("{value:?} is not HOST:PORT"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `addr` looks like "HOST:PORT" ("[::1]:7946" included), spaces around it
+/// aside, as the broker trims them. The host is resolved only when it is dialled.
+fn is_host_port(addr: &str) -> bool {
+    addr.trim()
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +333,8 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.mqtt.listen, "127.0.0.1:1883".parse().unwrap());
         assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.cluster, ClusterConfig::default());
+        assert!(config.cluster.peers.is_empty() && config.cluster.join.is_empty());
         assert_eq!(config.log.level, "info,openraft=warn");
         assert_eq!(config.log.format, LogFormat::Text);
     }
@@ -398,10 +499,138 @@ mod tests {
     }
 
     #[test]
+    fn env_sets_the_cluster_keys() {
+        let config = from_env(&[
+            ("STARLING_CLUSTER__LISTEN", "0.0.0.0:7000"),
+            ("STARLING_CLUSTER__ADVERTISE", "n1.example:7000"),
+            ("STARLING_CLUSTER__JOIN", "n2.example:7000"),
+            ("STARLING_CLUSTER__NODE_DOWN_AFTER_MS", "1500"),
+        ])
+        .unwrap();
+        assert_eq!(config.cluster.listen, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(config.cluster.advertise, "n1.example:7000");
+        assert_eq!(config.cluster.join, "n2.example:7000");
+        assert_eq!(config.cluster.node_down_after_ms, 1500);
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated_or_toml() {
+        let config = from_env(&[("STARLING_CLUSTER__PEERS", "1=a:1, 2=b:2,3=[::1]:3")]).unwrap();
+        assert_eq!(config.cluster.peers, ["1=a:1", "2=b:2", "3=[::1]:3"]);
+        let config = from_env(&[("STARLING_CLUSTER__PEERS", "1=a:1")]).unwrap();
+        assert_eq!(config.cluster.peers, ["1=a:1"]);
+        let config = from_env(&[("STARLING_CLUSTER__PEERS", r#"["1=a:1", "2=b,c:2"]"#)]).unwrap();
+        assert_eq!(config.cluster.peers, ["1=a:1", "2=b,c:2"]);
+        // An empty variable clears a list the file set.
+        let mut base = Config::default();
+        base.cluster.peers = vec!["1=a:1".into()];
+        let config = apply_env(base, env(&[("STARLING_CLUSTER__PEERS", "")])).unwrap();
+        assert!(config.cluster.peers.is_empty());
+    }
+
+    #[test]
+    fn list_splitting() {
+        let strings = |list: toml::Value| -> Vec<String> {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(strings(split_list("a, b,,c ,")), ["a", "b", "c"]);
+        assert!(strings(split_list("")).is_empty());
+        assert!(strings(split_list(" , ")).is_empty());
+    }
+
+    fn with_cluster(node_id: u64, peers: &[&str], advertise: &str, join: &str) -> Config {
+        Config {
+            node_id,
+            cluster: ClusterConfig {
+                peers: peers.iter().map(|p| p.to_string()).collect(),
+                advertise: advertise.to_owned(),
+                join: join.to_owned(),
+                ..ClusterConfig::default()
+            },
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn valid_cluster_settings_pass() {
+        Config::default().validate().unwrap();
+        with_cluster(
+            2,
+            &["1=a:7946", "2=[::1]:7946", "3=10.0.0.3:7946"],
+            "b:1",
+            "",
+        )
+        .validate()
+        .unwrap();
+        with_cluster(4, &[], "10.0.0.4:7946", " a:7946 ")
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn invalid_cluster_settings_are_named() {
+        for (config, key, needle) in [
+            (
+                with_cluster(1, &["1=a:1", "b:2"], "", ""),
+                "cluster.peers",
+                "\"b:2\"",
+            ),
+            (
+                with_cluster(1, &["x=a:1"], "", ""),
+                "cluster.peers",
+                "x=a:1",
+            ),
+            (
+                with_cluster(1, &["1=a:1", "1=b:1"], "", ""),
+                "cluster.peers",
+                "same id",
+            ),
+            (with_cluster(1, &["1=a"], "", ""), "cluster.peers", "\"a\""),
+            (
+                with_cluster(1, &["1=a:99999"], "", ""),
+                "cluster.peers",
+                "a:99999",
+            ),
+            (
+                with_cluster(3, &["1=a:1", "2=b:1"], "", ""),
+                "cluster.peers",
+                "node_id 3",
+            ),
+            (with_cluster(1, &[], "a", ""), "cluster.advertise", "\"a\""),
+            (
+                with_cluster(1, &[], "", ":7946"),
+                "cluster.join",
+                "\":7946\"",
+            ),
+        ] {
+            let err = config.validate().unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: k, .. } if *k == key),
+                "{text}"
+            );
+            assert!(text.contains(needle), "{text}");
+        }
+        let text = with_cluster(1, &["nope"], "", "")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("--peers"), "{text}");
+        assert!(text.contains("STARLING_CLUSTER__PEERS"), "{text}");
+    }
+
+    #[test]
     fn to_toml_round_trips() {
-        let mut config = Config::default();
-        config.node_id = 3;
+        let mut config = Config {
+            node_id: 3,
+            ..Config::default()
+        };
         config.log.format = LogFormat::Json;
+        config.cluster.peers = vec!["1=a:1".into(), "3=b:1".into()];
         let text = config.to_toml().unwrap();
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
     }

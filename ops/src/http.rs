@@ -1,44 +1,80 @@
 //! The HTTP server: `/healthz` (the process runs), `/readyz` (the node can serve
-//! clients) and `/metrics` (Prometheus text).
+//! clients), `/metrics` (Prometheus text) and the admin API under `/api/v1`.
+//!
+//! Known gap: the admin API has no authentication yet. Anyone who reaches the HTTP
+//! listener can make the node leave its cluster; until the admin API issue adds
+//! auth, keep `http.listen` on a loopback or otherwise private address.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::{Registry, TextEncoder};
 use serde::Serialize;
+use starling_broker::{Broker, BrokerError};
+use starling_cluster::ClusterError;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// How long a graceful stop waits for requests in flight before closing their
 /// connections.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Answers whether the node can serve clients. It must not keep the broker alive: the
-/// binary needs to own the broker alone to shut it down.
-pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+/// What the HTTP routes ask of the node. The binary serves a [`BrokerHandle`]; the
+/// tests a fake, so that the routes are tested without starting Raft.
+pub trait Node: Send + Sync + 'static {
+    /// Whether the node can serve clients.
+    fn is_ready(&self) -> bool;
+    /// Takes this node out of the cluster's members.
+    fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>>;
+}
+
+/// The broker as the routes see it. Only a `Weak`: the binary needs to own the broker
+/// alone to shut it down, so a route holds it for one call at most.
+pub struct BrokerHandle(pub Weak<Broker>);
+
+impl Node for BrokerHandle {
+    fn is_ready(&self) -> bool {
+        // Once the broker is shutting down the upgrade fails and the node is not ready.
+        self.0.upgrade().is_some_and(|broker| broker.is_ready())
+    }
+
+    fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
+        let broker = self.0.upgrade();
+        Box::pin(async move {
+            match broker {
+                Some(broker) => broker.leave().await,
+                None => Err(ClusterError::ShuttingDown.into()),
+            }
+        })
+    }
+}
 
 #[derive(Clone)]
 struct AppState {
-    ready: Readiness,
+    node: Arc<dyn Node>,
     registry: Registry,
 }
 
-/// The routes, over the broker's readiness and the metrics registry.
-fn router(ready: Readiness, registry: Registry) -> Router {
+/// The routes, over the node and the metrics registry.
+fn router(node: Arc<dyn Node>, registry: Registry) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { ready, registry })
+        // No authentication yet: see the module's header.
+        .route("/api/v1/cluster/leave", post(leave))
+        .with_state(AppState { node, registry })
 }
 
 async fn healthz() -> &'static str {
@@ -51,7 +87,7 @@ struct ReadyBody {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadyBody>) {
-    let ready = (state.ready)();
+    let ready = state.node.is_ready();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -68,6 +104,69 @@ async fn metrics(State(state): State<AppState>) -> Response {
             warn!(error = %e, "cannot encode metrics");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
+    }
+}
+
+#[derive(Serialize)]
+struct LeftBody {
+    left: bool,
+}
+
+async fn leave(State(state): State<AppState>) -> Result<Json<LeftBody>, ApiError> {
+    info!("leaving the cluster, as asked over http");
+    match state.node.leave().await {
+        Ok(()) => {
+            info!("left the cluster");
+            Ok(Json(LeftBody { left: true }))
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot leave the cluster");
+            Err(ApiError::unavailable(e.to_string()))
+        }
+    }
+}
+
+/// An error of the admin API, answered as
+/// `{"error":{"code":"...","message":"..."}}`. The code is stable, for programs to
+/// match on; the message is for people and may change.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// The node cannot do it now (no leader, no quorum, stopping); worth retrying.
+    fn unavailable(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -88,13 +187,13 @@ impl HttpServer {
     /// Serves the routes on `listener` until `stop` is called.
     pub fn serve(
         listener: TcpListener,
-        ready: Readiness,
+        node: Arc<dyn Node>,
         registry: Registry,
     ) -> io::Result<HttpServer> {
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server =
-            axum::serve(listener, router(ready, registry)).with_graceful_shutdown(async move {
+            axum::serve(listener, router(node, registry)).with_graceful_shutdown(async move {
                 // A dropped sender stops the server as well.
                 let _ = stopped.await;
             });
@@ -133,17 +232,40 @@ impl HttpServer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
     use super::*;
 
+    /// A node whose readiness the test sets, and whose `leave` fails with
+    /// `leave_error` (when given) and counts its calls.
+    #[derive(Default)]
+    struct FakeNode {
+        ready: AtomicBool,
+        leave_error: Option<fn() -> BrokerError>,
+        leaves: AtomicUsize,
+    }
+
+    impl Node for FakeNode {
+        fn is_ready(&self) -> bool {
+            self.ready.load(Ordering::Relaxed)
+        }
+
+        fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
+            self.leaves.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async move { self.leave_error.map_or(Ok(()), |error| Err(error())) })
+        }
+    }
+
     /// One request over a fresh connection: (status, content type, body).
-    async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
@@ -157,18 +279,21 @@ mod tests {
         (status, content_type, body.to_owned())
     }
 
-    async fn start(ready: Arc<AtomicBool>, registry: Registry) -> HttpServer {
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        request(addr, "GET", path).await
+    }
+
+    async fn start(node: Arc<FakeNode>, registry: Registry) -> HttpServer {
         let listener = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
-        let readiness: Readiness = Arc::new(move || ready.load(Ordering::Relaxed));
-        HttpServer::serve(listener, readiness, registry).unwrap()
+        HttpServer::serve(listener, node, registry).unwrap()
     }
 
     #[tokio::test]
     async fn healthz_and_readyz() {
-        let ready = Arc::new(AtomicBool::new(false));
-        let server = start(ready.clone(), Registry::new()).await;
+        let node = Arc::new(FakeNode::default());
+        let server = start(node.clone(), Registry::new()).await;
         let addr = server.local_addr();
 
         assert_eq!(get(addr, "/healthz").await.2, "ok");
@@ -179,7 +304,7 @@ mod tests {
         assert_eq!(content_type, "application/json");
         assert_eq!(body, r#"{"ready":false}"#);
 
-        ready.store(true, Ordering::Relaxed);
+        node.ready.store(true, Ordering::Relaxed);
         let (status, _, body) = get(addr, "/readyz").await;
         assert_eq!(status, 200);
         assert_eq!(body, r#"{"ready":true}"#);
@@ -193,11 +318,59 @@ mod tests {
     async fn metrics_are_prometheus_text() {
         let registry = Registry::new();
         crate::telemetry::register_process_metrics(&registry).unwrap();
-        let server = start(Arc::new(AtomicBool::new(true)), registry).await;
+        let node = Arc::new(FakeNode::default());
+        let server = start(node, registry).await;
         let (status, content_type, body) = get(server.local_addr(), "/metrics").await;
         assert_eq!(status, 200);
         assert!(content_type.starts_with("text/plain; version=0.0.4"));
         assert!(body.contains("# TYPE starling_build_info gauge"), "{body}");
         server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn leave_answers_left() {
+        let node = Arc::new(FakeNode::default());
+        let server = start(node.clone(), Registry::new()).await;
+        let addr = server.local_addr();
+
+        let (status, content_type, body) = request(addr, "POST", "/api/v1/cluster/leave").await;
+        assert_eq!(status, 200);
+        assert_eq!(content_type, "application/json");
+        assert_eq!(body, r#"{"left":true}"#);
+        assert_eq!(node.leaves.load(Ordering::Relaxed), 1);
+
+        // Leaving changes the cluster, so it is never a GET.
+        assert_eq!(get(addr, "/api/v1/cluster/leave").await.0, 405);
+        assert_eq!(node.leaves.load(Ordering::Relaxed), 1);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn leave_failures_are_503_with_a_stable_error_shape() {
+        let node = Arc::new(FakeNode {
+            leave_error: Some(|| ClusterError::Unavailable.into()),
+            ..FakeNode::default()
+        });
+        let server = start(node, Registry::new()).await;
+        let (status, content_type, body) =
+            request(server.local_addr(), "POST", "/api/v1/cluster/leave").await;
+        assert_eq!(status, 503);
+        assert_eq!(content_type, "application/json");
+        assert_eq!(
+            body,
+            r#"{"error":{"code":"unavailable","message":"no leader or no quorum"}}"#
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_stopped_broker_cannot_leave() {
+        let handle = BrokerHandle(Weak::new());
+        assert!(!handle.is_ready());
+        let err = handle.leave().await.unwrap_err();
+        assert!(
+            matches!(err, BrokerError::Cluster(ClusterError::ShuttingDown)),
+            "{err}"
+        );
     }
 }

@@ -9,16 +9,17 @@ mod telemetry;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use starling_broker::{Broker, BrokerConfig};
+use starling_broker::{Broker, BrokerConfig, ClusterConfig};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
-use crate::http::HttpServer;
+use crate::http::{BrokerHandle, HttpServer};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -66,10 +67,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for http on {}", config.http.listen))?;
 
+    log_cluster(&config.cluster);
     let broker_config = BrokerConfig {
         node_id: config.node_id,
         data_dir: config.data_dir.clone(),
         mqtt: config.mqtt.clone(),
+        cluster: config.cluster.clone(),
     };
     let broker = Broker::start(broker_config, &registry)
         .await
@@ -85,10 +88,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let broker = Arc::new(broker);
-    let weak = Arc::downgrade(&broker);
-    // Once the broker is shutting down the upgrade fails and the node reports not ready.
-    let ready: http::Readiness = Arc::new(move || weak.upgrade().is_some_and(|b| b.is_ready()));
-    let http = HttpServer::serve(http_listener, ready, registry).context("cannot serve http")?;
+    let handle = Arc::new(BrokerHandle(Arc::downgrade(&broker)));
+    let http = HttpServer::serve(http_listener, handle, registry).context("cannot serve http")?;
     info!("http listening on {}", http.local_addr());
 
     let name = signals.recv().await;
@@ -103,6 +104,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     sole_owner(broker).await.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// The cluster settings the node starts with, and what it will do with them.
+fn log_cluster(cluster: &ClusterConfig) {
+    let advertise = match cluster.advertise.as_str() {
+        "" => cluster.listen.to_string(),
+        addr => addr.to_owned(),
+    };
+    let listen = cluster.listen;
+    if !cluster.peers.is_empty() {
+        let peers = cluster.peers.join(",");
+        info!(%listen, %advertise, %peers, "cluster: forming with the listed peers");
+    } else if !cluster.join.is_empty() {
+        let join = &cluster.join;
+        info!(%listen, %advertise, %join, "cluster: joining through a member");
+    } else {
+        info!(%listen, %advertise, "cluster: this node alone, until others join it");
+    }
 }
 
 /// SIGINT and SIGTERM, the two ways to ask the process to stop.
@@ -128,15 +147,18 @@ impl Signals {
     }
 }
 
-/// The broker, once nothing else holds it. The HTTP handlers hold only a `Weak` and
-/// upgrade it for one synchronous `is_ready` call, so this takes a few yields at most.
+/// The broker, once nothing else holds it. The HTTP handlers hold only a `Weak`; they
+/// upgrade it for an `is_ready` call, or for as long as a `leave` is in flight, which
+/// can outlast the HTTP server's stop. Polled, since nothing tells when the last
+/// other `Arc` is dropped; a pause between tries, so that waiting on a leave does
+/// not keep a core busy.
 async fn sole_owner(mut broker: Arc<Broker>) -> Broker {
     loop {
         match Arc::try_unwrap(broker) {
             Ok(broker) => return broker,
             Err(shared) => {
                 broker = shared;
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }

@@ -55,6 +55,11 @@ impl Connection {
             }));
             this.end = Some(End::Lost);
         };
+        if !self.shared.node.has_quorum() {
+            tracing::info!("refusing CONNECT: this node has no quorum");
+            refuse(self, ConnectReturnCode::ServerUnavailable);
+            return;
+        }
         let client_id: Arc<str> = if connect.client_id.is_empty() {
             if !connect.clean_session {
                 tracing::info!("empty client id with a persistent session [MQTT-3.1.3-8]");
@@ -160,7 +165,7 @@ impl Connection {
                 .reaches_a_queue(&message.topic, message.qos);
         match message.qos {
             QoS::AtMostOnce => {
-                self.shared.route(&forwarded);
+                self.shared.route_detached(&forwarded);
                 if needs_commit {
                     // QoS 0 never waits on Raft: the retained copy is stored in the
                     // background, in order with this publisher's other proposals.
@@ -187,8 +192,7 @@ impl Connection {
                         answer: Some(Packet::PubAck(id)),
                     });
                 } else {
-                    self.shared.route(&forwarded);
-                    self.send(&Packet::PubAck(id));
+                    self.route_then_answer(&forwarded, Packet::PubAck(id));
                 }
             }
             QoS::ExactlyOnce if self.persistent => {
@@ -214,8 +218,7 @@ impl Connection {
                         answer: Some(Packet::PubRec(id)),
                     });
                 } else {
-                    self.shared.route(&forwarded);
-                    self.send(&Packet::PubRec(id));
+                    self.route_then_answer(&forwarded, Packet::PubRec(id));
                 }
             }
         }

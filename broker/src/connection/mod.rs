@@ -254,6 +254,18 @@ impl Connection {
         self.end = Some(End::Lost);
     }
 
+    /// Answers `answer` once every other node with subscribers of `message` has
+    /// accepted it; at once if there is none.
+    fn route_then_answer(&mut self, message: &Message, answer: Packet) {
+        match self.shared.route(message) {
+            None => self.send(&answer),
+            Some(forwarded) => self.completions.push_back(Box::pin(async move {
+                forwarded.await;
+                Completion::Answer(answer)
+            })),
+        }
+    }
+
     /// Proposes `command` and maps its reply to a completion once committed.
     fn propose(
         &mut self,
@@ -276,7 +288,7 @@ impl Connection {
                 wills,
             } => {
                 for will in &wills {
-                    self.shared.route(will);
+                    self.shared.route_detached(will);
                 }
                 self.send(&Packet::ConnAck(mqtt::ConnAck {
                     session_present,
@@ -287,7 +299,7 @@ impl Connection {
             }
             Completion::Published { message, answer } => {
                 if let Some(message) = message {
-                    self.shared.route(&message);
+                    self.shared.route_detached(&message);
                 }
                 if let Some(answer) = answer {
                     self.send(&answer);
@@ -418,7 +430,7 @@ impl Connection {
             match tokio::time::timeout(CLOSE_TIMEOUT, shared.propose(command)).await {
                 Ok(Ok(Reply::Disconnected { wills })) => {
                     for will in wills {
-                        shared.route(&will);
+                        shared.route_detached(&will);
                     }
                 }
                 Ok(Ok(_)) => {}

@@ -84,6 +84,10 @@ pub enum Command {
     /// A node started with a new incarnation: connections it held in earlier
     /// incarnations are gone, as if each had been lost.
     NodeStarted { node: u64, incarnation: u64 },
+    /// The leader declared `node` down: every connection it held is lost (wills
+    /// published once, here), and its current incarnation is fenced: commands
+    /// from its connections are refused until it starts a new incarnation.
+    NodeDown { node: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +105,8 @@ pub enum Reply {
     },
     /// The command named a session that `conn` no longer owns.
     NotOwner,
+    /// `conn` belongs to a node incarnation that was declared down.
+    Fenced,
     Done,
     Published {
         /// The message was a repeat of an inbound QoS 2 packet id still awaiting

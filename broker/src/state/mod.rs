@@ -10,7 +10,7 @@
 
 pub mod command;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -88,11 +88,31 @@ impl Session {
     }
 }
 
+/// What the cluster knows of one node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct NodeRecord {
+    /// The latest incarnation the node announced.
+    incarnation: u64,
+    /// That incarnation was declared down: its connections are refused.
+    down: bool,
+}
+
 /// The replicated state. Ordered maps keep apply deterministic where it iterates.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     sessions: BTreeMap<Arc<str>, Session>,
     retained: BTreeMap<Arc<str>, Message>,
+    nodes: BTreeMap<u64, NodeRecord>,
+}
+
+impl State {
+    /// True when commands of `conn` must be refused: its node incarnation was
+    /// superseded by a newer one or declared down.
+    fn is_fenced(&self, conn: ConnId) -> bool {
+        self.nodes.get(&conn.node).is_some_and(|n| {
+            conn.incarnation < n.incarnation || (conn.incarnation == n.incarnation && n.down)
+        })
+    }
 }
 
 pub struct MqttMachine {
@@ -101,6 +121,8 @@ pub struct MqttMachine {
     /// Derived from the subscriptions in `state`; read on every publish, so it has
     /// its own lock and readers do not wait for queue updates.
     routes: RwLock<Routes>,
+    /// Derived: the node each connected client is on, for routing.
+    locations: RwLock<HashMap<Arc<str>, u64>>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     max_queued_messages: usize,
@@ -111,6 +133,7 @@ impl MqttMachine {
         MqttMachine {
             state: Mutex::new(State::default()),
             routes: RwLock::new(Routes::new()),
+            locations: RwLock::new(HashMap::new()),
             registry,
             metrics,
             max_queued_messages: max_queued,
@@ -149,6 +172,20 @@ impl MqttMachine {
                 queued: persistent && qos > QoS::AtMostOnce,
             })
             .collect()
+    }
+
+    /// The node `client_id` is connected to, if any.
+    pub fn location(&self, client_id: &str) -> Option<u64> {
+        let locations = self.locations.read().unwrap_or_else(|e| e.into_inner());
+        locations.get(client_id).copied()
+    }
+
+    fn set_location(&self, client_id: &Arc<str>, node: Option<u64>) {
+        let mut locations = self.locations.write().unwrap_or_else(|e| e.into_inner());
+        match node {
+            Some(node) => locations.insert(client_id.clone(), node),
+            None => locations.remove(client_id),
+        };
     }
 
     /// True when a message on `topic` at `qos` reaches at least one queue.
@@ -296,22 +333,51 @@ impl MqttMachine {
                 Reply::Done
             }
             Command::NodeStarted { node, incarnation } => {
-                let gone: Vec<Arc<str>> = state
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| {
-                        s.conn
-                            .is_some_and(|c| c.node == node && c.incarnation < incarnation)
-                    })
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                let mut wills = Vec::new();
-                for client_id in gone {
-                    wills.extend(self.end_connection(state, &client_id, true));
+                if state
+                    .nodes
+                    .get(&node)
+                    .is_some_and(|n| n.incarnation > incarnation)
+                {
+                    // A stale announcement: a newer incarnation already started.
+                    return Reply::Fenced;
                 }
+                let record = NodeRecord {
+                    incarnation,
+                    down: false,
+                };
+                state.nodes.insert(node, record);
+                let wills = self.end_node_connections(state, node, |c| c.incarnation < incarnation);
+                Reply::Disconnected { wills }
+            }
+            Command::NodeDown { node } => {
+                if let Some(record) = state.nodes.get_mut(&node) {
+                    record.down = true;
+                }
+                let wills = self.end_node_connections(state, node, |_| true);
+                self.registry.node_down(node);
                 Reply::Disconnected { wills }
             }
         }
+    }
+
+    /// Ends every connection of `node` that `which` selects, as lost connections.
+    fn end_node_connections(
+        &self,
+        state: &mut State,
+        node: u64,
+        which: impl Fn(&ConnId) -> bool,
+    ) -> Vec<Message> {
+        let gone: Vec<Arc<str>> = state
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.conn.is_some_and(|c| c.node == node && which(&c)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut wills = Vec::new();
+        for client_id in gone {
+            wills.extend(self.end_connection(state, &client_id, true));
+        }
+        wills
     }
 
     fn connect(
@@ -322,6 +388,9 @@ impl MqttMachine {
         clean_session: bool,
         will: Option<Message>,
     ) -> Reply {
+        if state.is_fenced(conn) {
+            return Reply::Fenced;
+        }
         let mut wills = Vec::new();
         let mut previous = None;
         let mut session_present = false;
@@ -345,6 +414,7 @@ impl MqttMachine {
             session.conn = Some(conn);
             session.will = will;
         }
+        self.set_location(&client_id, Some(conn.node));
         for will in &wills {
             self.publish(state, will.clone());
         }
@@ -371,6 +441,7 @@ impl MqttMachine {
         };
         session.conn = None;
         let will = session.will.take().filter(|_| publish_will);
+        self.set_location(client_id, None);
         if session.clean {
             self.remove_session(state, client_id);
         }
@@ -385,6 +456,7 @@ impl MqttMachine {
 
     fn remove_session(&self, state: &mut State, client_id: &Arc<str>) {
         if let Some(old) = state.sessions.remove(client_id) {
+            self.set_location(client_id, None);
             let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
             for filter in old.subscriptions.keys() {
                 routes.remove(filter, client_id);
@@ -485,9 +557,15 @@ impl StateMachine for MqttMachine {
                 routes.insert(filter, client_id.clone(), route);
             }
         }
+        let locations = restored
+            .sessions
+            .iter()
+            .filter_map(|(id, s)| s.conn.map(|c| (id.clone(), c.node)))
+            .collect();
         let mut state = self.lock();
         *state = restored;
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+        *self.locations.write().unwrap_or_else(|e| e.into_inner()) = locations;
         Ok(())
     }
 }

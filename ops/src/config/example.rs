@@ -4,7 +4,7 @@
 //! The values come from `Config::default()`, so they cannot drift. Doc comments are
 //! not available at run time, so the comments are kept in `DOCS`; the unit tests check
 //! that it holds exactly the keys of the config and the same text as the doc comments
-//! of the structs (ours and the broker's `MqttConfig`), and that the example parses
+//! of the structs (ours and the broker's `MqttConfig` and `ClusterConfig`), and that the example parses
 //! back into the defaults.
 
 use std::fmt::Write as _;
@@ -48,6 +48,34 @@ const DOCS: &[(&str, &str)] = &[
         "Messages waiting in one connection's mailbox; past that, QoS 0 messages to\n\
          it are dropped and counted.",
     ),
+    (
+        "cluster",
+        "Settings of the cluster side of a node: how it reaches the other nodes, and\n\
+         which cluster it forms or joins.",
+    ),
+    (
+        "cluster.listen",
+        "Address of the cluster gRPC listener: Raft and publish forwarding.",
+    ),
+    (
+        "cluster.advertise",
+        "The address other nodes dial to reach this one (host:port). Empty: the\n\
+         listen address.",
+    ),
+    (
+        "cluster.peers",
+        "The members of a new cluster as \"ID=HOST:PORT\" entries, the same list on\n\
+         every node, this one included. Empty: a cluster of this node alone.",
+    ),
+    (
+        "cluster.join",
+        "The cluster address of a member of a running cluster to join. Empty: none.",
+    ),
+    (
+        "cluster.node_down_after_ms",
+        "How long a node may stay silent before it is declared down, in\n\
+         milliseconds: its clients' wills are then published by the others.",
+    ),
     ("http", "The HTTP server for health checks and metrics."),
     (
         "http.listen",
@@ -78,6 +106,7 @@ const HEADER: &str = "\
 pub fn example() -> Result<String, super::ConfigError> {
     let defaults = toml::Value::try_from(Config::default())?;
     let mut out = String::from(HEADER);
+    let mut after_section = false;
     for (path, doc) in DOCS {
         // A path that is not in the config is left out; the tests make sure there
         // is none.
@@ -88,9 +117,10 @@ pub fn example() -> Result<String, super::ConfigError> {
             continue;
         };
         // A blank line between keys, but none between a section and its first key.
-        if !out.ends_with("]\n") {
+        if !after_section {
             out.push('\n');
         }
+        after_section = value.is_table();
         for line in doc.lines() {
             let _ = writeln!(out, "# {line}");
         }
@@ -98,7 +128,13 @@ pub fn example() -> Result<String, super::ConfigError> {
             let _ = writeln!(out, "[{path}]");
         } else {
             let key = path.rsplit('.').next().unwrap_or(path);
-            let _ = writeln!(out, "# (environment: {})", env_var(path));
+            // Lists can be given as comma-separated text; see `config::apply_env`.
+            let list = if value.is_array() {
+                ", comma-separated"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "# (environment: {}{list})", env_var(path));
             let _ = writeln!(out, "{key} = {value}");
         }
     }
@@ -212,6 +248,7 @@ mod tests {
         for (name, section) in [
             ("Config", ""),
             ("MqttConfig", "mqtt."),
+            ("ClusterConfig", "cluster."),
             ("HttpConfig", "http."),
             ("LogConfig", "log."),
         ] {
@@ -227,6 +264,20 @@ mod tests {
             .map(|(path, doc)| (path.to_string(), doc.to_string()))
             .collect();
         assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn the_example_says_how_to_set_lists_from_the_environment() {
+        let text = example().unwrap();
+        assert!(
+            text.contains("# (environment: STARLING_CLUSTER__PEERS, comma-separated)\npeers = []"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\npeers = []\n\n# The cluster address"),
+            "{text}"
+        );
+        assert!(text.contains("# (environment: STARLING_CLUSTER__JOIN)\njoin = \"\""));
     }
 
     #[test]

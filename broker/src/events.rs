@@ -1,0 +1,104 @@
+//! What a node does when the cluster reports a change: the leader declares a
+//! silent peer down (a committed `NodeDown`, which publishes its clients' wills
+//! once); a node without quorum closes its connections so that clients reconnect
+//! to the majority; a node that learns it was declared down starts a new
+//! incarnation before it serves again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_cluster::ClusterEvent;
+use tokio::sync::{broadcast, watch};
+
+use crate::state::{Command, Reply};
+use crate::Shared;
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    data_dir: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut events = shared.node.events();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = shared.registry.fenced() => reincarnate(&shared, &data_dir, &mut shutdown).await,
+            event = events.recv() => match event {
+                Ok(ClusterEvent::PeerDown { node }) => declare_down(&shared, node),
+                Ok(ClusterEvent::QuorumLost) => {
+                    tracing::warn!("no quorum: closing client connections so they move to the majority");
+                    shared.registry.kick_all();
+                }
+                Ok(ClusterEvent::QuorumRegained) => tracing::info!("quorum regained"),
+                Ok(ClusterEvent::PeerUp { node }) => tracing::info!(node, "peer answers again"),
+                Ok(ClusterEvent::MembershipChanged) => {
+                    crate::forward::sync_peers(&shared.node, &shared.forwarder);
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "cluster events missed");
+                    crate::forward::sync_peers(&shared.node, &shared.forwarder);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// Commits `NodeDown` for a peer the leader found silent. If this node loses
+/// leadership meanwhile, the new leader finds the peer silent and does it.
+fn declare_down(shared: &Arc<Shared>, node: u64) {
+    tracing::warn!(node, "peer silent too long: declaring it down");
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        match shared.propose(Command::NodeDown { node }).await {
+            Ok(Reply::Disconnected { wills }) => {
+                tracing::info!(node, wills = wills.len(), "node declared down");
+                for will in &wills {
+                    shared.route_detached(will);
+                }
+            }
+            Ok(other) => tracing::warn!(node, ?other, "unexpected reply to NodeDown"),
+            Err(e) => tracing::warn!(node, error = %e, "NodeDown not committed"),
+        }
+    });
+}
+
+/// The cluster declared this node down (it was cut off): its connections were
+/// ended by that command, so close them and come back as a new incarnation.
+async fn reincarnate(
+    shared: &Arc<Shared>,
+    data_dir: &std::path::Path,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let incarnation = match crate::next_incarnation(data_dir) {
+        Ok(incarnation) => incarnation,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store a new incarnation");
+            return;
+        }
+    };
+    tracing::warn!(
+        incarnation,
+        "this node was declared down: closing its connections, rejoining"
+    );
+    shared.registry.set_incarnation(incarnation);
+    shared.registry.kick_all();
+    let node = shared.registry.node();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let command = Command::NodeStarted { node, incarnation };
+        match shared.propose(command).await {
+            Ok(_) => {
+                tracing::info!(incarnation, "serving again");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot announce the new incarnation yet"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
