@@ -30,7 +30,12 @@ impl ForwardHandler for Inbound {
         match postcard::from_bytes::<Message>(&frame) {
             Ok(message) => {
                 // The sender already chose the nodes: deliver here only.
-                router::route(&self.machine, &self.registry, &self.metrics, &message);
+                let routed = router::route(&self.machine, &self.registry, &self.metrics, &message);
+                if !routed.blocked.is_empty() {
+                    // The handler cannot wait; the frame counts as accepted once
+                    // the message is ours to deliver.
+                    tokio::spawn(router::wait_for_room(routed.blocked, self.metrics.clone()));
+                }
             }
             Err(e) => {
                 // Peers run our own code; an unreadable frame means a version skew.

@@ -103,19 +103,24 @@ impl Shared {
     /// at once, those on other nodes through the forwarding streams. The future
     /// (if any node is involved) resolves when every such node accepted it.
     fn route(&self, message: &Message) -> Option<futures::future::BoxFuture<'static, ()>> {
-        let nodes = router::route(&self.machine, &self.registry, &self.metrics, message);
-        if nodes.is_empty() {
+        let routed = router::route(&self.machine, &self.registry, &self.metrics, message);
+        if routed.nodes.is_empty() && routed.blocked.is_empty() {
             return None;
         }
-        Some(forward::send(
-            &self.forwarder,
-            &self.metrics,
-            message,
-            nodes,
-        ))
+        let forwarded = (!routed.nodes.is_empty())
+            .then(|| forward::send(&self.forwarder, &self.metrics, message, routed.nodes));
+        let local = router::wait_for_room(routed.blocked, self.metrics.clone());
+        Some(Box::pin(async move {
+            match forwarded {
+                Some(forwarded) => {
+                    futures::join!(forwarded, local);
+                }
+                None => local.await,
+            }
+        }))
     }
 
-    /// Like [`Shared::route`], for a caller that does not wait for other nodes.
+    /// Like [`Shared::route`], for a caller that does not wait.
     fn route_detached(&self, message: &Message) {
         if let Some(forwarded) = self.route(message) {
             tokio::spawn(forwarded);

@@ -18,12 +18,21 @@ pub struct Delivery {
     pub qos: QoS,
 }
 
+/// What [`Registry::deliver`] could not hand over at once.
+#[derive(Default)]
+pub struct Undelivered {
+    /// Clients not connected to this node.
+    pub elsewhere: Vec<Arc<str>>,
+    /// QoS 1/2 deliveries whose mailbox is full, with the mailbox to wait on.
+    pub blocked: Vec<(mpsc::Sender<Delivery>, Delivery)>,
+}
+
 /// How to reach one local connection.
 #[derive(Clone)]
 pub struct ClientHandle {
     pub conn: ConnId,
-    /// Read by the connection task. Bounded: when full, the router drops the
-    /// message and counts it (the connection is not reading its socket fast enough).
+    /// Read by the connection task. Bounded: when full, QoS 0 messages are dropped
+    /// and counted, and publishers of QoS 1/2 messages wait for room.
     pub mailbox: mpsc::Sender<Delivery>,
     /// Notified when the client's replicated queue grew.
     pub wake: Arc<Notify>,
@@ -131,25 +140,35 @@ impl Registry {
         }
     }
 
-    /// Hands each (client, delivery) to the client's connection if it is here;
-    /// returns the clients that are not connected to this node.
+    /// Hands each (client, delivery) to the client's connection if it is here.
+    /// A QoS 0 delivery to a full mailbox is dropped and counted; a QoS 1/2 one is
+    /// handed back in [`Undelivered::blocked`] for the caller to wait on, so that
+    /// the publisher is slowed down rather than the message lost.
     pub fn deliver(
         &self,
         targets: impl IntoIterator<Item = (Arc<str>, Delivery)>,
         metrics: &Metrics,
-    ) -> Vec<Arc<str>> {
+    ) -> Undelivered {
         let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
-        let mut elsewhere = Vec::new();
+        let mut undelivered = Undelivered::default();
         for (client_id, delivery) in targets {
             let Some(handle) = clients.get(&client_id) else {
-                elsewhere.push(client_id);
+                undelivered.elsewhere.push(client_id);
                 continue;
             };
-            if handle.mailbox.try_send(delivery).is_err() {
-                metrics.dropped("mailbox_full");
+            match handle.mailbox.try_send(delivery) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(delivery))
+                    if delivery.qos > QoS::AtMostOnce =>
+                {
+                    undelivered.blocked.push((handle.mailbox.clone(), delivery));
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => metrics.dropped("mailbox_full"),
+                // The connection is closing; its session decides what survives.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        elsewhere
+        undelivered
     }
 
     pub fn sent_mark(&self, client_id: &str) -> Option<u64> {

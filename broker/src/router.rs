@@ -3,21 +3,35 @@
 //! through the forwarding streams, on the nodes they are connected to.
 
 use crate::metrics::Metrics;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
 use crate::registry::{Delivery, Registry};
 use crate::state::{Message, MqttMachine};
 
+/// What remains to be done for a routed message.
+#[derive(Default)]
+pub struct Routed {
+    /// Other nodes with direct subscribers.
+    pub nodes: Vec<u64>,
+    /// QoS 1/2 deliveries to local mailboxes that are full.
+    pub blocked: Vec<(mpsc::Sender<Delivery>, Delivery)>,
+}
+
 /// Delivers `message` to every matching subscriber connected to this node whose
-/// copy is not queued through Raft, and returns the other nodes that have such
-/// subscribers. `message.retain` must already be cleared (forwarded copies carry
-/// retain = 0).
+/// copy is not queued through Raft, and says what is left: the other nodes that
+/// have such subscribers, and deliveries waiting for room. `message.retain` must
+/// already be cleared (forwarded copies carry retain = 0).
 pub fn route(
     machine: &MqttMachine,
     registry: &Registry,
     metrics: &Metrics,
     message: &Message,
-) -> Vec<u64> {
+) -> Routed {
     let targets = machine.targets(&message.topic, message.qos);
-    let elsewhere = registry.deliver(
+    let undelivered = registry.deliver(
         targets.into_iter().filter(|t| !t.queued).map(|t| {
             let delivery = Delivery {
                 message: message.clone(),
@@ -29,7 +43,7 @@ pub fn route(
     );
     let me = registry.node();
     let mut nodes = Vec::new();
-    for client_id in elsewhere {
+    for client_id in undelivered.elsewhere {
         // Not connected anywhere (an offline persistent session at QoS 0): nothing
         // to deliver. Connected here but not yet attached: it is connecting.
         if let Some(node) = machine.location(&client_id) {
@@ -38,5 +52,31 @@ pub fn route(
             }
         }
     }
-    nodes
+    Routed {
+        nodes,
+        blocked: undelivered.blocked,
+    }
+}
+
+/// How long a QoS 1/2 delivery may wait for room in a subscriber's mailbox. A
+/// subscriber that reads nothing for this long loses the message (counted).
+const ROOM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until every blocked delivery is in its mailbox: the publisher's
+/// acknowledgement waits for this, which slows publishers down to the pace of
+/// their slowest subscriber instead of losing messages.
+pub async fn wait_for_room(
+    blocked: Vec<(mpsc::Sender<Delivery>, Delivery)>,
+    metrics: Arc<Metrics>,
+) {
+    for (mailbox, delivery) in blocked {
+        match tokio::time::timeout(ROOM_TIMEOUT, mailbox.send(delivery)).await {
+            // Sent, or the connection closed meanwhile (its session decides).
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("a subscriber read nothing for {ROOM_TIMEOUT:?}: message dropped");
+                metrics.dropped("mailbox_full");
+            }
+        }
+    }
 }

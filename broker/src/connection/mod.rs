@@ -27,6 +27,9 @@ use outbound::{Outbound, Stage};
 
 /// How long a new connection may take to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Answers a connection may owe its client (waiting on commits or on other
+/// nodes) before it stops reading from it.
+const MAX_OUTSTANDING: usize = 256;
 /// How long a closing connection waits for its Disconnect to be committed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -154,7 +157,10 @@ impl Connection {
                     tracing::info!("session taken over by a new connection");
                     self.end = Some(End::TakenOver);
                 }
-                read = self.stream.read_buf(&mut self.rbuf) => match read {
+                // A client with many answers outstanding is not read until some
+                // complete: flow control for publishers that outrun commits or
+                // slow subscribers.
+                read = self.stream.read_buf(&mut self.rbuf), if self.completions.len() < MAX_OUTSTANDING => match read {
                     Ok(0) => {
                         tracing::debug!("connection closed by the client");
                         self.end = Some(End::Lost);
@@ -165,9 +171,12 @@ impl Connection {
                         self.end = Some(End::Lost);
                     }
                 },
-                Some(delivery) = recv(&mut self.mailbox) => {
+                Some(delivery) = recv(&mut self.mailbox), if self.out.can_park() => {
                     self.deliver(delivery);
-                    while let Some(more) = self.mailbox.as_mut().and_then(|m| m.try_recv().ok()) {
+                    while self.out.can_park() {
+                        let Some(more) = self.mailbox.as_mut().and_then(|m| m.try_recv().ok()) else {
+                            break;
+                        };
                         self.deliver(more);
                     }
                 }
@@ -333,10 +342,9 @@ impl Connection {
     fn deliver(&mut self, delivery: Delivery) {
         if delivery.qos == QoS::AtMostOnce {
             self.send_publish(&delivery.message, QoS::AtMostOnce, 0, false);
-        } else if self.out.park(delivery) {
-            self.fill_window();
         } else {
-            self.shared.metrics.dropped("inflight_full");
+            self.out.park(delivery);
+            self.fill_window();
         }
     }
 

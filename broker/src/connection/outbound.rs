@@ -78,14 +78,15 @@ impl Outbound {
         self.max_inflight.saturating_sub(self.inflight())
     }
 
-    /// Parks a direct QoS 1/2 delivery until the window has room. Returns false
-    /// when too many are parked already (the caller counts the drop).
-    pub fn park(&mut self, delivery: Delivery) -> bool {
-        if self.pending.len() >= self.max_pending {
-            return false;
-        }
+    /// Parks a direct QoS 1/2 delivery until the window has room.
+    pub fn park(&mut self, delivery: Delivery) {
         self.pending.push_back(delivery);
-        true
+    }
+
+    /// False once `max_pending` deliveries are parked: the connection then stops
+    /// taking messages from its mailbox, which makes publishers wait.
+    pub fn can_park(&self) -> bool {
+        self.pending.len() < self.max_pending
     }
 
     /// The next parked delivery that fits in the window, with its packet id.
@@ -169,7 +170,7 @@ mod tests {
     fn window_limits_direct_messages_and_ids_are_upper_half() {
         let mut out = Outbound::new(2, 10);
         for _ in 0..3 {
-            assert!(out.park(delivery(QoS::AtLeastOnce)));
+            out.park(delivery(QoS::AtLeastOnce));
         }
         let (a, _) = out.next_direct().expect("first fits");
         let (b, _) = out.next_direct().expect("second fits");
@@ -181,11 +182,12 @@ mod tests {
     }
 
     #[test]
-    fn parking_is_bounded() {
+    fn parking_reports_when_full() {
         let mut out = Outbound::new(1, 2);
-        assert!(out.park(delivery(QoS::AtLeastOnce)));
-        assert!(out.park(delivery(QoS::AtLeastOnce)));
-        assert!(!out.park(delivery(QoS::AtLeastOnce)));
+        assert!(out.can_park());
+        out.park(delivery(QoS::AtLeastOnce));
+        out.park(delivery(QoS::AtLeastOnce));
+        assert!(!out.can_park());
     }
 
     #[test]
