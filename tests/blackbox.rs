@@ -5,17 +5,17 @@
 
 mod harness;
 
+#[path = "cli_clients.rs"]
+mod cli_clients;
 #[path = "connect.rs"]
 mod connect;
+#[path = "durability.rs"]
+mod durability;
+#[path = "malformed.rs"]
+mod malformed;
 #[path = "publish_qos.rs"]
 mod publish_qos;
 #[path = "retained_will.rs"]
 mod retained_will;
 #[path = "sessions.rs"]
 mod sessions;
-#[path = "durability.rs"]
-mod durability;
-#[path = "malformed.rs"]
-mod malformed;
-#[path = "cli_clients.rs"]
-mod cli_clients;

@@ -1,7 +1,6 @@
 //! Interoperability with an independent client implementation: Mosquitto's
 //! command-line clients (Debian package `mosquitto-clients`).
 
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;

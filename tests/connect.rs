@@ -1,7 +1,6 @@
 //! CONNECT, CONNACK, session takeover and keepalive (MQTT 3.1.1 sections 3.1, 3.2,
 //! 3.12, 3.13), checked against a real broker process.
 
-
 use std::time::{Duration, Instant};
 
 use crate::harness::client::{self, Client};

@@ -3,7 +3,6 @@
 //! messages exactly once, and sessions, subscriptions and retained messages are
 //! still there after the restart.
 
-
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -4,7 +4,6 @@
 //! well-behaved client connected beforehand still gets its messages and that the
 //! process is alive.
 
-
 use std::time::{Duration, Instant};
 
 use crate::harness::client::{self, Client};

@@ -1,7 +1,6 @@
 //! PUBLISH and its acknowledgement flows at QoS 0, 1 and 2 (MQTT 3.1.1 sections
 //! 3.3 to 3.7 and 4.3 to 4.6), checked against a real broker process.
 
-
 use std::time::Duration;
 
 use crate::harness::client::{self, Client};

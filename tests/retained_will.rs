@@ -1,7 +1,6 @@
 //! Retained messages (MQTT 3.1.1 section 3.3.1.3) and wills (section 3.1.2.5),
 //! checked against a real broker process.
 
-
 use std::time::Duration;
 
 use crate::harness::client::{self, Client};

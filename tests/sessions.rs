@@ -2,7 +2,6 @@
 //! (MQTT 3.1.1 sections 3.1.2.4, 3.8 to 3.11), checked against a real broker
 //! process.
 
-
 use std::time::Duration;
 
 use crate::harness::client::{self, Client};
@@ -137,7 +136,8 @@ async fn mqtt_3_9_3_1_suback_has_one_return_code_per_filter_in_order() {
 async fn mqtt_4_7_1_2_misplaced_wildcard_in_filter_closes_connection() {
     let broker = Broker::start().await;
     let (mut conn, _) = Raw::connect(broker.port, &Connect::v311("badfilter")).await;
-    conn.send(&raw::subscribe(5, &[("a/b", 0), ("a/#/b", 1)])).await;
+    conn.send(&raw::subscribe(5, &[("a/b", 0), ("a/#/b", 1)]))
+        .await;
     conn.expect_closed(raw::WAIT).await;
 }
 

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
-    Publish, QoS, SubscribeReasonCode,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
+    SubscribeReasonCode,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -214,7 +214,6 @@ impl Client {
             let _ = tokio::time::timeout(WAIT, task).await;
         }
     }
-
 }
 
 impl Drop for Client {

@@ -57,6 +57,8 @@ pub struct Broker {
     pub port: u16,
     /// HTTP: `/healthz`, `/readyz`.
     pub http_port: u16,
+    /// The cluster gRPC port: a single node still listens for peers.
+    pub cluster_port: u16,
 }
 
 impl Broker {
@@ -87,6 +89,7 @@ impl Broker {
             log,
             port: free_port(),
             http_port: free_port(),
+            cluster_port: free_port(),
             dir,
         };
         broker.spawn_and_wait_ready().await;
@@ -113,7 +116,9 @@ impl Broker {
             .arg("--mqtt-listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--http-listen")
-            .arg(format!("127.0.0.1:{}", self.http_port));
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--cluster-listen")
+            .arg(format!("127.0.0.1:{}", self.cluster_port));
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
         }
@@ -250,4 +255,3 @@ pub async fn http_status(port: u16, path: &str) -> Option<u16> {
         .ok()
         .flatten()
 }
-

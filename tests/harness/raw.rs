@@ -380,6 +380,42 @@ impl Raw {
         (raw, session_present, code)
     }
 
+    /// Like `connect_with`, but a refused TCP connection, a connection closed
+    /// before the CONNACK, or no CONNACK within `WAIT` is an `Err` instead of a
+    /// panic: for clients that look for a node that will take them.
+    // Only the cluster tests move between nodes; the single-node binary has no use for it.
+    #[allow(dead_code)]
+    pub async fn try_connect_with(port: u16, connect: &Connect) -> Result<(Raw, bool, u8), String> {
+        let stream = match tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port))).await
+        {
+            Err(_) => return Err(format!("TCP connect to {port} timed out")),
+            Ok(Err(e)) => return Err(format!("TCP connect to {port}: {e}")),
+            Ok(Ok(stream)) => stream,
+        };
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("nodelay: {e}"))?;
+        let (read, writer) = stream.into_split();
+        let mut raw = Raw {
+            reader: Reader {
+                read,
+                buf: Vec::new(),
+            },
+            writer,
+        };
+        raw.try_send(&connect.encode())
+            .await
+            .map_err(|e| format!("send CONNECT: {e}"))?;
+        match raw.read(WAIT).await {
+            Read::Packet(packet) => {
+                let (session_present, code) = packet.connack();
+                Ok((raw, session_present, code))
+            }
+            Read::Closed => Err("connection closed before CONNACK".to_string()),
+            Read::Timeout => Err(format!("no CONNACK within {WAIT:?}")),
+        }
+    }
+
     /// Connects and asserts the CONNACK accepts; returns the session-present flag.
     pub async fn connect(port: u16, connect: &Connect) -> (Raw, bool) {
         let (raw, session_present, code) = Raw::connect_with(port, connect).await;
