@@ -1,13 +1,17 @@
 //! Publishes that cross nodes: this node's side of the forwarding streams of
-//! `starling-cluster`. A frame carries one message; the receiving node delivers
-//! it to its own direct subscribers, found from its copy of the replicated
-//! routes, and never forwards it further.
+//! `starling-cluster`. A frame carries one message, which the receiving node
+//! delivers to its own direct subscribers (found from its copy of the replicated
+//! routes) and never forwards further; or a sync point, which the receiving node
+//! acknowledges only once it has applied as many commands as the sender asks.
+//! That is how a SUBACK can promise that the subscription is in force on every
+//! node, not only on the one that committed it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use starling_cluster::{ForwardHandler, Forwarder, Node};
 
 use crate::metrics::Metrics;
@@ -17,6 +21,23 @@ use crate::state::{Message, MqttMachine};
 
 /// How long a forwarded message may wait for the peer's acknowledgement.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a sync point may wait for a node to apply what was committed.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What travels in one forward frame.
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    Publish(Message),
+    /// Acknowledge once this many commands are applied.
+    Sync(u64),
+}
+
+/// [`Frame`] for encoding without a copy: the same variants in the same order.
+#[derive(Serialize)]
+enum FrameRef<'a> {
+    Publish(&'a Message),
+    Sync(u64),
+}
 
 /// Receives the messages other nodes forward to this one.
 pub struct Inbound {
@@ -27,8 +48,8 @@ pub struct Inbound {
 
 impl ForwardHandler for Inbound {
     fn handle(&self, from: u64, frame: Bytes) {
-        match postcard::from_bytes::<Message>(&frame) {
-            Ok(message) => {
+        match postcard::from_bytes::<Frame>(&frame) {
+            Ok(Frame::Publish(message)) => {
                 // The sender already chose the nodes: deliver here only.
                 let routed = router::route(&self.machine, &self.registry, &self.metrics, &message);
                 if !routed.blocked.is_empty() {
@@ -37,9 +58,24 @@ impl ForwardHandler for Inbound {
                     tokio::spawn(router::wait_for_room(routed.blocked, self.metrics.clone()));
                 }
             }
+            Ok(Frame::Sync(target)) => {
+                let machine = &self.machine;
+                let reached = match tokio::runtime::Handle::try_current() {
+                    Ok(handle)
+                        if handle.runtime_flavor()
+                            == tokio::runtime::RuntimeFlavor::MultiThread =>
+                    {
+                        tokio::task::block_in_place(|| machine.wait_applied(target, SYNC_TIMEOUT))
+                    }
+                    _ => machine.wait_applied(target, SYNC_TIMEOUT),
+                };
+                if !reached {
+                    tracing::warn!(from, target, "sync point not reached in time");
+                }
+            }
             Err(e) => {
                 // Peers run our own code; an unreadable frame means a version skew.
-                tracing::warn!(from, error = %e, "unreadable forwarded message dropped");
+                tracing::warn!(from, error = %e, "unreadable forwarded frame dropped");
                 self.metrics.dropped("forward_unreadable");
             }
         }
@@ -54,7 +90,7 @@ pub fn send(
     message: &Message,
     nodes: Vec<u64>,
 ) -> BoxFuture<'static, ()> {
-    let frame = match postcard::to_allocvec(message) {
+    let frame = match postcard::to_allocvec(&FrameRef::Publish(message)) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a message to forward");
@@ -90,4 +126,28 @@ pub fn sync_peers(node: &Node, forwarder: &Forwarder) {
             forwarder.remove_peer(peer.id);
         }
     }
+}
+
+/// Resolves once every node this one has a live stream to has applied `applied`
+/// commands (or [`SYNC_TIMEOUT`] passed). Nodes without a live stream are not
+/// waited for: they are down or cut off, and serve nobody until they catch up.
+pub fn sync(forwarder: &Forwarder, applied: u64) -> BoxFuture<'static, ()> {
+    let Ok(frame) = postcard::to_allocvec(&FrameRef::Sync(applied)) else {
+        return Box::pin(async {});
+    };
+    let frame = Bytes::from(frame);
+    let sends: Vec<_> = forwarder
+        .stats()
+        .peers
+        .into_iter()
+        .filter(|peer| peer.connected)
+        .map(|peer| forwarder.send(peer.id, frame.clone(), SYNC_TIMEOUT))
+        .collect();
+    Box::pin(async move {
+        for result in futures::future::join_all(sends).await {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "sync point not acknowledged");
+            }
+        }
+    })
 }

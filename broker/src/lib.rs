@@ -94,9 +94,33 @@ impl Shared {
 
     /// Commits `command` through Raft and returns the state machine's reply.
     async fn propose(&self, command: Command) -> Result<Reply, BrokerError> {
+        Ok(self.propose_counted(command).await?.1)
+    }
+
+    /// Commits `command` and returns its reply with the number of commands applied
+    /// once it was.
+    async fn propose_counted(&self, command: Command) -> Result<(u64, Reply), BrokerError> {
         let bytes = postcard::to_allocvec(&command)?;
         let reply = self.node.propose(bytes).await?;
         Ok(postcard::from_bytes(&reply)?)
+    }
+
+    /// Commits `command` and returns once this node and every node it reaches
+    /// have applied it: what a SUBACK or the PUBACK of a retained message promises.
+    async fn propose_synced(&self, command: Command) -> Result<Reply, BrokerError> {
+        let (applied, reply) = self.propose_counted(command).await?;
+        let machine = self.machine.clone();
+        let here = tokio::task::spawn_blocking(move || {
+            machine.wait_applied(applied, forward::SYNC_TIMEOUT)
+        });
+        let (here, ()) = futures::join!(here, forward::sync(&self.forwarder, applied));
+        if !matches!(here, Ok(true)) {
+            tracing::warn!(
+                applied,
+                "this node did not apply a committed command in time"
+            );
+        }
+        Ok(reply)
     }
 
     /// Delivers `message` to the subscribers that do not read a queue: those here

@@ -48,9 +48,6 @@ pub struct Registry {
     clients: RwLock<HashMap<Arc<str>, ClientHandle>>,
     /// Connection -> the signal that closes it (takeover).
     kicks: Mutex<HashMap<ConnId, Arc<Notify>>>,
-    /// Client id -> the sequence number below which its queued messages were sent
-    /// at least once from this node, so that a resumed session sets DUP on them.
-    sent_marks: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 impl Registry {
@@ -61,7 +58,6 @@ impl Registry {
             fenced: Notify::new(),
             clients: RwLock::new(HashMap::new()),
             kicks: Mutex::new(HashMap::new()),
-            sent_marks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -169,14 +165,6 @@ impl Registry {
             }
         }
         undelivered
-    }
-
-    pub fn sent_mark(&self, client_id: &str) -> Option<u64> {
-        lock(&self.sent_marks).get(client_id).copied()
-    }
-
-    pub fn set_sent_mark(&self, client_id: &Arc<str>, mark: u64) {
-        lock(&self.sent_marks).insert(client_id.clone(), mark);
     }
 
     pub fn connected_clients(&self) -> usize {

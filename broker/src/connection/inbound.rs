@@ -118,7 +118,7 @@ impl Connection {
     }
 
     /// Called once CONNACK has been sent for an accepted CONNECT.
-    pub(super) fn connected(&mut self, session_present: bool) {
+    pub(super) fn connected(&mut self) {
         if let Some(keep_alive) = self.keep_alive {
             self.deadline = Instant::now() + keep_alive;
         } else {
@@ -130,12 +130,11 @@ impl Connection {
         if self.persistent {
             let head = self.shared.machine.queue_head(&client_id).unwrap_or(0);
             self.out.next_seq = head;
-            self.out.dup_below = match self.shared.registry.sent_mark(&client_id) {
-                Some(mark) => mark,
-                // Nothing was sent from this node since it started: messages at the
-                // head of the queue may have been sent before a crash or failover.
-                None if session_present => head + self.out.room() as u64,
-                None => 0,
+            self.out.dup_below = match self.shared.machine.sent_below(&client_id) {
+                Some(sent_below) => sent_below,
+                // Lost with its node or taken over: the head of the queue may have
+                // been sent, as far as the window reached.
+                None => head + self.out.room() as u64,
             };
             self.fill_window();
         }
@@ -183,11 +182,12 @@ impl Connection {
             }
             QoS::AtLeastOnce => {
                 if needs_commit {
+                    let synced = message.retain;
                     let command = Command::Publish {
                         message,
                         inbound: None,
                     };
-                    self.propose(command, move |_| Completion::Published {
+                    self.propose_with(command, synced, move |_| Completion::Published {
                         message: Some(forwarded),
                         answer: Some(Packet::PubAck(id)),
                     });
@@ -197,9 +197,10 @@ impl Connection {
             }
             QoS::ExactlyOnce if self.persistent => {
                 // The packet id awaiting PUBREL must survive a crash.
+                let synced = message.retain;
                 let inbound = self.client_id.clone().map(|c| (c, id));
                 let command = Command::Publish { message, inbound };
-                self.propose(command, move |reply| Completion::Published {
+                self.propose_with(command, synced, move |reply| Completion::Published {
                     message: (reply != Reply::Published { duplicate: true }).then_some(forwarded),
                     answer: Some(Packet::PubRec(id)),
                 });
@@ -209,11 +210,12 @@ impl Connection {
                     // A resend before PUBREL: already published once [MQTT-4.3.3-2].
                     self.send(&Packet::PubRec(id));
                 } else if needs_commit {
+                    let synced = message.retain;
                     let command = Command::Publish {
                         message,
                         inbound: None,
                     };
-                    self.propose(command, move |_| Completion::Published {
+                    self.propose_with(command, synced, move |_| Completion::Published {
                         message: Some(forwarded),
                         answer: Some(Packet::PubRec(id)),
                     });
@@ -305,7 +307,7 @@ impl Connection {
             conn: self.conn,
             filters: accepted.clone(),
         };
-        self.propose(command, move |reply| match reply {
+        self.propose_with(command, true, move |reply| match reply {
             Reply::Done => Completion::Subscribed {
                 answer: Packet::SubAck(SubAck { packet_id, codes }),
                 retained: accepted,

@@ -171,7 +171,8 @@ impl Connection {
                         self.end = Some(End::Lost);
                     }
                 },
-                Some(delivery) = recv(&mut self.mailbox), if self.out.can_park() => {
+                // Nothing is sent to the client before its CONNACK.
+                Some(delivery) = recv(&mut self.mailbox), if self.connacked && self.out.can_park() => {
                     self.deliver(delivery);
                     while self.out.can_park() {
                         let Some(more) = self.mailbox.as_mut().and_then(|m| m.try_recv().ok()) else {
@@ -180,7 +181,7 @@ impl Connection {
                         self.deliver(more);
                     }
                 }
-                _ = wake.notified() => self.fill_window(),
+                _ = wake.notified(), if self.connacked => self.fill_window(),
                 Some(done) = self.completions.next(), if !self.completions.is_empty() => {
                     self.complete(done);
                 }
@@ -281,9 +282,25 @@ impl Connection {
         command: Command,
         then: impl FnOnce(Reply) -> Completion + Send + 'static,
     ) {
+        self.propose_with(command, false, then);
+    }
+
+    /// Like [`Connection::propose`]; with `synced`, the completion waits until the
+    /// command is applied on every node this one reaches.
+    fn propose_with(
+        &mut self,
+        command: Command,
+        synced: bool,
+        then: impl FnOnce(Reply) -> Completion + Send + 'static,
+    ) {
         let shared = self.shared.clone();
         self.completions.push_back(Box::pin(async move {
-            match shared.propose(command).await {
+            let reply = if synced {
+                shared.propose_synced(command).await
+            } else {
+                shared.propose(command).await
+            };
+            match reply {
                 Ok(reply) => then(reply),
                 Err(e) => Completion::Failed(e.to_string()),
             }
@@ -304,7 +321,7 @@ impl Connection {
                     code: mqtt::ConnectReturnCode::Accepted,
                 }));
                 self.connacked = true;
-                self.connected(session_present);
+                self.connected();
             }
             Completion::Published { message, answer } => {
                 if let Some(message) = message {
@@ -394,9 +411,6 @@ impl Connection {
                     }
                 }
             }
-            self.shared
-                .registry
-                .set_sent_mark(&client_id, self.out.next_seq);
         }
         while let Some((id, delivery)) = self.out.next_direct() {
             self.send_publish(&delivery.message, delivery.qos, id, false);
@@ -434,6 +448,7 @@ impl Connection {
                 client_id: client_id.clone(),
                 conn: self.conn,
                 publish_will: end == End::Lost,
+                sent_below: (self.persistent && self.connacked).then_some(self.out.next_seq),
             };
             match tokio::time::timeout(CLOSE_TIMEOUT, shared.propose(command)).await {
                 Ok(Ok(Reply::Disconnected { wills })) => {

@@ -54,6 +54,9 @@ pub enum Command {
         client_id: Arc<str>,
         conn: ConnId,
         publish_will: bool,
+        /// Queued messages below this sequence number were sent on this
+        /// connection: a resumed session sends them again with DUP set.
+        sent_below: Option<u64>,
     },
     /// Adds or replaces subscriptions (filters already validated).
     Subscribe {

@@ -11,7 +11,8 @@
 pub mod command;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use starling_proto::mqtt::QoS;
@@ -72,6 +73,9 @@ struct Session {
     next_seq: u64,
     /// Inbound QoS 2 packet ids whose PUBREL has not arrived.
     inbound: BTreeSet<u16>,
+    /// Queued messages below this sequence number were sent before; `None` when
+    /// not known (the last connection was lost with its node, or taken over).
+    sent_below: Option<u64>,
 }
 
 impl Session {
@@ -84,6 +88,7 @@ impl Session {
             queue: BTreeMap::new(),
             next_seq: 0,
             inbound: BTreeSet::new(),
+            sent_below: Some(0),
         }
     }
 }
@@ -103,6 +108,9 @@ struct State {
     sessions: BTreeMap<Arc<str>, Session>,
     retained: BTreeMap<Arc<str>, Message>,
     nodes: BTreeMap<u64, NodeRecord>,
+    /// Commands applied so far: the same number on every node after the same
+    /// commands, so nodes can tell each other how far they are.
+    applied: u64,
 }
 
 impl State {
@@ -118,6 +126,8 @@ impl State {
 pub struct MqttMachine {
     /// The replicated state. Locked by apply and by short reads of connections.
     state: Mutex<State>,
+    /// Signalled after every apply, for [`MqttMachine::wait_applied`].
+    applied_changed: Condvar,
     /// Derived from the subscriptions in `state`; read on every publish, so it has
     /// its own lock and readers do not wait for queue updates.
     routes: RwLock<Routes>,
@@ -132,6 +142,7 @@ impl MqttMachine {
     pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, max_queued: usize) -> Self {
         MqttMachine {
             state: Mutex::new(State::default()),
+            applied_changed: Condvar::new(),
             routes: RwLock::new(Routes::new()),
             locations: RwLock::new(HashMap::new()),
             registry,
@@ -228,11 +239,44 @@ impl MqttMachine {
             .collect()
     }
 
+    /// Queued messages of `client_id` below this sequence number were sent before
+    /// (DUP on resend); `None` when that is not known.
+    pub fn sent_below(&self, client_id: &str) -> Option<u64> {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .and_then(|s| s.sent_below)
+    }
+
     /// The oldest sequence number still queued for `client_id`.
     pub fn queue_head(&self, client_id: &str) -> Option<u64> {
         let state = self.lock();
         let session = state.sessions.get(client_id)?;
         session.queue.keys().next().copied()
+    }
+
+    /// How many commands this node has applied.
+    pub fn applied(&self) -> u64 {
+        self.lock().applied
+    }
+
+    /// Blocks until this node has applied `target` commands, or `timeout` passed.
+    /// Returns whether it got there. Call it off the async executor's hot path
+    /// (`block_in_place`): it waits on a condition variable.
+    pub fn wait_applied(&self, target: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while state.applied < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = match self.applied_changed.wait_timeout(state, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
     }
 
     pub fn summary(&self) -> Recovered {
@@ -257,10 +301,14 @@ impl MqttMachine {
                 client_id,
                 conn,
                 publish_will,
-            } => match state.sessions.get(&client_id) {
-                Some(s) if s.conn == Some(conn) => Reply::Disconnected {
-                    wills: self.end_connection(state, &client_id, publish_will),
-                },
+                sent_below,
+            } => match state.sessions.get_mut(&client_id) {
+                Some(s) if s.conn == Some(conn) => {
+                    s.sent_below = sent_below;
+                    Reply::Disconnected {
+                        wills: self.end_connection(state, &client_id, publish_will),
+                    }
+                }
                 _ => Reply::NotOwner,
             },
             Command::Subscribe {
@@ -375,6 +423,9 @@ impl MqttMachine {
             .collect();
         let mut wills = Vec::new();
         for client_id in gone {
+            if let Some(session) = state.sessions.get_mut(&client_id) {
+                session.sent_below = None;
+            }
             wills.extend(self.end_connection(state, &client_id, true));
         }
         wills
@@ -396,8 +447,10 @@ impl MqttMachine {
         let mut session_present = false;
         if let Some(old) = state.sessions.get_mut(&client_id) {
             if let Some(old_conn) = old.conn.take() {
-                // Takeover: the old connection is lost as far as MQTT is concerned.
+                // Takeover: the old connection is lost as far as MQTT is concerned,
+                // and what it sent is not known.
                 previous = Some(old_conn);
+                old.sent_below = None;
                 if let Some(old_will) = old.will.take() {
                     wills.push(old_will);
                 }
@@ -520,17 +573,25 @@ fn owned<'a>(state: &'a mut State, client_id: &str, conn: ConnId) -> Option<&'a 
 }
 
 impl StateMachine for MqttMachine {
+    /// Replies are postcard `(applied, Reply)`: the reply, and how many commands
+    /// had been applied once this one was.
     fn apply(&self, command: &[u8]) -> Vec<u8> {
         let reply = match postcard::from_bytes::<Command>(command) {
             Ok(command) => {
                 let mut state = self.lock();
-                self.apply_command(&mut state, command)
+                let reply = self.apply_command(&mut state, command);
+                state.applied += 1;
+                self.applied_changed.notify_all();
+                (state.applied, reply)
             }
             Err(e) => {
                 // Only our own nodes propose; a command we cannot read means
                 // mismatched versions. Applying nothing keeps every node equal.
                 tracing::error!(error = %e, "undecodable command in the raft log, skipped");
-                Reply::Done
+                let mut state = self.lock();
+                state.applied += 1;
+                self.applied_changed.notify_all();
+                (state.applied, Reply::Done)
             }
         };
         postcard::to_allocvec(&reply).unwrap_or_default()
@@ -566,6 +627,7 @@ impl StateMachine for MqttMachine {
         *state = restored;
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
         *self.locations.write().unwrap_or_else(|e| e.into_inner()) = locations;
+        self.applied_changed.notify_all();
         Ok(())
     }
 }

@@ -34,7 +34,8 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Message {
 
 fn apply(m: &MqttMachine, command: Command) -> Reply {
     let bytes = postcard::to_allocvec(&command).expect("encode");
-    postcard::from_bytes(&m.apply(&bytes)).expect("decode")
+    let (_, reply): (u64, Reply) = postcard::from_bytes(&m.apply(&bytes)).expect("decode");
+    reply
 }
 
 fn connect(m: &MqttMachine, id: &str, c: ConnId, clean: bool, will: Option<Message>) -> Reply {
@@ -171,6 +172,7 @@ fn mqtt_3_1_2_8_will_published_on_lost_connection_not_after_disconnect() {
             client_id: Arc::from("a"),
             conn: conn(2),
             publish_will: true,
+            sent_below: None,
         },
     );
     assert_eq!(
@@ -194,6 +196,7 @@ fn mqtt_3_1_2_8_will_published_on_lost_connection_not_after_disconnect() {
             client_id: Arc::from("b"),
             conn: conn(3),
             publish_will: false,
+            sent_below: None,
         },
     );
     assert_eq!(reply, Reply::Disconnected { wills: vec![] });
@@ -225,6 +228,7 @@ fn mqtt_3_1_4_2_takeover_publishes_old_will_and_fences_old_connection() {
             client_id: Arc::from("a"),
             conn: conn(1),
             publish_will: true,
+            sent_below: None,
         },
     );
     assert_eq!(stale, Reply::NotOwner);
@@ -250,6 +254,7 @@ fn clean_session_ends_with_its_connection() {
             client_id: Arc::from("c"),
             conn: conn(1),
             publish_will: false,
+            sent_below: None,
         },
     );
     assert!(m.targets("t", QoS::AtLeastOnce).is_empty());
@@ -344,4 +349,39 @@ fn snapshot_restore_round_trip_rebuilds_routes() {
         false,
         None
     )));
+}
+
+#[test]
+fn applied_count_grows_with_every_command_and_survives_a_snapshot() {
+    let m = machine(10);
+    assert_eq!(m.applied(), 0);
+    connect(&m, "a", conn(1), true, None);
+    publish(&m, msg("t", QoS::AtMostOnce, false, b"x"));
+    assert_eq!(m.applied(), 2);
+    assert!(m.wait_applied(2, std::time::Duration::from_millis(1)));
+    assert!(!m.wait_applied(3, std::time::Duration::from_millis(20)));
+    let restored = machine(10);
+    restored.restore(&m.snapshot()).expect("restore");
+    assert_eq!(restored.applied(), 2);
+}
+
+#[test]
+fn mqtt_3_3_1_1_a_clean_disconnect_records_what_was_sent_for_dup() {
+    let m = machine(10);
+    connect(&m, "s", conn(1), false, None);
+    assert_eq!(m.sent_below("s"), Some(0), "a new session has sent nothing");
+    apply(
+        &m,
+        Command::Disconnect {
+            client_id: Arc::from("s"),
+            conn: conn(1),
+            publish_will: false,
+            sent_below: Some(3),
+        },
+    );
+    assert_eq!(m.sent_below("s"), Some(3));
+    connect(&m, "s", conn(2), false, None);
+    // Taken over: the old connection's progress is unknown.
+    connect(&m, "s", conn(3), false, None);
+    assert_eq!(m.sent_below("s"), None);
 }
