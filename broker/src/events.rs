@@ -26,10 +26,7 @@ pub(crate) async fn run(
             _ = shared.registry.fenced() => reincarnate(&shared, &data_dir, &mut shutdown).await,
             event = events.recv() => match event {
                 Ok(ClusterEvent::PeerDown { node }) => declare_down(&shared, node),
-                Ok(ClusterEvent::QuorumLost) => {
-                    tracing::warn!("no quorum: closing client connections so they move to the majority");
-                    shared.registry.kick_all();
-                }
+                Ok(ClusterEvent::QuorumLost) => drop_clients_if_still_cut_off(&shared),
                 Ok(ClusterEvent::QuorumRegained) => tracing::info!("quorum regained"),
                 Ok(ClusterEvent::PeerUp { node }) => tracing::info!(node, "peer answers again"),
                 Ok(ClusterEvent::MembershipChanged) => {
@@ -43,6 +40,24 @@ pub(crate) async fn run(
             },
         }
     }
+}
+
+/// Closes this node's connections if it is still without quorum after
+/// `node_down_after`, so that clients reconnect to the majority, where their
+/// sessions are. An election alone (a leader stepping down when a returning node
+/// asks for votes) must not throw every client out.
+fn drop_clients_if_still_cut_off(shared: &Arc<Shared>) {
+    tracing::info!("no quorum");
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(shared.down_after).await;
+        if !shared.node.has_quorum() {
+            tracing::warn!(
+                "still no quorum: closing client connections so they move to the majority"
+            );
+            shared.registry.kick_all();
+        }
+    });
 }
 
 /// Commits `NodeDown` for a peer the leader found silent. If this node loses
@@ -90,6 +105,7 @@ async fn reincarnate(
         let command = Command::NodeStarted { node, incarnation };
         match shared.propose(command).await {
             Ok(_) => {
+                shared.registry.unfence();
                 tracing::info!(incarnation, "serving again");
                 return;
             }

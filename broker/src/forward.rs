@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use starling_cluster::{ForwardHandler, Forwarder, Node};
+use starling_cluster::{ForwardError, ForwardHandler, Forwarder, Node};
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -85,6 +85,7 @@ impl ForwardHandler for Inbound {
 /// Sends `message` to `nodes`; the future resolves once every node accepted it or
 /// failed to in time (counted: the subscribers there are being disconnected).
 pub fn send(
+    node: &Node,
     forwarder: &Forwarder,
     metrics: &Arc<Metrics>,
     message: &Message,
@@ -98,14 +99,24 @@ pub fn send(
         }
     };
     let sends: Vec<_> = nodes
-        .into_iter()
-        .map(|node| forwarder.send(node, frame.clone(), FORWARD_TIMEOUT))
+        .iter()
+        .map(|to| forwarder.send(*to, frame.clone(), FORWARD_TIMEOUT))
         .collect();
-    let metrics = metrics.clone();
+    let (node, forwarder, metrics) = (node.clone(), forwarder.clone(), metrics.clone());
     Box::pin(async move {
-        for result in futures::future::join_all(sends).await {
+        let results = futures::future::join_all(sends).await;
+        for (to, result) in nodes.into_iter().zip(results) {
+            let result = match result {
+                // A member this node has not heard of yet (it just joined): learn
+                // the membership and try once more.
+                Err(ForwardError::UnknownPeer(_)) => {
+                    sync_peers(&node, &forwarder);
+                    forwarder.send(to, frame.clone(), FORWARD_TIMEOUT).await
+                }
+                other => other,
+            };
             if let Err(e) = result {
-                tracing::debug!(error = %e, "forwarded message not accepted");
+                tracing::debug!(to, error = %e, "forwarded message not accepted");
                 metrics.dropped("forward_failed");
             }
         }
@@ -128,10 +139,10 @@ pub fn sync_peers(node: &Node, forwarder: &Forwarder) {
     }
 }
 
-/// Resolves once every node this one has a live stream to has applied `applied`
-/// commands (or [`SYNC_TIMEOUT`] passed). Nodes without a live stream are not
-/// waited for: they are down or cut off, and serve nobody until they catch up.
-pub fn sync(forwarder: &Forwarder, applied: u64) -> BoxFuture<'static, ()> {
+/// Resolves once every peer not declared down has applied `applied` commands (or
+/// [`SYNC_TIMEOUT`] passed for it). Nodes declared down serve nobody until they
+/// have caught up and come back.
+pub fn sync(forwarder: &Forwarder, machine: &MqttMachine, applied: u64) -> BoxFuture<'static, ()> {
     let Ok(frame) = postcard::to_allocvec(&FrameRef::Sync(applied)) else {
         return Box::pin(async {});
     };
@@ -140,7 +151,7 @@ pub fn sync(forwarder: &Forwarder, applied: u64) -> BoxFuture<'static, ()> {
         .stats()
         .peers
         .into_iter()
-        .filter(|peer| peer.connected)
+        .filter(|peer| !machine.is_node_down(peer.id))
         .map(|peer| forwarder.send(peer.id, frame.clone(), SYNC_TIMEOUT))
         .collect();
     Box::pin(async move {

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     config: MqttConfig,
     forwarder: starling_cluster::Forwarder,
+    /// How long a node may be silent, or without quorum, before others act.
+    down_after: Duration,
     next_conn: AtomicU64,
 }
 
@@ -113,7 +115,8 @@ impl Shared {
         let here = tokio::task::spawn_blocking(move || {
             machine.wait_applied(applied, forward::SYNC_TIMEOUT)
         });
-        let (here, ()) = futures::join!(here, forward::sync(&self.forwarder, applied));
+        let (here, ()) =
+            futures::join!(here, forward::sync(&self.forwarder, &self.machine, applied));
         if !matches!(here, Ok(true)) {
             tracing::warn!(
                 applied,
@@ -131,8 +134,15 @@ impl Shared {
         if routed.nodes.is_empty() && routed.blocked.is_empty() {
             return None;
         }
-        let forwarded = (!routed.nodes.is_empty())
-            .then(|| forward::send(&self.forwarder, &self.metrics, message, routed.nodes));
+        let forwarded = (!routed.nodes.is_empty()).then(|| {
+            forward::send(
+                &self.node,
+                &self.forwarder,
+                &self.metrics,
+                message,
+                routed.nodes,
+            )
+        });
         let local = router::wait_for_room(routed.blocked, self.metrics.clone());
         Some(Box::pin(async move {
             match forwarded {
@@ -210,6 +220,7 @@ impl Broker {
             metrics,
             config: config.mqtt.clone(),
             forwarder,
+            down_after: Duration::from_millis(config.cluster.node_down_after_ms),
             next_conn: AtomicU64::new(0),
         });
         // Connections this node held before it stopped are gone: their wills are
@@ -267,7 +278,9 @@ impl Broker {
 
     /// True when the node can serve clients (Raft has a leader, state is applied).
     pub fn is_ready(&self) -> bool {
-        !self.accept.is_finished() && self.shared.node.is_ready()
+        !self.accept.is_finished()
+            && self.shared.node.is_ready()
+            && !self.shared.registry.is_fenced()
     }
 
     /// Removes this node from the cluster's voters (membership change through

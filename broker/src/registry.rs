@@ -2,7 +2,7 @@
 //! subscriber, and how the state machine wakes or closes one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use starling_proto::mqtt::QoS;
@@ -44,6 +44,8 @@ pub struct Registry {
     incarnation: AtomicU64,
     /// Notified when this node's incarnation was declared down by the cluster.
     fenced: Notify,
+    /// Set from then until the node's new incarnation is committed.
+    is_fenced: AtomicBool,
     /// Client id -> its connection here. Locked for map operations only.
     clients: RwLock<HashMap<Arc<str>, ClientHandle>>,
     /// Connection -> the signal that closes it (takeover).
@@ -56,6 +58,7 @@ impl Registry {
             node,
             incarnation: AtomicU64::new(incarnation),
             fenced: Notify::new(),
+            is_fenced: AtomicBool::new(false),
             clients: RwLock::new(HashMap::new()),
             kicks: Mutex::new(HashMap::new()),
         }
@@ -77,11 +80,25 @@ impl Registry {
         conn.node == self.node
     }
 
-    /// Called by apply when `node` was declared down.
-    pub fn node_down(&self, node: u64) {
-        if node == self.node {
+    /// Called by apply when incarnation `incarnation` of `node` was declared down.
+    /// Only the current incarnation matters: replaying the log after a restart
+    /// re-applies old declarations about earlier ones.
+    pub fn node_down(&self, node: u64, incarnation: u64) {
+        if node == self.node && incarnation == self.incarnation() {
+            self.is_fenced.store(true, Ordering::Release);
             self.fenced.notify_one();
         }
+    }
+
+    /// True while this node is declared down and not yet back as a new
+    /// incarnation: it must not serve.
+    pub fn is_fenced(&self) -> bool {
+        self.is_fenced.load(Ordering::Acquire)
+    }
+
+    /// This node is back under a new incarnation.
+    pub fn unfence(&self) {
+        self.is_fenced.store(false, Ordering::Release);
     }
 
     /// Resolves when this node learns that the cluster declared it down.

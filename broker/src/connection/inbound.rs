@@ -55,8 +55,8 @@ impl Connection {
             }));
             this.end = Some(End::Lost);
         };
-        if !self.shared.node.has_quorum() {
-            tracing::info!("refusing CONNECT: this node has no quorum");
+        if !self.shared.node.has_quorum() || self.shared.registry.is_fenced() {
+            tracing::info!("refusing CONNECT: this node has no quorum or is rejoining");
             refuse(self, ConnectReturnCode::ServerUnavailable);
             return;
         }

@@ -255,6 +255,11 @@ impl MqttMachine {
         session.queue.keys().next().copied()
     }
 
+    /// True when the cluster declared `node`'s current incarnation down.
+    pub fn is_node_down(&self, node: u64) -> bool {
+        self.lock().nodes.get(&node).is_some_and(|n| n.down)
+    }
+
     /// How many commands this node has applied.
     pub fn applied(&self) -> u64 {
         self.lock().applied
@@ -398,11 +403,15 @@ impl MqttMachine {
                 Reply::Disconnected { wills }
             }
             Command::NodeDown { node } => {
+                let mut fenced = None;
                 if let Some(record) = state.nodes.get_mut(&node) {
                     record.down = true;
+                    fenced = Some(record.incarnation);
                 }
                 let wills = self.end_node_connections(state, node, |_| true);
-                self.registry.node_down(node);
+                if let Some(incarnation) = fenced {
+                    self.registry.node_down(node, incarnation);
+                }
                 Reply::Disconnected { wills }
             }
         }
