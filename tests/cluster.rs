@@ -1,0 +1,29 @@
+//! Black-box tests of a cluster: each test starts real `starling` processes on
+//! free loopback ports, each with its own data directory, speaks MQTT to them
+//! with independent clients (rumqttc and raw sockets), and inflicts the faults
+//! a cluster exists to survive: kill -9, restarts, SIGSTOP, joins and leaves.
+//!
+//! Clusters run one at a time (see `nodes`), so this binary takes a few minutes.
+
+#[allow(dead_code)]
+mod harness;
+
+#[path = "cluster/nodes.rs"]
+mod nodes;
+#[path = "cluster/subscribers.rs"]
+mod subscribers;
+#[path = "cluster/traffic.rs"]
+mod traffic;
+
+#[path = "cluster/consistency.rs"]
+mod consistency;
+#[path = "cluster/failover.rs"]
+mod failover;
+#[path = "cluster/membership.rs"]
+mod membership;
+#[path = "cluster/partitions.rs"]
+mod partitions;
+#[path = "cluster/sessions.rs"]
+mod sessions;
+#[path = "cluster/wills.rs"]
+mod wills;

@@ -1,0 +1,94 @@
+//! Dynamic membership: a node joins a running cluster through any member and
+//! serves clients with the cluster's state; a node that leaves no longer
+//! counts towards the quorum.
+
+use std::time::Duration;
+
+use rumqttc::QoS;
+use tokio::time::Instant;
+
+use crate::harness::client::{self, Client};
+use crate::harness::raw;
+use crate::nodes::Cluster;
+use crate::traffic::connect_retry;
+
+#[tokio::test]
+async fn join_and_leave() {
+    let mut cluster = Cluster::start_fast(3).await;
+    // Written before the join: the new node must get it from the cluster.
+    let mut setter = Client::connect(client::options(cluster.mqtt(1), "h-setter")).await;
+    setter
+        .publish("h/retained", QoS::AtLeastOnce, true, "before the join")
+        .await;
+
+    let joined = cluster.add_joining_node(2).await;
+    let mut sub_new = Client::connect(client::options(cluster.mqtt(joined), "h-sub-new")).await;
+    sub_new.subscribe_ok("h/#", QoS::AtLeastOnce).await;
+    let retained = sub_new.recv_publish(raw::WAIT).await;
+    assert_eq!(&retained.payload[..], b"before the join");
+    assert!(retained.retain);
+    setter
+        .publish("h/live", QoS::AtLeastOnce, false, "from node 1")
+        .await;
+    assert_eq!(
+        &sub_new.recv_publish(raw::WAIT).await.payload[..],
+        b"from node 1"
+    );
+    let mut sub3 = Client::connect(client::options(cluster.mqtt(3), "h-sub-3")).await;
+    sub3.subscribe_ok("h/to-3", QoS::AtLeastOnce).await;
+    let mut pub_new = Client::connect(client::options(cluster.mqtt(joined), "h-pub-new")).await;
+    pub_new
+        .publish("h/to-3", QoS::AtLeastOnce, false, "from the new node")
+        .await;
+    assert_eq!(
+        &sub3.recv_publish(raw::WAIT).await.payload[..],
+        b"from the new node"
+    );
+    drop((sub_new, pub_new));
+
+    let (status, body) = cluster
+        .leave(joined)
+        .await
+        .expect("leave answered within its deadline");
+    assert_eq!(status, 200, "POST /api/v1/cluster/leave: {body}");
+
+    // The other three keep serving.
+    for id in 1..=3 {
+        assert_eq!(cluster.readyz(id).await, Some(200), "node {id} ready");
+    }
+    let mut sub2 = Client::connect(client::options(cluster.mqtt(2), "h-sub-2")).await;
+    sub2.subscribe_ok("h/after", QoS::AtLeastOnce).await;
+    setter
+        .publish("h/after", QoS::AtLeastOnce, false, "after the leave")
+        .await;
+    assert_eq!(
+        &sub2.recv_publish(raw::WAIT).await.payload[..],
+        b"after the leave"
+    );
+
+    // Had it stayed a member, losing it and one more node would leave two of
+    // four, no quorum; having left, two of three remain.
+    cluster.kill9(joined);
+    cluster.kill9(1);
+    drop(setter);
+    // Long enough for the survivors to have declared node 1 down, or to have
+    // lost their quorum if the leave had changed nothing.
+    tokio::time::sleep(cluster.down_after() + Duration::from_secs(1)).await;
+    for id in [2, 3] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster.readyz(id).await != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} has no quorum with nodes 1 and {joined} gone: \
+                 did node {joined} really leave?"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut sub2 = connect_retry(|| client::options(cluster.mqtt(2), "h-sub-2b")).await;
+    sub2.subscribe_ok("h/two-of-three", QoS::AtLeastOnce).await;
+    let mut pub3 = connect_retry(|| client::options(cluster.mqtt(3), "h-pub-3")).await;
+    pub3.publish("h/two-of-three", QoS::AtLeastOnce, false, "quorum")
+        .await;
+    assert_eq!(&sub2.recv_publish(raw::WAIT).await.payload[..], b"quorum");
+}

@@ -1,0 +1,509 @@
+//! A cluster of real `starling` processes on loopback, and the faults a test
+//! inflicts on it: kill -9, restart, SIGSTOP/SIGCONT, join and leave.
+//!
+//! Nodes are named by their node id (1..=n), as on the command line. Each has
+//! its own temp dir, OS-chosen ports and log file; every log is printed when a
+//! test fails. Clusters run one at a time in this binary: a handful of nodes
+//! already fill a small machine, and the tests measure how long failover takes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, OpenOptions};
+use std::hash::BuildHasher;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::harness::{free_port, http_status};
+
+/// How long a starting cluster, or a (re)started node, may take to be ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `node_down_after` when the config leaves it out.
+pub const DEFAULT_DOWN_AFTER: Duration = Duration::from_secs(3);
+/// `node_down_after` of the clusters started with `Cluster::start_fast`.
+pub const FAST_DOWN_AFTER: Duration = Duration::from_millis(1500);
+
+/// Held by each running cluster, so that clusters do not compete for the CPU
+/// and skew each other's failover times.
+static ONE_CLUSTER_AT_A_TIME: Semaphore = Semaphore::const_new(1);
+
+/// How a node finds its cluster.
+#[derive(Debug, Clone)]
+enum Membership {
+    /// `--peers`: a member of the cluster formed by the initial nodes.
+    Peers(String),
+    /// `--join ADDR`: joins the running cluster through a member.
+    Join(String),
+}
+
+/// One `starling` process of a cluster.
+pub struct Node {
+    pub id: u64,
+    /// MQTT over TCP.
+    pub mqtt: u16,
+    /// HTTP: `/readyz`, `/metrics`, `/api/v1`.
+    pub http: u16,
+    /// Cluster gRPC.
+    pub cluster: u16,
+    membership: Membership,
+    config: Option<PathBuf>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Whether the process is SIGSTOPped.
+    stopped: bool,
+    dir: TempDir,
+}
+
+impl Node {
+    fn new(id: u64, config_toml: Option<&str>) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("starling-node{id}-"))
+            .tempdir()
+            .expect("temp dir");
+        let config = config_toml.map(|toml| {
+            let path = dir.path().join("starling.toml");
+            fs::write(&path, toml).expect("write config");
+            path
+        });
+        Node {
+            id,
+            mqtt: free_port(),
+            http: free_port(),
+            cluster: free_port(),
+            membership: Membership::Peers(String::new()),
+            config,
+            log: dir.path().join("starling.log"),
+            child: None,
+            stopped: false,
+            dir,
+        }
+    }
+
+    /// `127.0.0.1:PORT` of the cluster listener.
+    pub fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log file");
+        writeln!(log, "===== harness: starting node {} =====", self.id).expect("write log");
+        let stderr = log.try_clone().expect("clone log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_starling"));
+        cmd.arg("--node-id")
+            .arg(self.id.to_string())
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--mqtt-listen")
+            .arg(format!("127.0.0.1:{}", self.mqtt))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", self.http))
+            .arg("--cluster-listen")
+            .arg(self.cluster_addr());
+        match &self.membership {
+            Membership::Peers(peers) => cmd.arg("--peers").arg(peers),
+            Membership::Join(addr) => cmd.arg("--join").arg(addr),
+        };
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr));
+        self.child = Some(cmd.spawn().expect("spawn the starling binary"));
+        self.stopped = false;
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {} is not running", self.id));
+        // The process may already have exited on its own (after leaving).
+        let _ = child.kill();
+        child.wait().expect("wait for starling");
+        self.stopped = false;
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let child = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {} is not running", self.id));
+        let pid = child.id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -{signal} {pid} (node {}) failed: {status}",
+            self.id
+        );
+    }
+
+    /// Panics if the process has exited.
+    fn assert_running(&mut self) {
+        let id = self.id;
+        let child = self
+            .child
+            .as_mut()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("node {id} exited: {status}");
+        }
+    }
+
+    fn print_log(&self) {
+        match fs::read(&self.log) {
+            Ok(bytes) => {
+                // The tail is what explains a failure; a long run must not drown it.
+                const TAIL: usize = 128 * 1024;
+                let start = bytes.len().saturating_sub(TAIL);
+                eprintln!(
+                    "----- node {} log ({} bytes, last {}) -----\n{}\n----- end of node {} log -----",
+                    self.id,
+                    bytes.len(),
+                    bytes.len() - start,
+                    String::from_utf8_lossy(&bytes[start..]),
+                    self.id
+                );
+            }
+            Err(e) => eprintln!(
+                "cannot read node {} log {}: {e}",
+                self.id,
+                self.log.display()
+            ),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL ends a stopped process too.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            self.print_log();
+        }
+    }
+}
+
+/// A running cluster. Its processes are killed when it is dropped.
+pub struct Cluster {
+    nodes: BTreeMap<u64, Node>,
+    config_toml: Option<String>,
+    down_after: Duration,
+    /// Declared last: released only once every process is gone.
+    _turn: SemaphorePermit<'static>,
+}
+
+impl Cluster {
+    /// `n` nodes with the default `node_down_after` (3 s); returns once every
+    /// node reports ready.
+    pub async fn start(n: u64) -> Cluster {
+        Cluster::launch(n, None, DEFAULT_DOWN_AFTER).await
+    }
+
+    /// `n` nodes declaring a silent peer down after `FAST_DOWN_AFTER`.
+    pub async fn start_fast(n: u64) -> Cluster {
+        let toml = format!(
+            "[cluster]\nnode_down_after_ms = {}\n",
+            FAST_DOWN_AFTER.as_millis()
+        );
+        Cluster::launch(n, Some(toml), FAST_DOWN_AFTER).await
+    }
+
+    async fn launch(n: u64, config_toml: Option<String>, down_after: Duration) -> Cluster {
+        assert!(n >= 1, "a cluster has at least one node");
+        let turn = ONE_CLUSTER_AT_A_TIME
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let mut nodes: BTreeMap<u64, Node> = (1..=n)
+            .map(|id| (id, Node::new(id, config_toml.as_deref())))
+            .collect();
+        let peers = nodes
+            .values()
+            .map(|node| format!("{}={}", node.id, node.cluster_addr()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for node in nodes.values_mut() {
+            node.membership = Membership::Peers(peers.clone());
+        }
+        let mut cluster = Cluster {
+            nodes,
+            config_toml,
+            down_after,
+            _turn: turn,
+        };
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        cluster.start_together(&ids).await;
+        cluster
+    }
+
+    /// Spawns `ids` in a random order (a cluster must form whichever node
+    /// comes first), then waits until each is ready.
+    async fn start_together(&mut self, ids: &[u64]) {
+        let order = shuffled(ids);
+        eprintln!("cluster: starting nodes in the order {order:?}");
+        for id in &order {
+            self.node_mut(*id).spawn();
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for id in &order {
+            self.wait_ready_until(*id, deadline).await;
+        }
+    }
+
+    /// The `node_down_after` the nodes run with.
+    pub fn down_after(&self) -> Duration {
+        self.down_after
+    }
+
+    /// The node with id `id`.
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    /// The MQTT port of node `id`.
+    pub fn mqtt(&self, id: u64) -> u16 {
+        self.node(id).mqtt
+    }
+
+    /// Every node id, in order.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill9(&mut self, id: u64) {
+        eprintln!("cluster: kill -9 node {id}");
+        self.node_mut(id).kill9();
+    }
+
+    /// SIGKILL every running node.
+    pub fn kill9_all(&mut self) {
+        let running: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|node| node.is_running())
+            .map(|node| node.id)
+            .collect();
+        for id in running {
+            self.kill9(id);
+        }
+    }
+
+    /// Starts node `id` again with the same data dir, ports and flags and waits
+    /// until it is ready.
+    pub async fn restart(&mut self, id: u64) {
+        eprintln!("cluster: restarting node {id}");
+        self.node_mut(id).spawn();
+        self.wait_ready(id).await;
+    }
+
+    /// Starts every stopped node again at once (alone, none of them could reach
+    /// a quorum) and waits until all are ready.
+    pub async fn restart_all(&mut self) {
+        let down: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|node| !node.is_running())
+            .map(|node| node.id)
+            .collect();
+        self.start_together(&down).await;
+    }
+
+    /// SIGSTOP: the process freezes, its sockets stay open.
+    pub fn sigstop(&mut self, id: u64) {
+        eprintln!("cluster: kill -STOP node {id}");
+        let node = self.node_mut(id);
+        node.signal("STOP");
+        node.stopped = true;
+    }
+
+    /// SIGCONT after `sigstop`.
+    pub fn sigcont(&mut self, id: u64) {
+        eprintln!("cluster: kill -CONT node {id}");
+        let node = self.node_mut(id);
+        node.signal("CONT");
+        node.stopped = false;
+    }
+
+    /// Waits until `/readyz` of node `id` answers 200.
+    pub async fn wait_ready(&mut self, id: u64) {
+        self.wait_ready_until(id, Instant::now() + READY_TIMEOUT)
+            .await;
+    }
+
+    async fn wait_ready_until(&mut self, id: u64, deadline: Instant) {
+        let started = Instant::now();
+        loop {
+            self.node_mut(id).assert_running();
+            if self.readyz(id).await == Some(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} not ready on /readyz after {:?}",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `/readyz` of node `id` answers anything but 200 (or nothing);
+    /// returns that answer and how long it took. Panics after `timeout`.
+    pub async fn wait_not_ready(&self, id: u64, timeout: Duration) -> (Option<u16>, Duration) {
+        let started = Instant::now();
+        loop {
+            let status = self.readyz(id).await;
+            if status != Some(200) {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "node {id} still ready on /readyz after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The status of node `id`'s `/readyz`, `None` if it does not answer.
+    pub async fn readyz(&self, id: u64) -> Option<u16> {
+        http_status(self.node(id).http, "/readyz").await
+    }
+
+    /// Starts one more node that joins the cluster through member `via`'s
+    /// cluster address, with the same config; returns its id once it is ready.
+    pub async fn add_joining_node(&mut self, via: u64) -> u64 {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let mut node = Node::new(id, self.config_toml.as_deref());
+        node.membership = Membership::Join(self.node(via).cluster_addr());
+        eprintln!("cluster: starting node {id}, joining through node {via}");
+        node.spawn();
+        self.nodes.insert(id, node);
+        self.wait_ready(id).await;
+        id
+    }
+
+    /// `POST /api/v1/cluster/leave` on node `id`: its status and body.
+    pub async fn leave(&self, id: u64) -> Option<(u16, String)> {
+        eprintln!("cluster: node {id} leaves");
+        http_request(
+            self.node(id).http,
+            "POST",
+            "/api/v1/cluster/leave",
+            Duration::from_secs(20),
+        )
+        .await
+    }
+
+    /// The Raft leader, as far as the running nodes' `/metrics` tell: either
+    /// a majority of nodes name the same leader id in a `starling_raft_*leader`
+    /// or `*leader_id` gauge, or exactly one node says `*is_leader 1`. `None`
+    /// when the metrics do not say; callers then pick a node themselves.
+    pub async fn leader(&self) -> Option<u64> {
+        let mut named: HashMap<u64, usize> = HashMap::new();
+        let mut self_declared = Vec::new();
+        for node in self.nodes.values().filter(|n| n.is_running() && !n.stopped) {
+            let Some((200, body)) =
+                http_request(node.http, "GET", "/metrics", Duration::from_secs(2)).await
+            else {
+                continue;
+            };
+            for line in body.lines().filter(|l| !l.starts_with('#')) {
+                let mut parts = line.split_whitespace();
+                let (Some(series), Some(value)) = (parts.next(), parts.last()) else {
+                    continue;
+                };
+                let name = series.split('{').next().unwrap_or(series);
+                let Ok(value) = value.parse::<f64>() else {
+                    continue;
+                };
+                if !name.starts_with("starling_raft") {
+                    continue;
+                }
+                if name.ends_with("is_leader") {
+                    if value == 1.0 {
+                        self_declared.push(node.id);
+                    }
+                } else if name.ends_with("_leader") || name.ends_with("_leader_id") {
+                    let id = value as u64;
+                    if value == id as f64 && self.nodes.contains_key(&id) {
+                        *named.entry(id).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let majority = self.nodes.len() / 2 + 1;
+        if let Some((id, _)) = named.into_iter().find(|(_, votes)| *votes >= majority) {
+            return Some(id);
+        }
+        match self_declared[..] {
+            [id] => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// `ids` in a random order.
+fn shuffled(ids: &[u64]) -> Vec<u64> {
+    let random = std::collections::hash_map::RandomState::new();
+    let mut order = ids.to_vec();
+    order.sort_by_key(|id| random.hash_one(id));
+    order
+}
+
+/// A hand-written HTTP/1.0 request with an empty body: the status and the body
+/// of the answer, or `None` when nothing answers within `timeout`.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut status_line = head.lines().next()?.split_whitespace();
+        if !status_line.next()?.starts_with("HTTP/") {
+            return None;
+        }
+        let status = status_line.next()?.parse().ok()?;
+        Some((status, body.to_string()))
+    };
+    tokio::time::timeout(timeout, exchange).await.ok().flatten()
+}
