@@ -32,7 +32,6 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
@@ -47,8 +46,6 @@ const NODE_HEADER: &str = "x-starling-node";
 /// restarts (and numbers its frames from 1 again) is not taken for a duplicate.
 const STREAM_HEADER: &str = "x-starling-stream";
 
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-const KEEPALIVE: Duration = Duration::from_secs(2);
 /// How long opening a stream may take before the attempt counts as failed.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -503,20 +500,6 @@ fn stream_epoch() -> u64 {
     hasher.finish()
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?
-        .tcp_nodelay(true)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE)
-        .keep_alive_while_idle(true))
-}
-
 /// Why a stream attempt ended.
 enum End {
     /// The peer was removed or the forwarder dropped.
@@ -620,7 +603,7 @@ impl PeerTask {
 
     /// Opens a stream, sends the window again, then streams until something ends it.
     async fn stream(&mut self, addr: &str, failures: u32) -> End {
-        let channel = match endpoint(addr) {
+        let channel = match crate::network::endpoint(addr) {
             Ok(endpoint) => endpoint.connect_lazy(),
             Err(e) => return End::Broken(StreamError::Address(e)),
         };

@@ -165,7 +165,9 @@ impl Peers {
     }
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+/// A lazily connected gRPC endpoint to another member, with the transport
+/// settings every node-to-node channel uses.
+pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
