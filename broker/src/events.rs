@@ -14,15 +14,20 @@ use tokio::sync::{broadcast, watch};
 use crate::state::{Command, Reply};
 use crate::Shared;
 
+/// How often counters kept by the cluster crate are copied into the metrics.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+
 pub(crate) async fn run(
     shared: Arc<Shared>,
     data_dir: PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut events = shared.node.events();
+    let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
+            _ = metrics_tick.tick() => refresh_metrics(&shared),
             _ = shared.registry.fenced() => reincarnate(&shared, &data_dir, &mut shutdown).await,
             event = events.recv() => match event {
                 Ok(ClusterEvent::PeerDown { node }) => declare_down(&shared, node),
@@ -39,6 +44,34 @@ pub(crate) async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         }
+    }
+}
+
+/// Copies the forwarder's and the proposer's counters into the metrics.
+fn refresh_metrics(shared: &Shared) {
+    let m = &shared.metrics;
+    let raft = shared.node.stats();
+    crate::metrics::catch_up(&m.raft_commands, raft.commands);
+    crate::metrics::catch_up(&m.raft_entries, raft.batches);
+    crate::metrics::catch_up(&m.raft_log_flushes, raft.log_flushes);
+    let forward = shared.forwarder.stats();
+    for peer in &forward.peers {
+        let id = peer.id.to_string();
+        let buffered = |state: &str| m.forward_buffered.with_label_values(&[id.as_str(), state]);
+        buffered("queued").set(i64::try_from(peer.queued).unwrap_or(i64::MAX));
+        buffered("unacked").set(i64::try_from(peer.unacked).unwrap_or(i64::MAX));
+    }
+    // The forwarder counts over all peers; "all" keeps the label set uniform.
+    for (event, total) in [
+        ("sent", forward.sent),
+        ("acked", forward.acked),
+        ("dropped", forward.dropped),
+        ("resent", forward.resent),
+        ("errors", forward.errors),
+        ("timeouts", forward.timeouts),
+    ] {
+        let counter = m.forward_frames.with_label_values(&["all", event]);
+        crate::metrics::catch_up(&counter, total);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The broker's Prometheus metrics. Names are prefixed `starling_` and carry their
 //! unit; label values come from small fixed sets, never from client input.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub connections: IntGauge,
@@ -10,8 +10,19 @@ pub struct Metrics {
     pub protocol_errors: IntCounterVec,
     pub messages_received: IntCounterVec,
     pub messages_sent: IntCounterVec,
-    /// Messages not delivered, by why (`queue_full`, `mailbox_full`, `inflight_full`).
+    /// Messages not delivered, by why (`queue_full`, `mailbox_full`,
+    /// `forward_failed`, `forward_unreadable`).
     pub messages_dropped: IntCounterVec,
+    /// Forwarding streams to other nodes, by peer and event (`sent`, `acked`,
+    /// `dropped` when the bounded buffer was full, `resent`, `errors`, `timeouts`).
+    pub forward_frames: IntCounterVec,
+    /// Frames waiting in the forwarding buffer of each peer, queued or unacked.
+    pub forward_buffered: IntGaugeVec,
+    /// Commands proposed through Raft, the Raft entries that carried them, and
+    /// the fsyncs of the Raft log: commands per fsync is the batching at work.
+    pub raft_commands: IntCounter,
+    pub raft_entries: IntCounter,
+    pub raft_log_flushes: IntCounter,
 }
 
 impl Metrics {
@@ -44,8 +55,39 @@ impl Metrics {
                 Opts::new("starling_messages_dropped_total", "Messages not delivered"),
                 &["reason"],
             )?,
+            forward_frames: IntCounterVec::new(
+                Opts::new(
+                    "starling_forward_frames_total",
+                    "Frames on the forwarding streams to other nodes",
+                ),
+                &["peer", "event"],
+            )?,
+            forward_buffered: IntGaugeVec::new(
+                Opts::new(
+                    "starling_forward_buffered_frames",
+                    "Frames queued or unacknowledged towards each peer",
+                ),
+                &["peer", "state"],
+            )?,
+            raft_commands: IntCounter::new(
+                "starling_raft_commands_total",
+                "Commands proposed through Raft",
+            )?,
+            raft_entries: IntCounter::new(
+                "starling_raft_entries_total",
+                "Raft log entries carrying proposed commands",
+            )?,
+            raft_log_flushes: IntCounter::new(
+                "starling_raft_log_flushes_total",
+                "fsyncs of the Raft log",
+            )?,
         };
         registry.register(Box::new(metrics.connections.clone()))?;
+        registry.register(Box::new(metrics.forward_frames.clone()))?;
+        registry.register(Box::new(metrics.forward_buffered.clone()))?;
+        registry.register(Box::new(metrics.raft_commands.clone()))?;
+        registry.register(Box::new(metrics.raft_entries.clone()))?;
+        registry.register(Box::new(metrics.raft_log_flushes.clone()))?;
         registry.register(Box::new(metrics.connections_total.clone()))?;
         registry.register(Box::new(metrics.protocol_errors.clone()))?;
         registry.register(Box::new(metrics.messages_received.clone()))?;
@@ -74,5 +116,13 @@ pub fn qos_label(qos: starling_proto::mqtt::QoS) -> &'static str {
         starling_proto::mqtt::QoS::AtMostOnce => "0",
         starling_proto::mqtt::QoS::AtLeastOnce => "1",
         starling_proto::mqtt::QoS::ExactlyOnce => "2",
+    }
+}
+
+/// Raises `counter` to `total`, a running total kept elsewhere.
+pub fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }
