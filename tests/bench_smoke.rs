@@ -36,6 +36,8 @@ impl Broker {
             .arg(mqtt.to_string())
             .arg("--http-listen")
             .arg(http.to_string())
+            .arg("--cluster-listen")
+            .arg(free_addr().to_string())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -94,12 +96,24 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 #[test]
-fn bench_pairs_at_qos_1_delivers_everything_once() {
+fn bench_pairs_at_qos_1_delivers_everything_once_in_order() {
+    pairs_at_qos_1(true);
+}
+
+/// Persistent sessions: every message goes through Raft and the replicated queues.
+#[test]
+fn bench_pairs_at_qos_1_to_persistent_sessions_delivers_everything_once_in_order() {
+    pairs_at_qos_1(false);
+}
+
+fn pairs_at_qos_1(clean: bool) {
     let broker = Broker::start();
     // As fast as the publishers' windows allow: subscribers that fall behind must
-    // slow the publishers down, never lose an acknowledged QoS 1 message.
+    // slow the publishers down, never lose an acknowledged QoS 1 message, and a
+    // publisher's many outstanding messages must stay in order.
     let output = Command::new(env!("CARGO_BIN_EXE_starling-bench"))
         .args(["pairs", "-n", "4", "--qos", "1", "--duration", "2"])
+        .args(["--clean", if clean { "true" } else { "false" }])
         .args(["--json", "--expect-no-loss", "--host"])
         .arg(broker.mqtt.to_string())
         .output()
@@ -128,5 +142,6 @@ fn bench_pairs_at_qos_1_delivers_everything_once() {
     assert_eq!(field("acked"), sent, "{}", context());
     assert_eq!(field("lost"), 0, "{}", context());
     assert_eq!(field("dup"), 0, "{}", context());
+    assert_eq!(field("reordered"), 0, "{}", context());
     assert_eq!(summary["scenario"], "pairs");
 }

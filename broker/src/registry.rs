@@ -2,8 +2,9 @@
 //! subscriber, and how the state machine wakes or closes one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use starling_proto::mqtt::QoS;
 use tokio::sync::{mpsc, Notify};
@@ -18,22 +19,108 @@ pub struct Delivery {
     pub qos: QoS,
 }
 
-/// What [`Registry::deliver`] could not hand over at once.
+/// A connection's mailbox: deliveries in the order they were routed. The channel
+/// itself never refuses a message, so order never depends on who waits; the
+/// bound is on its backlog: past `capacity`, QoS 0 messages are dropped (and
+/// counted), and a publisher whose QoS 1/2 message went past it waits for room
+/// before it is acknowledged. Memory stays bounded by the publishers' windows.
+#[derive(Clone)]
+pub struct Mailbox {
+    tx: mpsc::UnboundedSender<Delivery>,
+    backlog: Arc<Backlog>,
+}
+
+/// How full one mailbox is, and the signal that it has room again.
+pub struct Backlog {
+    len: AtomicUsize,
+    capacity: usize,
+    room: Notify,
+}
+
+/// The connection's end of its [`Mailbox`].
+pub struct MailboxReceiver {
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    backlog: Arc<Backlog>,
+}
+
+impl Mailbox {
+    pub fn new(capacity: usize) -> (Mailbox, MailboxReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog {
+            len: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+            room: Notify::new(),
+        });
+        let receiver = MailboxReceiver {
+            rx,
+            backlog: backlog.clone(),
+        };
+        (Mailbox { tx, backlog }, receiver)
+    }
+}
+
+impl Backlog {
+    fn has_room(&self) -> bool {
+        self.len.load(Ordering::Acquire) <= self.capacity
+    }
+
+    /// Waits until the backlog is back within its capacity; false after `timeout`.
+    pub async fn wait_for_room(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a wake-up in between is not missed.
+            notified.as_mut().enable();
+            if self.has_room() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.has_room();
+            }
+        }
+    }
+}
+
+impl MailboxReceiver {
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        let delivery = self.rx.recv().await;
+        self.taken(delivery.is_some());
+        delivery
+    }
+
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        let delivery = self.rx.try_recv().ok();
+        self.taken(delivery.is_some());
+        delivery
+    }
+
+    fn taken(&self, took: bool) {
+        if took {
+            let before = self.backlog.len.fetch_sub(1, Ordering::AcqRel);
+            if before.saturating_sub(1) <= self.backlog.capacity {
+                self.backlog.room.notify_waiters();
+            }
+        }
+    }
+}
+
+/// What [`Registry::deliver`] could not finish at once.
 #[derive(Default)]
 pub struct Undelivered {
     /// Clients not connected to this node.
     pub elsewhere: Vec<Arc<str>>,
-    /// QoS 1/2 deliveries whose mailbox is full, with the mailbox to wait on.
-    pub blocked: Vec<(mpsc::Sender<Delivery>, Delivery)>,
+    /// Mailboxes that took a QoS 1/2 message past their capacity: the publisher
+    /// waits for room in them before it is acknowledged.
+    pub blocked: Vec<Arc<Backlog>>,
 }
 
 /// How to reach one local connection.
 #[derive(Clone)]
 pub struct ClientHandle {
     pub conn: ConnId,
-    /// Read by the connection task. Bounded: when full, QoS 0 messages are dropped
-    /// and counted, and publishers of QoS 1/2 messages wait for room.
-    pub mailbox: mpsc::Sender<Delivery>,
+    /// Read by the connection task; see [`Mailbox`] for its bound.
+    pub mailbox: Mailbox,
     /// Notified when the client's replicated queue grew.
     pub wake: Arc<Notify>,
 }
@@ -155,8 +242,8 @@ impl Registry {
 
     /// Hands each (client, delivery) to the client's connection if it is here.
     /// A QoS 0 delivery to a full mailbox is dropped and counted; a QoS 1/2 one is
-    /// handed back in [`Undelivered::blocked`] for the caller to wait on, so that
-    /// the publisher is slowed down rather than the message lost.
+    /// always delivered, and a mailbox it filled is handed back in
+    /// [`Undelivered::blocked`] for the publisher to wait on.
     pub fn deliver(
         &self,
         targets: impl IntoIterator<Item = (Arc<str>, Delivery)>,
@@ -169,16 +256,19 @@ impl Registry {
                 undelivered.elsewhere.push(client_id);
                 continue;
             };
-            match handle.mailbox.try_send(delivery) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(delivery))
-                    if delivery.qos > QoS::AtMostOnce =>
-                {
-                    undelivered.blocked.push((handle.mailbox.clone(), delivery));
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => metrics.dropped("mailbox_full"),
+            let backlog = &handle.mailbox.backlog;
+            if delivery.qos == QoS::AtMostOnce && !backlog.has_room() {
+                metrics.dropped("mailbox_full");
+                continue;
+            }
+            backlog.len.fetch_add(1, Ordering::AcqRel);
+            if handle.mailbox.tx.send(delivery).is_err() {
                 // The connection is closing; its session decides what survives.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                backlog.len.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            if !backlog.has_room() && undelivered.blocked.iter().all(|b| !Arc::ptr_eq(b, backlog)) {
+                undelivered.blocked.push(backlog.clone());
             }
         }
         undelivered

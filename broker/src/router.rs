@@ -6,9 +6,7 @@ use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
-use crate::registry::{Delivery, Registry};
+use crate::registry::{Backlog, Delivery, Registry};
 use crate::state::{Message, MqttMachine};
 
 /// What remains to be done for a routed message.
@@ -16,8 +14,8 @@ use crate::state::{Message, MqttMachine};
 pub struct Routed {
     /// Other nodes with direct subscribers.
     pub nodes: Vec<u64>,
-    /// QoS 1/2 deliveries to local mailboxes that are full.
-    pub blocked: Vec<(mpsc::Sender<Delivery>, Delivery)>,
+    /// Local mailboxes that a QoS 1/2 message filled past their capacity.
+    pub blocked: Vec<Arc<Backlog>>,
 }
 
 /// Delivers `message` to every matching subscriber connected to this node whose
@@ -58,25 +56,19 @@ pub fn route(
     }
 }
 
-/// How long a QoS 1/2 delivery may wait for room in a subscriber's mailbox. A
-/// subscriber that reads nothing for this long loses the message (counted).
+/// How long a publisher may be held back by one subscriber's full mailbox. The
+/// message is in the mailbox either way; a subscriber that reads nothing for this
+/// long only stops slowing its publishers down (counted and logged).
 const ROOM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Waits until every blocked delivery is in its mailbox: the publisher's
-/// acknowledgement waits for this, which slows publishers down to the pace of
-/// their slowest subscriber instead of losing messages.
-pub async fn wait_for_room(
-    blocked: Vec<(mpsc::Sender<Delivery>, Delivery)>,
-    metrics: Arc<Metrics>,
-) {
-    for (mailbox, delivery) in blocked {
-        match tokio::time::timeout(ROOM_TIMEOUT, mailbox.send(delivery)).await {
-            // Sent, or the connection closed meanwhile (its session decides).
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!("a subscriber read nothing for {ROOM_TIMEOUT:?}: message dropped");
-                metrics.dropped("mailbox_full");
-            }
+/// Waits until every mailbox in `blocked` is back within its capacity: the
+/// publisher's acknowledgement waits for this, which slows publishers down to
+/// the pace of their slowest subscriber instead of losing messages.
+pub async fn wait_for_room(blocked: Vec<Arc<Backlog>>, metrics: Arc<Metrics>) {
+    for backlog in blocked {
+        if !backlog.wait_for_room(ROOM_TIMEOUT).await {
+            tracing::warn!("a subscriber read nothing for {ROOM_TIMEOUT:?}");
+            metrics.dropped("slow_subscriber");
         }
     }
 }

@@ -8,12 +8,11 @@ use starling_proto::mqtt::{
     ConnAck, Connect, ConnectReturnCode, Packet, Publish, QoS, SubAck, SubAckCode, Subscribe,
     Unsubscribe,
 };
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::outbound::{Outbound, Stage};
 use super::{Completion, Connection, End};
-use crate::registry::ClientHandle;
+use crate::registry::{ClientHandle, Mailbox};
 use crate::state::{Command, Message, Reply};
 
 impl Connection {
@@ -85,7 +84,7 @@ impl Connection {
         });
         // Reachable before the Connect command applies, so that what apply queues
         // or routes for this client finds this connection.
-        let (tx, rx) = mpsc::channel(self.shared.config.mailbox_capacity.max(1));
+        let (tx, rx) = Mailbox::new(self.shared.config.mailbox_capacity);
         self.mailbox = Some(rx);
         self.shared.registry.attach(
             client_id.clone(),
@@ -166,17 +165,16 @@ impl Connection {
             QoS::AtMostOnce => {
                 self.shared.route_detached(&forwarded);
                 if needs_commit {
-                    // QoS 0 never waits on Raft: the retained copy is stored in the
-                    // background, in order with this publisher's other proposals.
-                    let shared = self.shared.clone();
+                    // QoS 0 never waits on Raft: the message went out above; the
+                    // retained copy is stored behind it, in order with this
+                    // publisher's other proposals.
                     let command = Command::Publish {
                         message,
                         inbound: None,
                     };
-                    tokio::spawn(async move {
-                        if let Err(e) = shared.propose(command).await {
-                            tracing::warn!(error = %e, "retained QoS 0 message not stored");
-                        }
+                    self.propose(command, |_| Completion::Published {
+                        message: None,
+                        answer: None,
                     });
                 }
             }

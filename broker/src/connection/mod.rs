@@ -16,11 +16,11 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use starling_proto::mqtt::{self, Packet, ProtocolVersion, Publish, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::registry::Delivery;
+use crate::registry::{Delivery, MailboxReceiver};
 use crate::state::{Command, ConnId, Message, Reply};
 use crate::Shared;
 use outbound::{Outbound, Stage};
@@ -90,7 +90,7 @@ pub(crate) struct Connection {
     completions: FuturesOrdered<BoxFuture<'static, Completion>>,
     /// Queued messages acknowledged since the last flush; committed in one command.
     acked: Vec<u64>,
-    mailbox: Option<mpsc::Receiver<Delivery>>,
+    mailbox: Option<MailboxReceiver>,
     wake: Arc<Notify>,
     kick: Arc<Notify>,
     end: Option<End>,
@@ -175,7 +175,7 @@ impl Connection {
                 Some(delivery) = recv(&mut self.mailbox), if self.connacked && self.out.can_park() => {
                     self.deliver(delivery);
                     while self.out.can_park() {
-                        let Some(more) = self.mailbox.as_mut().and_then(|m| m.try_recv().ok()) else {
+                        let Some(more) = self.mailbox.as_mut().and_then(|m| m.try_recv()) else {
                             break;
                         };
                         self.deliver(more);
@@ -294,17 +294,23 @@ impl Connection {
         then: impl FnOnce(Reply) -> Completion + Send + 'static,
     ) {
         let shared = self.shared.clone();
-        self.completions.push_back(Box::pin(async move {
-            let reply = if synced {
-                shared.propose_synced(command).await
-            } else {
-                shared.propose(command).await
-            };
-            match reply {
-                Ok(reply) => then(reply),
-                Err(e) => Completion::Failed(e.to_string()),
-            }
-        }));
+        // Proposals must reach the proposer in the order the client sent its
+        // packets. A future's first poll is where it enqueues; under tokio's
+        // cooperative budget that poll could return Pending and the future be
+        // polled again after later ones, reordering one publisher's messages.
+        // `unconstrained` keeps the budget out of it.
+        self.completions
+            .push_back(Box::pin(tokio::task::unconstrained(async move {
+                let reply = if synced {
+                    shared.propose_synced(command).await
+                } else {
+                    shared.propose(command).await
+                };
+                match reply {
+                    Ok(reply) => then(reply),
+                    Err(e) => Completion::Failed(e.to_string()),
+                }
+            })));
     }
 
     fn complete(&mut self, done: Completion) {
@@ -467,7 +473,7 @@ impl Connection {
 }
 
 /// Receives from the mailbox once the client is connected; pending forever before.
-async fn recv(mailbox: &mut Option<mpsc::Receiver<Delivery>>) -> Option<Delivery> {
+async fn recv(mailbox: &mut Option<MailboxReceiver>) -> Option<Delivery> {
     match mailbox {
         Some(m) => m.recv().await,
         None => std::future::pending().await,
