@@ -179,19 +179,7 @@ impl Connection {
                 }
             }
             QoS::AtLeastOnce => {
-                if needs_commit {
-                    let synced = message.retain;
-                    let command = Command::Publish {
-                        message,
-                        inbound: None,
-                    };
-                    self.propose_with(command, synced, move |_| Completion::Published {
-                        message: Some(forwarded),
-                        answer: Some(Packet::PubAck(id)),
-                    });
-                } else {
-                    self.route_then_answer(&forwarded, Packet::PubAck(id));
-                }
+                self.publish_then_answer(message, forwarded, needs_commit, Packet::PubAck(id));
             }
             QoS::ExactlyOnce if self.persistent => {
                 // The packet id awaiting PUBREL must survive a crash.
@@ -207,20 +195,36 @@ impl Connection {
                 if !self.inbound_qos2.insert(id) {
                     // A resend before PUBREL: already published once [MQTT-4.3.3-2].
                     self.send(&Packet::PubRec(id));
-                } else if needs_commit {
-                    let synced = message.retain;
-                    let command = Command::Publish {
-                        message,
-                        inbound: None,
-                    };
-                    self.propose_with(command, synced, move |_| Completion::Published {
-                        message: Some(forwarded),
-                        answer: Some(Packet::PubRec(id)),
-                    });
                 } else {
-                    self.route_then_answer(&forwarded, Packet::PubRec(id));
+                    self.publish_then_answer(message, forwarded, needs_commit, Packet::PubRec(id));
                 }
             }
+        }
+    }
+
+    /// Publishes `message` and answers the publisher with `answer` once it is
+    /// safe: after the commit when `needs_commit` (retained, or reaching a
+    /// persistent session), else once every node with subscribers accepted it.
+    fn publish_then_answer(
+        &mut self,
+        message: Message,
+        forwarded: Message,
+        needs_commit: bool,
+        answer: Packet,
+    ) {
+        if needs_commit {
+            // A retained message is served by every node once acknowledged.
+            let synced = message.retain;
+            let command = Command::Publish {
+                message,
+                inbound: None,
+            };
+            self.propose_with(command, synced, move |_| Completion::Published {
+                message: Some(forwarded),
+                answer: Some(answer),
+            });
+        } else {
+            self.route_then_answer(&forwarded, answer);
         }
     }
 
