@@ -43,6 +43,34 @@ pub(crate) fn has_quorum(core: &Core, m: &RaftMetrics<NodeId, PeerNode>) -> bool
     }
 }
 
+/// True when this node has been out of touch with a quorum for longer than an
+/// election can explain: a leader whose last quorum acknowledgement is older than
+/// `node_down_after`, or another member that last heard a leader more than
+/// `failover_periods` × `node_down_after` ago. Unlike [`has_quorum`], a candidate
+/// or a leader just elected is not cut off.
+pub(crate) fn cut_off(
+    core: &Core,
+    m: &RaftMetrics<NodeId, PeerNode>,
+    failover_periods: u32,
+) -> bool {
+    match m.state {
+        ServerState::Leader => {
+            let alone = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .all(|v| v == core.id);
+            !alone
+                && m.millis_since_quorum_ack
+                    .is_some_and(|ms| Duration::from_millis(ms) > core.node_down_after)
+        }
+        _ => core
+            .peers
+            .heard_leader()
+            .is_some_and(|t| t.elapsed() > core.node_down_after * failover_periods),
+    }
+}
+
 /// The state of the monitor between two looks.
 pub(crate) struct Monitor {
     pub(crate) core: Arc<Core>,

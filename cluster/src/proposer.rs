@@ -10,7 +10,9 @@
 //! On the leader the batch goes straight into Raft; on any other member it is sent
 //! to the leader. If the leader changes or cannot be reached, the same batch (same
 //! origin, incarnation and sequence numbers) is sent again to whoever leads next,
-//! for up to `node_down_after`: the state machine host applies it once. For that
+//! for up to twice `node_down_after` (a whole failover: the old leader's going,
+//! possibly several election rounds, the new leader's first commit): the state
+//! machine host applies it once. For that
 //! to hold, only one batch is in flight at a time, so no later batch can commit
 //! before a retried one.
 
@@ -115,14 +117,24 @@ impl Proposer {
     }
 }
 
+/// How many `node_down_after` periods a batch is retried across leader changes.
+/// One was too short for a failover on a loaded machine (a stopping leader may
+/// hold its connections for 2 s, and elections can take several rounds).
+const FAILOVER_PERIODS: u32 = 2;
+
 /// Commits `request` through whichever member leads, retrying the same request
-/// across leader changes until `node_down_after` has passed.
+/// across leader changes for up to [`FAILOVER_PERIODS`] × `node_down_after`.
 async fn write(core: &Core, request: &Request) -> Result<Response, ClusterError> {
-    let deadline = Instant::now() + core.node_down_after;
+    let deadline = Instant::now() + core.node_down_after * FAILOVER_PERIODS;
     let mut metrics = core.raft.metrics();
     loop {
         let (leading, leader) = {
             let m = metrics.borrow_and_update();
+            if crate::liveness::cut_off(core, &m, FAILOVER_PERIODS) {
+                // Out of touch for longer than a failover takes: say so now
+                // rather than after the whole budget.
+                return Err(ClusterError::Unavailable);
+            }
             let leader = m
                 .current_leader
                 .filter(|l| *l != core.id)
