@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use starling_proto::cluster::raft_client::RaftClient;
 use starling_proto::cluster::{
-    MembershipRequest, ProposeRequest, RaftReply, RaftRequest, SnapshotChunk,
+    MembershipReply, MembershipRequest, ProposeRequest, RaftReply, RaftRequest, SnapshotChunk,
 };
 use starling_storage::{NodeId, PeerNode, Request, TypeConfig};
 use tonic::transport::{Channel, Endpoint};
@@ -140,13 +140,11 @@ impl Peers {
         request: &JoinRequest,
         timeout: Duration,
     ) -> Result<MembershipResult, CallError> {
-        let mut client = self.client(addr).map_err(CallError::address)?;
-        let message = MembershipRequest {
-            version: VERSION,
-            data: wire::encode(request)?,
-        };
-        let reply = call(timeout, message, |r| async move { client.join(r).await }).await?;
-        Ok(wire::decode(reply.version, &reply.data)?)
+        let data = wire::encode(request)?;
+        self.membership(addr, data, timeout, |mut client, r| async move {
+            client.join(r).await
+        })
+        .await
     }
 
     pub(crate) async fn leave(
@@ -155,12 +153,31 @@ impl Peers {
         request: &LeaveRequest,
         timeout: Duration,
     ) -> Result<MembershipResult, CallError> {
-        let mut client = self.client(addr).map_err(CallError::address)?;
+        let data = wire::encode(request)?;
+        self.membership(addr, data, timeout, |mut client, r| async move {
+            client.leave(r).await
+        })
+        .await
+    }
+
+    /// One membership RPC (`rpc` picks which) to the member at `addr`.
+    async fn membership<F, Fut>(
+        &self,
+        addr: &str,
+        data: Bytes,
+        timeout: Duration,
+        rpc: F,
+    ) -> Result<MembershipResult, CallError>
+    where
+        F: FnOnce(RaftClient<Channel>, tonic::Request<MembershipRequest>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<MembershipReply>, Status>>,
+    {
+        let client = self.client(addr).map_err(CallError::address)?;
         let message = MembershipRequest {
             version: VERSION,
-            data: wire::encode(request)?,
+            data,
         };
-        let reply = call(timeout, message, |r| async move { client.leave(r).await }).await?;
+        let reply = call(timeout, message, |r| rpc(client, r)).await?;
         Ok(wire::decode(reply.version, &reply.data)?)
     }
 }
