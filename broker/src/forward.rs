@@ -51,7 +51,14 @@ impl ForwardHandler for Inbound {
         match postcard::from_bytes::<Frame>(&frame) {
             Ok(Frame::Publish(message)) => {
                 // The sender already chose the nodes: deliver here only.
-                let routed = router::route(&self.machine, &self.registry, &self.metrics, &message);
+                let targets = self.machine.targets(&message.topic, message.qos);
+                let routed = router::route(
+                    &self.machine,
+                    &self.registry,
+                    &self.metrics,
+                    &message,
+                    targets,
+                );
                 if !routed.blocked.is_empty() {
                     // The handler cannot wait; the frame counts as accepted once
                     // the message is ours to deliver.

@@ -130,7 +130,22 @@ impl Shared {
     /// at once, those on other nodes through the forwarding streams. The future
     /// (if any node is involved) resolves when every such node accepted it.
     fn route(&self, message: &Message) -> Option<futures::future::BoxFuture<'static, ()>> {
-        let routed = router::route(&self.machine, &self.registry, &self.metrics, message);
+        self.route_to(message, self.machine.targets(&message.topic, message.qos))
+    }
+
+    /// [`Shared::route`] to targets the caller already matched.
+    fn route_to(
+        &self,
+        message: &Message,
+        targets: Vec<state::Target>,
+    ) -> Option<futures::future::BoxFuture<'static, ()>> {
+        let routed = router::route(
+            &self.machine,
+            &self.registry,
+            &self.metrics,
+            message,
+            targets,
+        );
         if routed.nodes.is_empty() && routed.blocked.is_empty() {
             return None;
         }
@@ -157,6 +172,13 @@ impl Shared {
     /// Like [`Shared::route`], for a caller that does not wait.
     fn route_detached(&self, message: &Message) {
         if let Some(forwarded) = self.route(message) {
+            tokio::spawn(forwarded);
+        }
+    }
+
+    /// [`Shared::route_detached`] to targets the caller already matched.
+    fn route_detached_to(&self, message: &Message, targets: Vec<state::Target>) {
+        if let Some(forwarded) = self.route_to(message, targets) {
             tokio::spawn(forwarded);
         }
     }

@@ -273,10 +273,6 @@ impl Registry {
         }
         undelivered
     }
-
-    pub fn connected_clients(&self) -> usize {
-        self.clients.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

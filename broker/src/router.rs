@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::registry::{Backlog, Delivery, Registry};
-use crate::state::{Message, MqttMachine};
+use crate::state::{Message, MqttMachine, Target};
 
 /// What remains to be done for a routed message.
 #[derive(Default)]
@@ -18,17 +18,17 @@ pub struct Routed {
     pub blocked: Vec<Arc<Backlog>>,
 }
 
-/// Delivers `message` to every matching subscriber connected to this node whose
-/// copy is not queued through Raft, and says what is left: the other nodes that
-/// have such subscribers, and deliveries waiting for room. `message.retain` must
-/// already be cleared (forwarded copies carry retain = 0).
+/// Delivers `message` to every one of `targets` (from [`MqttMachine::targets`])
+/// connected to this node whose copy is not queued through Raft, and says what
+/// is left: the other nodes that have such subscribers, and mailboxes to wait on.
+/// `message.retain` must already be cleared (forwarded copies carry retain = 0).
 pub fn route(
     machine: &MqttMachine,
     registry: &Registry,
     metrics: &Metrics,
     message: &Message,
+    targets: Vec<Target>,
 ) -> Routed {
-    let targets = machine.targets(&message.topic, message.qos);
     let undelivered = registry.deliver(
         targets.into_iter().filter(|t| !t.queued).map(|t| {
             let delivery = Delivery {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::outbound::{Outbound, Stage};
 use super::{Completion, Connection, End};
 use crate::registry::{ClientHandle, Mailbox};
-use crate::state::{Command, Message, Reply};
+use crate::state::{Command, Message, Reply, Target};
 
 impl Connection {
     pub(super) fn handle_packet(&mut self, packet: Packet) {
@@ -156,14 +156,14 @@ impl Connection {
             ..message.clone()
         };
         let id = publish.packet_id;
-        let needs_commit = message.retain
-            || self
-                .shared
-                .machine
-                .reaches_a_queue(&message.topic, message.qos);
+        // Matched once: whether the message must be committed first, and, when
+        // it need not, where it goes. A committed message is matched again after
+        // the commit, against the state it was committed into.
+        let targets = self.shared.machine.targets(&message.topic, message.qos);
+        let needs_commit = message.retain || targets.iter().any(|t| t.queued);
         match message.qos {
             QoS::AtMostOnce => {
-                self.shared.route_detached(&forwarded);
+                self.shared.route_detached_to(&forwarded, targets);
                 if needs_commit {
                     // QoS 0 never waits on Raft: the message went out above; the
                     // retained copy is stored behind it, in order with this
@@ -179,7 +179,13 @@ impl Connection {
                 }
             }
             QoS::AtLeastOnce => {
-                self.publish_then_answer(message, forwarded, needs_commit, Packet::PubAck(id));
+                self.publish_then_answer(
+                    message,
+                    forwarded,
+                    targets,
+                    needs_commit,
+                    Packet::PubAck(id),
+                );
             }
             QoS::ExactlyOnce if self.persistent => {
                 // The packet id awaiting PUBREL must survive a crash.
@@ -196,7 +202,13 @@ impl Connection {
                     // A resend before PUBREL: already published once [MQTT-4.3.3-2].
                     self.send(&Packet::PubRec(id));
                 } else {
-                    self.publish_then_answer(message, forwarded, needs_commit, Packet::PubRec(id));
+                    self.publish_then_answer(
+                        message,
+                        forwarded,
+                        targets,
+                        needs_commit,
+                        Packet::PubRec(id),
+                    );
                 }
             }
         }
@@ -209,6 +221,7 @@ impl Connection {
         &mut self,
         message: Message,
         forwarded: Message,
+        targets: Vec<Target>,
         needs_commit: bool,
         answer: Packet,
     ) {
@@ -224,7 +237,7 @@ impl Connection {
                 answer: Some(answer),
             });
         } else {
-            self.route_then_answer(&forwarded, answer);
+            self.route_then_answer(&forwarded, targets, answer);
         }
     }
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::registry::{Delivery, MailboxReceiver};
-use crate::state::{Command, ConnId, Message, Reply};
+use crate::state::{Command, ConnId, Message, Reply, Target};
 use crate::Shared;
 use outbound::{Outbound, Stage};
 
@@ -266,8 +266,8 @@ impl Connection {
 
     /// Answers `answer` once every other node with subscribers of `message` has
     /// accepted it; at once if there is none.
-    fn route_then_answer(&mut self, message: &Message, answer: Packet) {
-        match self.shared.route(message) {
+    fn route_then_answer(&mut self, message: &Message, targets: Vec<Target>, answer: Packet) {
+        match self.shared.route_to(message, targets) {
             None => self.send(&answer),
             Some(forwarded) => self.completions.push_back(Box::pin(async move {
                 forwarded.await;

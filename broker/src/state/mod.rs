@@ -199,21 +199,6 @@ impl MqttMachine {
         };
     }
 
-    /// True when a message on `topic` at `qos` reaches at least one queue.
-    pub fn reaches_a_queue(&self, topic: &str, qos: QoS) -> bool {
-        let mut found = false;
-        self.for_each_route(topic, |_, route| found |= route.is_queued(qos));
-        found
-    }
-
-    /// True when `client_id` has a persistent session.
-    pub fn is_persistent(&self, client_id: &str) -> bool {
-        self.lock()
-            .sessions
-            .get(client_id)
-            .is_some_and(|s| !s.clean)
-    }
-
     /// Retained messages whose topic matches `filter`.
     pub fn retained_matching(&self, filter: &str) -> Vec<Message> {
         self.lock()
