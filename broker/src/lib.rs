@@ -278,6 +278,7 @@ impl Broker {
             config.data_dir.clone(),
             shutdown_rx.clone(),
         ));
+        tokio::spawn(listener::expiry_loop(shared.clone(), shutdown_rx.clone()));
         let accept = tokio::spawn(listener::accept_loop(listener, shared.clone(), shutdown_rx));
         Ok(Broker {
             shared,

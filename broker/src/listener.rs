@@ -8,10 +8,27 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::registry::Stop;
 use crate::Shared;
 
 /// How long a stopping node waits for its connections to close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often connections are checked for an expired keepalive.
+const EXPIRY_SWEEP: Duration = Duration::from_millis(250);
+
+/// Asks connections whose keepalive (or CONNECT timeout) has run out to end, until
+/// shutdown. One timer for the whole node instead of one per connection.
+pub(crate) async fn expiry_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = sweep.tick() => shared.registry.expire(),
+        }
+    }
+}
 
 pub(crate) async fn accept_loop(
     listener: TcpListener,
@@ -33,12 +50,9 @@ pub(crate) async fn accept_loop(
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let shared = shared.clone();
-                        let shutdown = shutdown.clone();
-                        tasks.spawn(async move {
-                            crate::connection::serve(shared, stream, peer, shutdown).await;
-                            drop(permit);
-                        });
+                        let f = crate::connection::serve(shared.clone(), stream, peer, permit);
+                        tracing::warn!(size = std::mem::size_of_val(&f), "TMP fut");
+                        tasks.spawn(f);
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off a little
@@ -51,6 +65,7 @@ pub(crate) async fn accept_loop(
         }
     }
     drop(listener);
+    shared.registry.stop_all(Stop::NodeStopping);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while tasks.join_next().await.is_some() {}
     })

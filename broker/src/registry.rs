@@ -1,13 +1,14 @@
 //! The connections this node holds, by client id: how the router reaches a local
 //! subscriber, and how the state machine wakes or closes one.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use starling_proto::mqtt::QoS;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::state::{ConnId, Message};
@@ -19,47 +20,157 @@ pub struct Delivery {
     pub qos: QoS,
 }
 
-/// A connection's mailbox: deliveries in the order they were routed. The channel
-/// itself never refuses a message, so order never depends on who waits; the
-/// bound is on its backlog: past `capacity`, QoS 0 messages are dropped (and
-/// counted), and a publisher whose QoS 1/2 message went past it waits for room
-/// before it is acknowledged. Memory stays bounded by the publishers' windows.
-#[derive(Clone)]
+/// One local connection's mailbox: deliveries in the order they were routed,
+/// and the one signal that wakes the connection task for anything (a delivery,
+/// a grown replicated queue, a takeover).
+///
+/// The queue never refuses a message while the connection is open, so order
+/// never depends on who waits; the bound is on its backlog: past `capacity`,
+/// QoS 0 messages are dropped (and counted), and a publisher whose QoS 1/2
+/// message went past it waits for room before it is acknowledged. Memory stays
+/// bounded by the publishers' windows.
+///
+/// An idle connection's mailbox holds no buffer: the queue allocates when the
+/// first message arrives and lets its buffer go when a burst has drained.
 pub struct Mailbox {
-    tx: mpsc::UnboundedSender<Delivery>,
-    backlog: Arc<Backlog>,
-}
-
-/// How full one mailbox is, and the signal that it has room again.
-pub struct Backlog {
+    queue: Mutex<VecDeque<Delivery>>,
+    /// The queue's length, readable without the lock.
     len: AtomicUsize,
     capacity: usize,
+    /// Set once the connection stops reading: later deliveries are refused.
+    closed: AtomicBool,
+    /// Why the connection must end, once it must ([`Stop`] as a number; 0: it
+    /// need not).
+    stop: AtomicU8,
+    /// When the connection expires unless the client sends something: in
+    /// milliseconds since the registry's epoch. Checked by [`Registry::expire`],
+    /// so that idle connections need no timer of their own.
+    deadline_ms: AtomicU64,
+    /// Wakes the connection task.
+    attention: Notify,
+    /// Wakes publishers waiting for room.
     room: Notify,
 }
 
-/// The connection's end of its [`Mailbox`].
-pub struct MailboxReceiver {
-    rx: mpsc::UnboundedReceiver<Delivery>,
-    backlog: Arc<Backlog>,
+/// Why a connection is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stop {
+    /// Another connection took its session over.
+    TakenOver = 1,
+    /// The node is shutting down, or cannot serve (fenced, without quorum).
+    NodeStopping = 2,
+    /// No packet within its keepalive (or no CONNECT in time).
+    Expired = 3,
 }
 
-impl Mailbox {
-    pub fn new(capacity: usize) -> (Mailbox, MailboxReceiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(Backlog {
-            len: AtomicUsize::new(0),
-            capacity: capacity.max(1),
-            room: Notify::new(),
-        });
-        let receiver = MailboxReceiver {
-            rx,
-            backlog: backlog.clone(),
-        };
-        (Mailbox { tx, backlog }, receiver)
+impl Stop {
+    fn from_u8(n: u8) -> Option<Stop> {
+        match n {
+            1 => Some(Stop::TakenOver),
+            2 => Some(Stop::NodeStopping),
+            3 => Some(Stop::Expired),
+            _ => None,
+        }
     }
 }
 
-impl Backlog {
+/// A queue whose buffer grew past this many messages gives it back once empty.
+const KEEP_QUEUE_CAPACITY: usize = 16;
+
+impl Mailbox {
+    pub fn new(capacity: usize) -> Mailbox {
+        Mailbox {
+            queue: Mutex::new(VecDeque::new()),
+            len: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+            closed: AtomicBool::new(false),
+            stop: AtomicU8::new(0),
+            deadline_ms: AtomicU64::new(u64::MAX),
+            attention: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    /// Appends `delivery`; false if the connection has stopped reading.
+    fn push(&self, delivery: Delivery) -> bool {
+        {
+            let mut queue = lock(&self.queue);
+            if self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            queue.push_back(delivery);
+            self.len.fetch_add(1, Ordering::AcqRel);
+        }
+        self.attention.notify_one();
+        true
+    }
+
+    /// Takes the oldest delivery, if any. Called by the connection task only.
+    pub fn pop(&self) -> Option<Delivery> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let delivery = {
+            let mut queue = lock(&self.queue);
+            let delivery = queue.pop_front();
+            if queue.is_empty() && queue.capacity() > KEEP_QUEUE_CAPACITY {
+                *queue = VecDeque::new();
+            }
+            delivery
+        };
+        if delivery.is_some() {
+            let before = self.len.fetch_sub(1, Ordering::AcqRel);
+            if before.saturating_sub(1) <= self.capacity {
+                self.room.notify_waiters();
+            }
+        }
+        delivery
+    }
+
+    /// True if a delivery is waiting.
+    pub fn has_mail(&self) -> bool {
+        self.len.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves when something may need the connection task's attention; it may
+    /// also resolve for nothing. Nothing is missed between checking and waiting:
+    /// a signal given while nobody waits is kept for the next wait.
+    pub async fn attention(&self) {
+        self.attention.notified().await
+    }
+
+    /// Wakes the connection task (its replicated queue grew).
+    pub fn wake(&self) {
+        self.attention.notify_one();
+    }
+
+    /// Asks the connection to end; the first reason given is the one that counts.
+    pub fn stop(&self, why: Stop) {
+        let _ = self
+            .stop
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.attention.notify_one();
+    }
+
+    /// Why the connection must end, if it must.
+    pub fn stopped(&self) -> Option<Stop> {
+        Stop::from_u8(self.stop.load(Ordering::Acquire))
+    }
+
+    /// The connection stops reading: refuses further deliveries and drops the
+    /// waiting ones (its session decides what survives), releasing publishers.
+    pub fn close(&self) {
+        let dropped = {
+            let mut queue = lock(&self.queue);
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *queue)
+        };
+        self.len.store(0, Ordering::Release);
+        self.room.notify_waiters();
+        drop(dropped);
+    }
+
     fn has_room(&self) -> bool {
         self.len.load(Ordering::Acquire) <= self.capacity
     }
@@ -82,29 +193,6 @@ impl Backlog {
     }
 }
 
-impl MailboxReceiver {
-    pub async fn recv(&mut self) -> Option<Delivery> {
-        let delivery = self.rx.recv().await;
-        self.taken(delivery.is_some());
-        delivery
-    }
-
-    pub fn try_recv(&mut self) -> Option<Delivery> {
-        let delivery = self.rx.try_recv().ok();
-        self.taken(delivery.is_some());
-        delivery
-    }
-
-    fn taken(&self, took: bool) {
-        if took {
-            let before = self.backlog.len.fetch_sub(1, Ordering::AcqRel);
-            if before.saturating_sub(1) <= self.backlog.capacity {
-                self.backlog.room.notify_waiters();
-            }
-        }
-    }
-}
-
 /// What [`Registry::deliver`] could not finish at once.
 #[derive(Default)]
 pub struct Undelivered {
@@ -112,17 +200,14 @@ pub struct Undelivered {
     pub elsewhere: Vec<Arc<str>>,
     /// Mailboxes that took a QoS 1/2 message past their capacity: the publisher
     /// waits for room in them before it is acknowledged.
-    pub blocked: Vec<Arc<Backlog>>,
+    pub blocked: Vec<Arc<Mailbox>>,
 }
 
 /// How to reach one local connection.
 #[derive(Clone)]
 pub struct ClientHandle {
     pub conn: ConnId,
-    /// Read by the connection task; see [`Mailbox`] for its bound.
-    pub mailbox: Mailbox,
-    /// Notified when the client's replicated queue grew.
-    pub wake: Arc<Notify>,
+    pub mailbox: Arc<Mailbox>,
 }
 
 pub struct Registry {
@@ -133,10 +218,12 @@ pub struct Registry {
     fenced: Notify,
     /// Set from then until the node's new incarnation is committed.
     is_fenced: AtomicBool,
+    /// The origin of connection deadlines.
+    epoch: Instant,
     /// Client id -> its connection here. Locked for map operations only.
     clients: RwLock<HashMap<Arc<str>, ClientHandle>>,
-    /// Connection -> the signal that closes it (takeover).
-    kicks: Mutex<HashMap<ConnId, Arc<Notify>>>,
+    /// Every open connection, connected or not, for takeover and node-wide kicks.
+    kicks: Mutex<HashMap<ConnId, Arc<Mailbox>>>,
 }
 
 impl Registry {
@@ -146,6 +233,7 @@ impl Registry {
             incarnation: AtomicU64::new(incarnation),
             fenced: Notify::new(),
             is_fenced: AtomicBool::new(false),
+            epoch: Instant::now(),
             clients: RwLock::new(HashMap::new()),
             kicks: Mutex::new(HashMap::new()),
         }
@@ -196,14 +284,40 @@ impl Registry {
     /// Closes every connection of this node, without publishing wills (the
     /// cluster already ended their sessions, or cannot commit anything now).
     pub fn kick_all(&self) {
-        for kick in lock(&self.kicks).values() {
-            kick.notify_one();
+        self.stop_all(Stop::TakenOver);
+    }
+
+    /// Asks every connection of this node to end, for `why`.
+    pub fn stop_all(&self, why: Stop) {
+        for mailbox in lock(&self.kicks).values() {
+            mailbox.stop(why);
         }
     }
 
-    /// Registers a connection's kick signal before it connects.
-    pub fn open(&self, conn: ConnId, kick: Arc<Notify>) {
-        lock(&self.kicks).insert(conn, kick);
+    /// Sets when `mailbox`'s connection expires unless the client sends something.
+    pub fn set_deadline(&self, mailbox: &Mailbox, at: Option<Instant>) {
+        let ms = at.map_or(u64::MAX, |at| self.millis(at));
+        mailbox.deadline_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Asks every connection whose deadline has passed to end. Called
+    /// periodically by one task for the whole node.
+    pub fn expire(&self) {
+        let now = self.millis(Instant::now());
+        for mailbox in lock(&self.kicks).values() {
+            if mailbox.deadline_ms.load(Ordering::Relaxed) <= now {
+                mailbox.stop(Stop::Expired);
+            }
+        }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Registers a new connection's mailbox before it connects.
+    pub fn open(&self, conn: ConnId, mailbox: Arc<Mailbox>) {
+        lock(&self.kicks).insert(conn, mailbox);
     }
 
     /// Makes `handle` the way to reach `client_id`.
@@ -226,8 +340,8 @@ impl Registry {
     /// Closes connection `conn` if this node holds it (session takeover).
     pub fn kick(&self, conn: ConnId) {
         if self.is_local(conn) {
-            if let Some(kick) = lock(&self.kicks).get(&conn) {
-                kick.notify_one();
+            if let Some(mailbox) = lock(&self.kicks).get(&conn) {
+                mailbox.stop(Stop::TakenOver);
             }
         }
     }
@@ -236,7 +350,7 @@ impl Registry {
     pub fn wake(&self, client_id: &str) {
         let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
         if let Some(handle) = clients.get(client_id) {
-            handle.wake.notify_one();
+            handle.mailbox.wake();
         }
     }
 
@@ -256,19 +370,17 @@ impl Registry {
                 undelivered.elsewhere.push(client_id);
                 continue;
             };
-            let backlog = &handle.mailbox.backlog;
-            if delivery.qos == QoS::AtMostOnce && !backlog.has_room() {
+            let mailbox = &handle.mailbox;
+            if delivery.qos == QoS::AtMostOnce && !mailbox.has_room() {
                 metrics.dropped("mailbox_full");
                 continue;
             }
-            backlog.len.fetch_add(1, Ordering::AcqRel);
-            if handle.mailbox.tx.send(delivery).is_err() {
+            if !mailbox.push(delivery) {
                 // The connection is closing; its session decides what survives.
-                backlog.len.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
-            if !backlog.has_room() && undelivered.blocked.iter().all(|b| !Arc::ptr_eq(b, backlog)) {
-                undelivered.blocked.push(backlog.clone());
+            if !mailbox.has_room() && undelivered.blocked.iter().all(|b| !Arc::ptr_eq(b, mailbox)) {
+                undelivered.blocked.push(mailbox.clone());
             }
         }
         undelivered

@@ -6,7 +6,7 @@ use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::registry::{Backlog, Delivery, Registry};
+use crate::registry::{Delivery, Mailbox, Registry};
 use crate::state::{Message, MqttMachine, Target};
 
 /// What remains to be done for a routed message.
@@ -15,7 +15,7 @@ pub struct Routed {
     /// Other nodes with direct subscribers.
     pub nodes: Vec<u64>,
     /// Local mailboxes that a QoS 1/2 message filled past their capacity.
-    pub blocked: Vec<Arc<Backlog>>,
+    pub blocked: Vec<Arc<Mailbox>>,
 }
 
 /// Delivers `message` to every one of `targets` (from [`MqttMachine::targets`])
@@ -64,9 +64,9 @@ const ROOM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Waits until every mailbox in `blocked` is back within its capacity: the
 /// publisher's acknowledgement waits for this, which slows publishers down to
 /// the pace of their slowest subscriber instead of losing messages.
-pub async fn wait_for_room(blocked: Vec<Arc<Backlog>>, metrics: Arc<Metrics>) {
-    for backlog in blocked {
-        if !backlog.wait_for_room(ROOM_TIMEOUT).await {
+pub async fn wait_for_room(blocked: Vec<Arc<Mailbox>>, metrics: Arc<Metrics>) {
+    for mailbox in blocked {
+        if !mailbox.wait_for_room(ROOM_TIMEOUT).await {
             tracing::warn!("a subscriber read nothing for {ROOM_TIMEOUT:?}");
             metrics.dropped("slow_subscriber");
         }

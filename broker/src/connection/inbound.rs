@@ -10,9 +10,10 @@ use starling_proto::mqtt::{
 };
 use tokio::time::Instant;
 
+use super::log;
 use super::outbound::{Outbound, Stage};
 use super::{Completion, Connection, End};
-use crate::registry::{ClientHandle, Mailbox};
+use crate::registry::ClientHandle;
 use crate::state::{Command, Message, Reply, Target};
 
 impl Connection {
@@ -55,13 +56,21 @@ impl Connection {
             this.end = Some(End::Lost);
         };
         if !self.shared.node.has_quorum() || self.shared.registry.is_fenced() {
-            tracing::info!("refusing CONNECT: this node has no quorum or is rejoining");
+            log!(
+                self,
+                info,
+                "refusing CONNECT: this node has no quorum or is rejoining"
+            );
             refuse(self, ConnectReturnCode::ServerUnavailable);
             return;
         }
         let client_id: Arc<str> = if connect.client_id.is_empty() {
             if !connect.clean_session {
-                tracing::info!("empty client id with a persistent session [MQTT-3.1.3-8]");
+                log!(
+                    self,
+                    info,
+                    "empty client id with a persistent session [MQTT-3.1.3-8]"
+                );
                 refuse(self, ConnectReturnCode::IdentifierRejected);
                 return;
             }
@@ -84,14 +93,11 @@ impl Connection {
         });
         // Reachable before the Connect command applies, so that what apply queues
         // or routes for this client finds this connection.
-        let (tx, rx) = Mailbox::new(self.shared.config.mailbox_capacity);
-        self.mailbox = Some(rx);
         self.shared.registry.attach(
             client_id.clone(),
             ClientHandle {
                 conn: self.conn,
-                mailbox: tx,
-                wake: self.wake.clone(),
+                mailbox: self.mailbox.clone(),
             },
         );
         self.client_id = Some(client_id.clone());
@@ -118,11 +124,10 @@ impl Connection {
 
     /// Called once CONNACK has been sent for an accepted CONNECT.
     pub(super) fn connected(&mut self) {
-        if let Some(keep_alive) = self.keep_alive {
-            self.deadline = Instant::now() + keep_alive;
-        } else {
-            self.deadline = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        }
+        let deadline = self
+            .keep_alive
+            .map(|keep_alive| Instant::now() + keep_alive);
+        self.shared.registry.set_deadline(&self.mailbox, deadline);
         let Some(client_id) = self.client_id.clone() else {
             return;
         };

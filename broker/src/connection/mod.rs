@@ -1,7 +1,8 @@
 //! One MQTT connection: a task that owns its socket and buffers and `select!`s
-//! over shutdown, reading, its mailbox, its queue, its pending proposals and its
-//! keepalive deadline. It handles every packet already buffered, then flushes
-//! its writes once.
+//! over reading, its mailbox (deliveries, a grown queue, a request to stop) and
+//! its pending proposals. It handles every packet already buffered, then flushes
+//! its writes once. Keepalive is enforced by the registry's expiry sweep, which
+//! stops the connection through its mailbox.
 
 mod inbound;
 pub mod outbound;
@@ -14,16 +15,30 @@ use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use starling_proto::mqtt::{self, Packet, ProtocolVersion, Publish, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::future::Future;
+
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::registry::{Delivery, MailboxReceiver};
+use crate::registry::{Delivery, Mailbox, Stop};
 use crate::state::{Command, ConnId, Message, Reply, Target};
 use crate::Shared;
 use outbound::{Outbound, Stage};
+
+/// An event about one connection, naming its peer and client id.
+macro_rules! log {
+    ($conn:expr, $level:ident, $($rest:tt)+) => {
+        tracing::$level!(
+            peer = %$conn.peer,
+            client_id = $conn.client_id.as_deref().unwrap_or(""),
+            $($rest)+
+        )
+    };
+}
+pub(crate) use log;
 
 /// How long a new connection may take to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +47,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_OUTSTANDING: usize = 256;
 /// How long a closing connection waits for its Disconnect to be committed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 4096;
+/// A write buffer that grew past this is given back after the write.
+const KEEP_WRITE_CAPACITY: usize = 4096;
 
 /// The result of a proposal the connection waits for, delivered in the order
 /// the proposals were made.
@@ -73,6 +92,7 @@ enum End {
 pub(crate) struct Connection {
     shared: Arc<Shared>,
     stream: TcpStream,
+    peer: SocketAddr,
     rbuf: BytesMut,
     wbuf: BytesMut,
     conn: ConnId,
@@ -82,153 +102,242 @@ pub(crate) struct Connection {
     client_id: Option<Arc<str>>,
     persistent: bool,
     keep_alive: Option<Duration>,
-    deadline: Instant,
     out: Outbound,
     /// Inbound QoS 2 packet ids awaiting PUBREL, for publishers whose session is
     /// clean (persistent publishers keep them in the replicated state).
     inbound_qos2: std::collections::HashSet<u16>,
-    completions: FuturesOrdered<BoxFuture<'static, Completion>>,
+    completions: Completions,
     /// Queued messages acknowledged since the last flush; committed in one command.
     acked: Vec<u64>,
-    mailbox: Option<MailboxReceiver>,
-    wake: Arc<Notify>,
-    kick: Arc<Notify>,
+    /// Deliveries from the router, and the signal that wakes this task.
+    mailbox: Arc<Mailbox>,
     end: Option<End>,
 }
 
-/// Serves one accepted socket until it closes.
-pub(crate) async fn serve(
+/// Serves one accepted socket until it closes; `permit` is held until then.
+///
+/// An idle connection costs what this future holds, so it keeps nothing that a
+/// connection does not need while idle: buffers are allocated while there is
+/// something to read or write, and what runs only at the end is boxed.
+pub(crate) fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
     let conn = shared.next_conn_id();
-    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    // At debug level: a span per connection costs a few hundred bytes while it
+    // lives. Events worth seeing at info name the connection themselves (`log!`).
+    let span = tracing::debug_span!("conn", %peer, client_id = tracing::field::Empty);
+    let _ = stream.set_nodelay(true);
+    let mailbox = Arc::new(Mailbox::new(shared.config.mailbox_capacity));
+    shared
+        .registry
+        .set_deadline(&mailbox, Some(Instant::now() + CONNECT_TIMEOUT));
+    shared.registry.open(conn, mailbox.clone());
+    shared.metrics.connections.inc();
+    shared.metrics.connections_total.inc();
+    // Boxed: a future holds what it captures twice (once as captured, once as
+    // moved into its body), and the connection is most of an idle task.
+    let mut connection = Box::new(Connection {
+        out: Outbound::new(
+            shared.config.max_inflight,
+            shared.config.max_queued_messages,
+        ),
+        shared,
+        stream,
+        peer,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        conn,
+        version: None,
+        connacked: false,
+        client_id: None,
+        persistent: false,
+        keep_alive: None,
+        inbound_qos2: Default::default(),
+        completions: Completions::default(),
+        acked: Vec::new(),
+        mailbox,
+        end: None,
+    });
     async move {
-        let _ = stream.set_nodelay(true);
-        let kick = Arc::new(Notify::new());
-        shared.registry.open(conn, kick.clone());
-        shared.metrics.connections.inc();
-        shared.metrics.connections_total.inc();
-        let mut connection = Connection {
-            out: Outbound::new(
-                shared.config.max_inflight,
-                shared.config.max_queued_messages,
-            ),
-            shared: shared.clone(),
-            stream,
-            rbuf: BytesMut::with_capacity(256),
-            wbuf: BytesMut::new(),
-            conn,
-            version: None,
-            connacked: false,
-            client_id: None,
-            persistent: false,
-            keep_alive: None,
-            deadline: Instant::now() + CONNECT_TIMEOUT,
-            inbound_qos2: Default::default(),
-            completions: FuturesOrdered::new(),
-            acked: Vec::new(),
-            mailbox: None,
-            wake: Arc::new(Notify::new()),
-            kick,
-            end: None,
-        };
-        connection.run(&mut shutdown).await;
-        connection.close().await;
-        shared.metrics.connections.dec();
+        connection.run().await;
+        Box::pin(connection.close()).await;
+        connection.shared.metrics.connections.dec();
+        drop(permit);
     }
     .instrument(span)
-    .await
+}
+
+/// The completions a connection waits for, in the order of its proposals. Holds
+/// no allocation while nothing is pending.
+#[derive(Default)]
+struct Completions(Option<Box<FuturesOrdered<BoxFuture<'static, Completion>>>>);
+
+impl Completions {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |c| c.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, future: BoxFuture<'static, Completion>) {
+        self.0
+            .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
+            .push_back(future);
+    }
+
+    /// The next completion; pending forever while there is none.
+    async fn next(&mut self) -> Completion {
+        let Some(pending) = self.0.as_mut() else {
+            return std::future::pending().await;
+        };
+        let Some(done) = pending.next().await else {
+            return std::future::pending().await;
+        };
+        if pending.is_empty() {
+            self.0 = None;
+        }
+        done
+    }
 }
 
 impl Connection {
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) {
+    async fn run(&mut self) {
+        let mailbox = self.mailbox.clone();
         while self.end.is_none() {
-            let wake = self.wake.clone();
-            let kick = self.kick.clone();
             tokio::select! {
-                _ = shutdown.changed() => {
-                    tracing::debug!("node shutting down");
-                    self.end = Some(End::Lost);
-                }
-                _ = kick.notified() => {
-                    tracing::info!("session taken over by a new connection");
-                    self.end = Some(End::TakenOver);
-                }
                 // A client with many answers outstanding is not read until some
                 // complete: flow control for publishers that outrun commits or
-                // slow subscribers.
-                read = self.stream.read_buf(&mut self.rbuf), if self.completions.len() < MAX_OUTSTANDING => match read {
-                    Ok(0) => {
-                        tracing::debug!("connection closed by the client");
-                        self.end = Some(End::Lost);
-                    }
-                    Ok(_) => self.handle_input(),
+                // slow subscribers. The buffer is allocated once there is
+                // something to read.
+                ready = self.stream.readable(), if self.completions.len() < MAX_OUTSTANDING => match ready {
+                    Ok(()) => self.read(),
                     Err(e) => {
                         tracing::debug!(error = %e, "socket error");
                         self.end = Some(End::Lost);
                     }
                 },
-                // Nothing is sent to the client before its CONNACK.
-                Some(delivery) = recv(&mut self.mailbox), if self.connacked && self.out.can_park() => {
-                    self.deliver(delivery);
-                    while self.out.can_park() {
-                        let Some(more) = self.mailbox.as_mut().and_then(|m| m.try_recv()) else {
-                            break;
-                        };
-                        self.deliver(more);
-                    }
-                }
-                _ = wake.notified(), if self.connacked => self.fill_window(),
-                Some(done) = self.completions.next(), if !self.completions.is_empty() => {
+                _ = mailbox.attention() => match mailbox.stopped() {
+                    Some(why) => self.stop(why),
+                    // The replicated queue may have grown.
+                    None if self.connacked => self.fill_window(),
+                    None => {}
+                },
+                done = self.completions.next(), if !self.completions.is_empty() => {
                     self.complete(done);
                 }
-                _ = tokio::time::sleep_until(self.deadline) => {
-                    if self.version.is_some() {
-                        tracing::info!("keepalive expired [MQTT-3.1.2-24]");
-                    } else {
-                        tracing::info!("no CONNECT in time");
-                    }
-                    self.end = Some(End::Lost);
-                }
             }
+            self.take_mail();
             self.flush_acks();
             if !self.wbuf.is_empty() {
                 if let Err(e) = self.stream.write_all(&self.wbuf).await {
                     tracing::debug!(error = %e, "write failed");
                     self.end = Some(End::Lost);
                 }
-                self.wbuf.clear();
+                if self.wbuf.capacity() > KEEP_WRITE_CAPACITY {
+                    self.wbuf = BytesMut::new();
+                } else {
+                    self.wbuf.clear();
+                }
             }
+        }
+    }
+
+    /// Ends the connection as asked by the registry.
+    fn stop(&mut self, why: Stop) {
+        self.end = Some(match why {
+            Stop::TakenOver => {
+                log!(self, info, "session taken over by a new connection");
+                End::TakenOver
+            }
+            Stop::NodeStopping => {
+                tracing::debug!("node shutting down");
+                End::Lost
+            }
+            Stop::Expired => {
+                if self.version.is_some() {
+                    log!(self, info, "keepalive expired [MQTT-3.1.2-24]");
+                } else {
+                    log!(self, info, "no CONNECT in time");
+                }
+                End::Lost
+            }
+        });
+    }
+
+    /// Reads what the socket has and handles every complete packet.
+    fn read(&mut self) {
+        self.rbuf.reserve(READ_CHUNK);
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => {
+                tracing::debug!("connection closed by the client");
+                self.end = Some(End::Lost);
+            }
+            Ok(_) => self.handle_input(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "socket error");
+                self.end = Some(End::Lost);
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Idle connections hold no read buffer.
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Moves deliveries from the mailbox into the window while it has room.
+    /// Nothing is sent to the client before its CONNACK.
+    fn take_mail(&mut self) {
+        if !self.connacked {
+            return;
+        }
+        while self.out.can_park() && self.end.is_none() {
+            let Some(delivery) = self.mailbox.pop() else {
+                break;
+            };
+            self.deliver(delivery);
         }
     }
 
     /// Decodes and handles every complete packet in the read buffer.
     fn handle_input(&mut self) {
+        let mut received = false;
         while self.end.is_none() {
             let max = self.shared.config.max_packet_size;
             match mqtt::decode(&mut self.rbuf, max, self.version) {
                 Ok(Some(packet)) => {
-                    if let Some(keep_alive) = self.keep_alive {
-                        self.deadline = Instant::now() + keep_alive;
-                    }
+                    received = true;
                     self.handle_packet(packet);
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     self.decode_failed(e);
-                    return;
+                    break;
                 }
             }
+        }
+        if let (true, Some(keep_alive)) = (received, self.keep_alive) {
+            let deadline = Instant::now() + keep_alive;
+            self.shared
+                .registry
+                .set_deadline(&self.mailbox, Some(deadline));
         }
     }
 
     fn decode_failed(&mut self, e: mqtt::DecodeError) {
         if let mqtt::DecodeError::UnsupportedProtocolLevel(level) = e {
             if self.version.is_none() {
-                tracing::info!(level, "unsupported protocol level [MQTT-3.1.2-2]");
+                log!(
+                    self,
+                    info,
+                    level,
+                    "unsupported protocol level [MQTT-3.1.2-2]"
+                );
                 self.shared.metrics.protocol_error("protocol_level");
                 let connack = mqtt::ConnAck {
                     session_present: false,
@@ -243,7 +352,7 @@ impl Connection {
             mqtt::DecodeError::PacketTooLarge { .. } => "too_large",
             _ => "malformed",
         };
-        tracing::info!(error = %e, "closing connection: bad packet");
+        log!(self, info, error = %e, "closing connection: bad packet");
         self.shared.metrics.protocol_error(reason);
         self.end = Some(End::Lost);
     }
@@ -253,13 +362,13 @@ impl Connection {
         let version = self.version.unwrap_or(ProtocolVersion::V3_1_1);
         if let Err(e) = mqtt::encode(packet, version, &mut self.wbuf) {
             // Only our own packets are encoded here; a failure is a broker bug.
-            tracing::error!(error = %e, "cannot encode an outgoing packet");
+            log!(self, error, error = %e, "cannot encode an outgoing packet");
             self.end = Some(End::Lost);
         }
     }
 
     fn violation(&mut self, what: &'static str) {
-        tracing::info!("closing connection: protocol violation: {what}");
+        log!(self, info, "closing connection: protocol violation: {what}");
         self.shared.metrics.protocol_error("violation");
         self.end = Some(End::Lost);
     }
@@ -355,7 +464,7 @@ impl Connection {
                         code: mqtt::ConnectReturnCode::ServerUnavailable,
                     }));
                 }
-                tracing::warn!(error = %e, "cannot commit, closing the connection");
+                log!(self, warn, error = %e, "cannot commit, closing the connection");
                 self.end = Some(End::Lost);
             }
         }
@@ -463,19 +572,12 @@ impl Connection {
                     }
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "disconnect not committed"),
-                Err(_) => tracing::warn!("disconnect not committed in time"),
+                Ok(Err(e)) => log!(self, warn, error = %e, "disconnect not committed"),
+                Err(_) => log!(self, warn, "disconnect not committed in time"),
             }
         }
+        self.mailbox.close();
         shared.registry.close(self.client_id.as_ref(), self.conn);
         tracing::debug!(?end, "connection closed");
-    }
-}
-
-/// Receives from the mailbox once the client is connected; pending forever before.
-async fn recv(mailbox: &mut Option<MailboxReceiver>) -> Option<Delivery> {
-    match mailbox {
-        Some(m) => m.recv().await,
-        None => std::future::pending().await,
     }
 }
