@@ -130,6 +130,38 @@ pub fn send(
     })
 }
 
+/// Queues `message` towards `nodes` without waiting for their acks. A node the
+/// forwarder does not know yet (it just joined) is looked up once; what cannot be
+/// queued is counted as dropped.
+pub fn send_detached(
+    node: &Node,
+    forwarder: &Forwarder,
+    metrics: &Metrics,
+    message: &Message,
+    nodes: &[u64],
+) {
+    let frame = match postcard::to_allocvec(&FrameRef::Publish(message)) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a message to forward");
+            return;
+        }
+    };
+    for &to in nodes {
+        let result = match forwarder.send_detached(to, frame.clone()) {
+            Err(ForwardError::UnknownPeer(_)) => {
+                sync_peers(node, forwarder);
+                forwarder.send_detached(to, frame.clone())
+            }
+            other => other,
+        };
+        if let Err(e) = result {
+            tracing::debug!(to, error = %e, "message not queued for forwarding");
+            metrics.dropped("forward_failed");
+        }
+    }
+}
+
 /// Points the forwarder at the current members (other than this node).
 pub fn sync_peers(node: &Node, forwarder: &Forwarder) {
     let me = node.node_id();

@@ -126,14 +126,10 @@ impl Shared {
         Ok(reply)
     }
 
-    /// Delivers `message` to the subscribers that do not read a queue: those here
-    /// at once, those on other nodes through the forwarding streams. The future
-    /// (if any node is involved) resolves when every such node accepted it.
-    fn route(&self, message: &Message) -> Option<futures::future::BoxFuture<'static, ()>> {
-        self.route_to(message, self.machine.targets(&message.topic, message.qos))
-    }
-
-    /// [`Shared::route`] to targets the caller already matched.
+    /// Delivers `message` to `targets` (its matched subscribers) that do not
+    /// read a queue: those here at once, those on other nodes through the
+    /// forwarding streams. The future (if any node is involved, or a local
+    /// mailbox is over its capacity) resolves when every such node accepted it.
     fn route_to(
         &self,
         message: &Message,
@@ -171,15 +167,30 @@ impl Shared {
 
     /// Like [`Shared::route`], for a caller that does not wait.
     fn route_detached(&self, message: &Message) {
-        if let Some(forwarded) = self.route(message) {
-            tokio::spawn(forwarded);
-        }
+        self.route_detached_to(message, self.machine.targets(&message.topic, message.qos));
     }
 
-    /// [`Shared::route_detached`] to targets the caller already matched.
+    /// [`Shared::route_detached`] to targets the caller already matched. Nobody
+    /// waits for the other nodes' acks: the message is only queued towards them.
     fn route_detached_to(&self, message: &Message, targets: Vec<state::Target>) {
-        if let Some(forwarded) = self.route_to(message, targets) {
-            tokio::spawn(forwarded);
+        let routed = router::route(
+            &self.machine,
+            &self.registry,
+            &self.metrics,
+            message,
+            targets,
+        );
+        if !routed.nodes.is_empty() {
+            forward::send_detached(
+                &self.node,
+                &self.forwarder,
+                &self.metrics,
+                message,
+                &routed.nodes,
+            );
+        }
+        if !routed.blocked.is_empty() {
+            tokio::spawn(router::wait_for_room(routed.blocked, self.metrics.clone()));
         }
     }
 }

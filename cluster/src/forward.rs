@@ -4,8 +4,9 @@
 //!
 //! Sending side ([`Forwarder`]): one task per peer owns a bounded queue and the
 //! stream. It numbers frames, keeps those not yet acknowledged in a window, writes
-//! whatever is queued back to back, and when the stream breaks it reconnects with
-//! backoff and sends the window again.
+//! whatever is queued in runs of consecutive frames (one gRPC message each, so a
+//! busy stream costs little per frame), and when the stream breaks it reconnects
+//! with backoff and sends the window again.
 //!
 //! Receiving side ([`forward_service`]): per sender stream it remembers the highest
 //! seq handled, so a frame sent again after a reconnect is acknowledged without
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use starling_proto::cluster::forward_client::ForwardClient;
 use starling_proto::cluster::forward_server::{Forward, ForwardServer};
 use starling_proto::cluster::{ForwardAck, ForwardFrame};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -53,9 +54,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Frames handed to the gRPC stream but not yet encoded. The window, not this,
 /// bounds what is in flight; this only lets the encoder take several at once.
 const STAGED_FRAMES: usize = 128;
-/// The receiver acknowledges at least every this many frames, even while more are
-/// arriving; otherwise one ack covers everything handled so far.
+/// The receiver acknowledges at least every this many gRPC messages, even while
+/// more are arriving; otherwise one ack covers everything handled so far.
 const ACK_EVERY: usize = 64;
+/// Frames handled per unit of the receiving task's cooperative budget.
+const FRAMES_PER_BUDGET_UNIT: usize = 8;
+/// At most this many frames, or about this many bytes, go in one gRPC message.
+const RUN_FRAMES: usize = 512;
+const RUN_BYTES: usize = 256 << 10;
 
 /// Receives frames forwarded by peers. Supplied by the user of the cluster crate.
 pub trait ForwardHandler: Send + Sync + 'static {
@@ -210,32 +216,33 @@ struct AckStream {
 }
 
 impl AckStream {
-    fn accept(&mut self, frame: ForwardFrame) {
-        let seq = frame.seq;
+    /// Handles the frames of one gRPC message, `run.seq` onwards.
+    fn accept(&mut self, run: ForwardFrame) {
         // The lock is held while the handler runs; see `SenderStream::handled`.
         let mut handled = self
             .sender
             .handled
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match *handled {
-            Some(h) if seq <= h => {}
-            Some(h) if seq != h + 1 => {
-                warn!(
+        let mut last = None;
+        for (seq, frame) in (run.seq..).zip(run.frames) {
+            last = Some(seq);
+            match *handled {
+                Some(h) if seq <= h => continue,
+                Some(h) if seq != h + 1 => warn!(
                     from = self.from,
                     expected = h + 1,
                     got = seq,
                     "forward stream skipped frames"
-                );
-                self.handler.handle(self.from, frame.messages);
-                *handled = Some(seq);
+                ),
+                _ => {}
             }
-            _ => {
-                self.handler.handle(self.from, frame.messages);
-                *handled = Some(seq);
-            }
+            self.handler.handle(self.from, frame);
+            *handled = Some(seq);
         }
-        self.ack = Some(self.ack.map_or(seq, |a| a.max(seq)));
+        if let Some(seq) = last {
+            self.ack = Some(self.ack.map_or(seq, |a| a.max(seq)));
+        }
     }
 }
 
@@ -247,10 +254,27 @@ impl Stream for AckStream {
         let mut error = None;
         let mut taken = 0;
         while !this.done && taken < ACK_EVERY {
+            // Handling frames delivers to local connections: each few frames
+            // cost this task some of its budget, so that a busy stream yields
+            // its worker to the connections it feeds.
+            let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else {
+                break;
+            };
             match Pin::new(&mut this.inbound).poll_next(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    this.accept(frame);
+                Poll::Ready(Some(Ok(run))) => {
+                    coop.made_progress();
+                    let cost = run.frames.len() / FRAMES_PER_BUDGET_UNIT;
+                    this.accept(run);
                     taken += 1;
+                    for _ in 0..cost {
+                        match tokio::task::coop::poll_proceed(cx) {
+                            Poll::Ready(coop) => coop.made_progress(),
+                            Poll::Pending => {
+                                taken = ACK_EVERY;
+                                break;
+                            }
+                        }
+                    }
                 }
                 Poll::Ready(Some(Err(status))) => {
                     debug!(from = this.from, %status, "forward stream failed");
@@ -289,6 +313,7 @@ pub struct Forwarder {
 struct Inner {
     self_id: u64,
     buffer: usize,
+    congestion: Arc<Congestion>,
     /// Read on every send, written on membership changes.
     peers: RwLock<HashMap<u64, Peer>>,
     counters: Arc<Counters>,
@@ -305,10 +330,68 @@ struct Peer {
 }
 
 /// What the task reports about its peer.
-#[derive(Default)]
 struct PeerShared {
     unacked: AtomicUsize,
     connected: AtomicBool,
+    /// Frames in the queue, not yet taken by the task.
+    queued: AtomicUsize,
+    /// Whether this peer counts in [`Congestion::peers`].
+    congested: AtomicBool,
+    /// Queue lengths at which the peer starts and stops counting as congested.
+    high: usize,
+    low: usize,
+    congestion: Arc<Congestion>,
+}
+
+/// How many connected peers have a long queue, and the signal that none has.
+/// A peer that is not connected never counts: its queue fills and further frames
+/// fail fast, as they should while the peer may be dead.
+#[derive(Default)]
+struct Congestion {
+    peers: AtomicUsize,
+    relieved: Notify,
+}
+
+impl PeerShared {
+    /// Re-evaluates whether this peer is congested, with hysteresis between the
+    /// high and low marks. Transitions happen by compare-and-swap, so the count
+    /// stays right when several threads evaluate at once.
+    fn update_congestion(&self) {
+        let queued = self.queued.load(Ordering::Acquire);
+        let connected = self.connected.load(Ordering::Acquire);
+        let was = self.congested.load(Ordering::Acquire);
+        let now = connected
+            && if was {
+                queued > self.low
+            } else {
+                queued >= self.high
+            };
+        if now == was
+            || self
+                .congested
+                .compare_exchange(was, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        if now {
+            self.congestion.peers.fetch_add(1, Ordering::AcqRel);
+        } else if self.congestion.peers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.congestion.relieved.notify_waiters();
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+        self.update_congestion();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // A removed peer no longer holds anyone back.
+        self.shared.set_connected(false);
+    }
 }
 
 #[derive(Default)]
@@ -325,10 +408,10 @@ fn bump(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
-/// A frame in the queue, with the caller's end of its ack.
+/// A frame in the queue, with the caller's end of its ack if it waits for one.
 struct Outgoing {
     frame: Bytes,
-    ack: oneshot::Sender<()>,
+    ack: Option<oneshot::Sender<()>>,
 }
 
 impl Forwarder {
@@ -339,6 +422,7 @@ impl Forwarder {
             inner: Arc::new(Inner {
                 self_id,
                 buffer: buffer.max(1),
+                congestion: Arc::default(),
                 peers: RwLock::default(),
                 counters: Arc::default(),
             }),
@@ -363,7 +447,16 @@ impl Forwarder {
         }
         let (queue, queue_rx) = mpsc::channel(self.inner.buffer);
         let (addr_tx, addr_rx) = watch::channel(addr);
-        let shared = Arc::new(PeerShared::default());
+        let buffer = self.inner.buffer;
+        let shared = Arc::new(PeerShared {
+            unacked: AtomicUsize::new(0),
+            connected: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            congested: AtomicBool::new(false),
+            high: (buffer / 2).max(1),
+            low: buffer / 4,
+            congestion: self.inner.congestion.clone(),
+        });
         let task = PeerTask {
             self_id: self.inner.self_id,
             epoch: stream_epoch(),
@@ -432,7 +525,24 @@ impl Forwarder {
         }
     }
 
+    /// Queues `frame` for peer `to` like [`Forwarder::send`], for a caller that
+    /// does not wait for the ack: no future, no timer. Errors are those of queuing.
+    pub fn send_detached(&self, to: u64, frame: Bytes) -> Result<(), ForwardError> {
+        self.queue(to, frame, None)
+    }
+
     fn enqueue(&self, to: u64, frame: Bytes) -> Result<oneshot::Receiver<()>, ForwardError> {
+        let (ack, acked) = oneshot::channel();
+        self.queue(to, frame, Some(ack))?;
+        Ok(acked)
+    }
+
+    fn queue(
+        &self,
+        to: u64,
+        frame: Bytes,
+        ack: Option<oneshot::Sender<()>>,
+    ) -> Result<(), ForwardError> {
         if frame.len() > MAX_FRAME_BYTES {
             return Err(ForwardError::TooLarge {
                 to,
@@ -445,14 +555,42 @@ impl Forwarder {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let peer = peers.get(&to).ok_or(ForwardError::UnknownPeer(to))?;
-        let (ack, acked) = oneshot::channel();
-        match peer.queue.try_send(Outgoing { frame, ack }) {
-            Ok(()) => Ok(acked),
+        // Counted before it is queued, so the task never takes it below zero.
+        peer.shared.queued.fetch_add(1, Ordering::AcqRel);
+        let queued = peer.queue.try_send(Outgoing { frame, ack });
+        if queued.is_err() {
+            peer.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        peer.shared.update_congestion();
+        match queued {
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 bump(&self.inner.counters.dropped, 1);
                 Err(ForwardError::BufferFull(to))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(ForwardError::Closed),
+        }
+    }
+
+    /// Whether a connected peer's queue is more than half full: senders that
+    /// can wait (publishers, whose socket can stay unread) should, until
+    /// [`Forwarder::relieved`], rather than have their frames refused later.
+    pub fn is_congested(&self) -> bool {
+        self.inner.congestion.peers.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves once no connected peer's queue is congested (at once if none is).
+    pub async fn relieved(&self) {
+        let congestion = &self.inner.congestion;
+        loop {
+            let relieved = congestion.relieved.notified();
+            tokio::pin!(relieved);
+            // Registered before the check, so a wake-up in between is not missed.
+            relieved.as_mut().enable();
+            if congestion.peers.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            relieved.await;
         }
     }
 
@@ -526,7 +664,7 @@ enum StreamError {
 struct InFlight {
     seq: u64,
     frame: Bytes,
-    ack: oneshot::Sender<()>,
+    ack: Option<oneshot::Sender<()>>,
 }
 
 /// Owns the stream towards one peer.
@@ -572,7 +710,7 @@ impl PeerTask {
             let addr = self.addr.borrow_and_update().clone();
             self.progressed = false;
             let end = self.stream(&addr, failures).await;
-            self.shared.connected.store(false, Ordering::Relaxed);
+            self.shared.set_connected(false);
             let error = match end {
                 End::Removed => return,
                 End::AddrChanged => {
@@ -631,7 +769,7 @@ impl PeerTask {
             },
             r = self.addr.changed() => return self.addr_changed(r),
         };
-        self.shared.connected.store(true, Ordering::Relaxed);
+        self.shared.set_connected(true);
         if failures > 0 {
             info!(%addr, "forward stream to peer re-opened");
         } else {
@@ -693,6 +831,8 @@ impl PeerTask {
     }
 
     fn push(&mut self, m: Outgoing) {
+        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        self.shared.update_congestion();
         self.window.push_back(InFlight {
             seq: self.next_seq,
             frame: m.frame,
@@ -704,26 +844,34 @@ impl PeerTask {
             .store(self.window.len(), Ordering::Relaxed);
     }
 
-    /// Writes the frame `next_write`, which the window holds.
+    /// Writes the unwritten frames the window holds, from `next_write` on, as one
+    /// run (up to [`RUN_FRAMES`] frames or about [`RUN_BYTES`]).
     fn write(&mut self, permit: mpsc::Permit<'_, ForwardFrame>) {
         let Some(front) = self.window.front() else {
             return;
         };
-        let index = (self.next_write - front.seq) as usize;
-        let Some(f) = self.window.get(index) else {
-            return;
-        };
-        permit.send(ForwardFrame {
-            seq: f.seq,
-            messages: f.frame.clone(),
-        });
-        if f.seq <= self.written_max {
-            bump(&self.counters.resent, 1);
-        } else {
-            bump(&self.counters.sent, 1);
-            self.written_max = f.seq;
+        let first = self.next_write;
+        let start = (first - front.seq) as usize;
+        let mut frames = Vec::new();
+        let mut bytes = 0;
+        for f in self.window.range(start..) {
+            if frames.len() == RUN_FRAMES || (bytes > 0 && bytes + f.frame.len() > RUN_BYTES) {
+                break;
+            }
+            bytes += f.frame.len();
+            frames.push(f.frame.clone());
         }
-        self.next_write += 1;
+        if frames.is_empty() {
+            return;
+        }
+        let n = frames.len() as u64;
+        permit.send(ForwardFrame { seq: first, frames });
+        let last = first + n - 1;
+        let resent = self.written_max.saturating_sub(first - 1).min(n);
+        bump(&self.counters.resent, resent);
+        bump(&self.counters.sent, n - resent);
+        self.written_max = self.written_max.max(last);
+        self.next_write = last + 1;
     }
 
     /// The peer handled every frame up to `seq`.
@@ -736,7 +884,9 @@ impl PeerTask {
             }
             if let Some(f) = self.window.pop_front() {
                 // The caller may have stopped waiting; the frame was delivered anyway.
-                let _ = f.ack.send(());
+                if let Some(ack) = f.ack {
+                    let _ = ack.send(());
+                }
                 n += 1;
             }
         }

@@ -327,6 +327,8 @@ async fn buffer_full_fails_at_once_while_the_peer_is_down() {
     assert_eq!(stats.dropped, 1);
     assert!(stats.peers[0].queued <= BUFFER && stats.peers[0].unacked <= BUFFER);
     assert!(!stats.peers[0].connected);
+    // A peer that is not connected holds nobody back: its frames fail instead.
+    assert!(!forwarder.is_congested());
 
     // The queued frames are never acknowledged: they time out, and do not hang.
     for send in queued {
@@ -398,13 +400,19 @@ async fn the_receiver_skips_frames_it_already_handled() {
         .expect("connect");
 
     // One sender stream (node 7, stream 42) over two gRPC streams, as after a
-    // reconnect: the second starts again from frame 2, whose ack was "lost".
+    // reconnect: the second starts again from frame 2, whose ack was "lost", in
+    // one run of frames 2 to 4 (2 and 3 already handled), then frame 5 alone.
     let mut acks = Vec::new();
-    for seqs in [1..=3u64, 2..=5] {
-        let frames: Vec<ForwardFrame> = seqs
-            .map(|seq| ForwardFrame {
+    let runs: [Vec<(u64, Vec<u64>)>; 2] = [
+        vec![(1, vec![1]), (2, vec![2]), (3, vec![3])],
+        vec![(2, vec![2, 3, 4]), (5, vec![5])],
+    ];
+    for runs in runs {
+        let frames: Vec<ForwardFrame> = runs
+            .into_iter()
+            .map(|(seq, frames)| ForwardFrame {
                 seq,
-                messages: frame(seq),
+                frames: frames.into_iter().map(frame).collect(),
             })
             .collect();
         let mut request = tonic::Request::new(tokio_stream::iter(frames));
@@ -427,5 +435,76 @@ async fn the_receiver_skips_frames_it_already_handled() {
     let request = tonic::Request::new(tokio_stream::iter(Vec::<ForwardFrame>::new()));
     let refused = client.stream(request).await.expect_err("no node id");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    server.stop().await;
+}
+
+/// Handles frames only while its gate is open: a peer that does not keep up.
+struct Gated {
+    open: watch::Receiver<bool>,
+    inner: Arc<Recorder>,
+}
+
+impl ForwardHandler for Gated {
+    fn handle(&self, from: u64, frame: Bytes) {
+        let mut open = self.open.clone();
+        // The handler runs on the server's runtime thread; blocking it is what
+        // a slow peer looks like.
+        while !*open.borrow_and_update() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.inner.handle(from, frame);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_peer_that_falls_behind_congests_until_it_catches_up() {
+    const BUFFER: usize = 64;
+    let (gate, open) = watch::channel(true);
+    let recorder = Recorder::new();
+    let server = Server::start(
+        0,
+        forward_service(Arc::new(Gated {
+            open,
+            inner: recorder.clone(),
+        })),
+    );
+    let forwarder = Forwarder::new(1, BUFFER);
+    forwarder.set_peer(2, server.addr.to_string());
+    // Connected, and not congested while the peer keeps up.
+    forwarder
+        .send(2, frame(0), DEADLINE)
+        .await
+        .expect("first frame");
+    assert!(!forwarder.is_congested());
+
+    // The peer stops handling: the window fills, then the queue passes half.
+    gate.send_replace(false);
+    let mut sent = 1u64;
+    let started = Instant::now();
+    while !forwarder.is_congested() {
+        assert!(started.elapsed() < DEADLINE, "never congested");
+        match forwarder.send_detached(2, frame(sent)) {
+            Ok(()) => sent += 1,
+            Err(e) => panic!("refused before congestion was signalled: {e}"),
+        }
+        if sent % 16 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let stats = forwarder.stats();
+    assert!(stats.peers[0].queued >= BUFFER / 2, "{stats:?}");
+    let relieved = forwarder.relieved();
+    let mut relieved = pin!(relieved);
+    assert!(poll_once(relieved.as_mut()).is_pending());
+
+    // The peer catches up: congestion ends, and every frame is handled once.
+    gate.send_replace(true);
+    tokio::time::timeout(DEADLINE, relieved)
+        .await
+        .expect("relieved in time");
+    recorder.wait_for(sent as usize).await;
+    let handled: Vec<u64> = recorder.frames().into_iter().map(|(_, i)| i).collect();
+    assert_eq!(handled, (0..sent).collect::<Vec<_>>());
+    assert!(!forwarder.is_congested());
     server.stop().await;
 }
