@@ -209,13 +209,19 @@ impl Connection {
     async fn run(&mut self) {
         let mailbox = self.mailbox.clone();
         while self.end.is_none() {
+            // While a peer node is not keeping up with what this node forwards to
+            // it, clients are not read: publishers slow down to what the cluster
+            // can carry instead of having their messages dropped.
+            let congested = self.shared.forwarder.is_congested();
+            // Packets handled this round, for the cooperative budget below.
+            let mut handled = 0;
             tokio::select! {
                 // A client with many answers outstanding is not read until some
                 // complete: flow control for publishers that outrun commits or
                 // slow subscribers. The buffer is allocated once there is
                 // something to read.
-                ready = self.stream.readable(), if self.completions.len() < MAX_OUTSTANDING => match ready {
-                    Ok(()) => self.read(),
+                ready = self.stream.readable(), if self.completions.len() < MAX_OUTSTANDING && !congested => match ready {
+                    Ok(()) => handled = self.read(),
                     Err(e) => {
                         tracing::debug!(error = %e, "socket error");
                         self.end = Some(End::Lost);
@@ -230,6 +236,7 @@ impl Connection {
                 done = self.completions.next(), if !self.completions.is_empty() => {
                     self.complete(done);
                 }
+                _ = self.shared.forwarder.relieved(), if congested => {}
             }
             self.take_mail();
             self.flush_acks();
@@ -243,6 +250,13 @@ impl Connection {
                 } else {
                     self.wbuf.clear();
                 }
+            }
+            // Waiting for readiness does not count against the task's budget,
+            // and a publisher's socket is always ready: each packet handled
+            // counts here, so that a busy publisher yields its worker to the
+            // subscribers it feeds before their mailboxes overflow.
+            for _ in 0..handled.max(1) {
+                tokio::task::coop::consume_budget().await;
             }
         }
     }
@@ -270,14 +284,16 @@ impl Connection {
     }
 
     /// Reads what the socket has and handles every complete packet.
-    fn read(&mut self) {
+    /// Returns how many packets were handled.
+    fn read(&mut self) -> usize {
         self.rbuf.reserve(READ_CHUNK);
+        let mut handled = 0;
         match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => {
                 tracing::debug!("connection closed by the client");
                 self.end = Some(End::Lost);
             }
-            Ok(_) => self.handle_input(),
+            Ok(_) => handled = self.handle_input(),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 tracing::debug!(error = %e, "socket error");
@@ -288,6 +304,7 @@ impl Connection {
             // Idle connections hold no read buffer.
             self.rbuf = BytesMut::new();
         }
+        handled
     }
 
     /// Moves deliveries from the mailbox into the window while it has room.
@@ -305,13 +322,13 @@ impl Connection {
     }
 
     /// Decodes and handles every complete packet in the read buffer.
-    fn handle_input(&mut self) {
-        let mut received = false;
+    fn handle_input(&mut self) -> usize {
+        let mut handled = 0;
         while self.end.is_none() {
             let max = self.shared.config.max_packet_size;
             match mqtt::decode(&mut self.rbuf, max, self.version) {
                 Ok(Some(packet)) => {
-                    received = true;
+                    handled += 1;
                     self.handle_packet(packet);
                 }
                 Ok(None) => break,
@@ -321,12 +338,13 @@ impl Connection {
                 }
             }
         }
-        if let (true, Some(keep_alive)) = (received, self.keep_alive) {
+        if let (true, Some(keep_alive)) = (handled > 0, self.keep_alive) {
             let deadline = Instant::now() + keep_alive;
             self.shared
                 .registry
                 .set_deadline(&self.mailbox, Some(deadline));
         }
+        handled
     }
 
     fn decode_failed(&mut self, e: mqtt::DecodeError) {
