@@ -1,12 +1,12 @@
 //! The MQTT-over-TCP listener: accepts sockets while a semaphore caps how many
-//! connections are served at once, and spawns one task per connection.
+//! connections are served at once, and spawns one task per connection; and the
+//! node's one keepalive sweep.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 
 use crate::registry::Stop;
 use crate::Shared;
@@ -35,13 +35,21 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
-    let mut tasks = JoinSet::new();
+    let all = u32::try_from(
+        shared
+            .config
+            .max_connections
+            .clamp(1, Semaphore::MAX_PERMITS),
+    )
+    .unwrap_or(u32::MAX);
+    let max = all as usize;
+    // Every connection task holds a permit until it ends: the permits are also
+    // how shutdown knows when every connection has closed, without keeping a
+    // handle per connection.
+    let permits = Arc::new(Semaphore::new(max));
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            // Reap finished connection tasks so the set does not grow.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             permit = permits.clone().acquire_owned() => {
                 let Ok(permit) = permit else { break };
                 let accepted = tokio::select! {
@@ -50,9 +58,7 @@ pub(crate) async fn accept_loop(
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let f = crate::connection::serve(shared.clone(), stream, peer, permit);
-                        tracing::warn!(size = std::mem::size_of_val(&f), "TMP fut");
-                        tasks.spawn(f);
+                        tokio::spawn(crate::connection::serve(shared.clone(), stream, peer, permit));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off a little
@@ -66,15 +72,11 @@ pub(crate) async fn accept_loop(
     }
     drop(listener);
     shared.registry.stop_all(Stop::NodeStopping);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(all)).await;
     if drained.is_err() {
         tracing::warn!(
-            left = tasks.len(),
-            "connections still open at shutdown, aborted"
+            left = max - permits.available_permits(),
+            "connections still open at shutdown; they end with the runtime"
         );
-        tasks.abort_all();
     }
 }
