@@ -10,6 +10,10 @@ pub struct Metrics {
     pub protocol_errors: IntCounterVec,
     pub messages_received: IntCounterVec,
     pub messages_sent: IntCounterVec,
+    /// The children of the two above by QoS, looked up once: counting a message
+    /// is on the hot path.
+    received_by_qos: [IntCounter; 3],
+    sent_by_qos: [IntCounter; 3],
     /// Messages not delivered, by why (`queue_full`, `mailbox_full`,
     /// `forward_failed`, `forward_unreadable`).
     pub messages_dropped: IntCounterVec,
@@ -27,7 +31,23 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Metrics> {
+        let messages_received = IntCounterVec::new(
+            Opts::new(
+                "starling_messages_received_total",
+                "PUBLISH packets received",
+            ),
+            &["qos"],
+        )?;
+        let messages_sent = IntCounterVec::new(
+            Opts::new("starling_messages_sent_total", "PUBLISH packets sent"),
+            &["qos"],
+        )?;
+        let by_qos = |vec: &IntCounterVec| ["0", "1", "2"].map(|qos| vec.with_label_values(&[qos]));
         let metrics = Metrics {
+            received_by_qos: by_qos(&messages_received),
+            sent_by_qos: by_qos(&messages_sent),
+            messages_received,
+            messages_sent,
             connections: IntGauge::new("starling_connections", "Open MQTT connections")?,
             connections_total: IntCounter::new(
                 "starling_connections_total",
@@ -39,17 +59,6 @@ impl Metrics {
                     "Connections closed for malformed packets or protocol violations",
                 ),
                 &["reason"],
-            )?,
-            messages_received: IntCounterVec::new(
-                Opts::new(
-                    "starling_messages_received_total",
-                    "PUBLISH packets received",
-                ),
-                &["qos"],
-            )?,
-            messages_sent: IntCounterVec::new(
-                Opts::new("starling_messages_sent_total", "PUBLISH packets sent"),
-                &["qos"],
             )?,
             messages_dropped: IntCounterVec::new(
                 Opts::new("starling_messages_dropped_total", "Messages not delivered"),
@@ -101,21 +110,22 @@ impl Metrics {
         Metrics::new(&Registry::new()).unwrap_or_else(|e| panic!("metric definitions: {e}"))
     }
 
+    /// Counts a PUBLISH received at `qos`.
+    pub fn received(&self, qos: starling_proto::mqtt::QoS) {
+        self.received_by_qos[qos as usize].inc();
+    }
+
+    /// Counts a PUBLISH sent at `qos`.
+    pub fn sent(&self, qos: starling_proto::mqtt::QoS) {
+        self.sent_by_qos[qos as usize].inc();
+    }
+
     pub fn dropped(&self, reason: &'static str) {
         self.messages_dropped.with_label_values(&[reason]).inc();
     }
 
     pub fn protocol_error(&self, reason: &'static str) {
         self.protocol_errors.with_label_values(&[reason]).inc();
-    }
-}
-
-/// The label of a QoS.
-pub fn qos_label(qos: starling_proto::mqtt::QoS) -> &'static str {
-    match qos {
-        starling_proto::mqtt::QoS::AtMostOnce => "0",
-        starling_proto::mqtt::QoS::AtLeastOnce => "1",
-        starling_proto::mqtt::QoS::ExactlyOnce => "2",
     }
 }
 

@@ -83,3 +83,75 @@ async fn persistent_session_resumes_on_another_node_with_queued_messages() {
     roamer.send(&raw::puback(live.pkid)).await;
     roamer.expect_silence(Duration::from_millis(500)).await;
 }
+
+/// A QoS 2 message in flight to a subscriber whose node dies is sent again by
+/// the node the session resumes on, with its packet id and DUP = 1
+/// [MQTT-4.4.0-1] [MQTT-3.3.1-1]: never as a new message reusing an id the
+/// subscriber still holds [MQTT-2.3.1-2]. Both nodes are followers, where the
+/// leader's reply to CONNECT may arrive before the node applied it itself.
+#[tokio::test]
+async fn qos2_in_flight_is_sent_again_with_dup_after_its_node_dies() {
+    let mut cluster = Cluster::start_fast(3).await;
+    let leader = cluster.leader().await.unwrap_or(1);
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let (doomed, survivor) = (followers[0], followers[1]);
+    eprintln!("leader {leader}, subscriber on {doomed}, then on {survivor}");
+
+    let connect = Connect::v311("h-holder").clean_session(false);
+    let (mut holder, _) = Raw::connect(cluster.mqtt(doomed), &connect).await;
+    holder.subscribe(1, &[("h/q2", 2)]).await;
+    let mut publisher = Client::connect(client::options(cluster.mqtt(leader), "h-pub")).await;
+    for seq in 0..2 {
+        publisher
+            .publish("h/q2", QoS::ExactlyOnce, false, payload(seq))
+            .await;
+    }
+    // Received; the node dies before PUBREC could be sent.
+    let mut in_flight = Vec::new();
+    for seq in 0..2 {
+        let publish = holder.expect_publish(raw::WAIT).await;
+        assert_eq!(parse_seq(&publish.payload), Some(seq));
+        assert!(!publish.dup, "a first delivery");
+        in_flight.push(publish);
+    }
+    cluster.kill9(doomed);
+    drop(holder);
+
+    // At once, before the node is declared down: a takeover.
+    let (mut holder, session_present) = Raw::connect(cluster.mqtt(survivor), &connect).await;
+    assert!(session_present, "the session resumes on node {survivor}");
+    for sent in &in_flight {
+        let again = holder.expect_publish(raw::WAIT).await;
+        assert_eq!(again.payload, sent.payload, "in order");
+        assert_eq!(again.pkid, sent.pkid, "with its packet id [MQTT-4.4.0-1]");
+        assert!(
+            again.dup,
+            "packet id {} sent again without DUP [MQTT-3.3.1-1]",
+            again.pkid
+        );
+        holder.send(&raw::pubrec(again.pkid)).await;
+    }
+    for sent in &in_flight {
+        let pubrel = holder.expect(raw::WAIT).await;
+        assert_eq!(pubrel.kind(), raw::kind::PUBREL);
+        assert_eq!(pubrel.pkid(), sent.pkid);
+        holder.send(&raw::pubcomp(sent.pkid)).await;
+    }
+
+    // A message queued after the resume is new: no DUP.
+    publisher
+        .publish("h/q2", QoS::ExactlyOnce, false, payload(2))
+        .await;
+    let fresh = holder.expect_publish(raw::WAIT).await;
+    assert_eq!(parse_seq(&fresh.payload), Some(2));
+    assert!(!fresh.dup, "a first delivery");
+    holder.send(&raw::pubrec(fresh.pkid)).await;
+    let pubrel = holder.expect(raw::WAIT).await;
+    assert_eq!(pubrel.kind(), raw::kind::PUBREL);
+    holder.send(&raw::pubcomp(fresh.pkid)).await;
+    holder.expect_silence(Duration::from_millis(500)).await;
+}

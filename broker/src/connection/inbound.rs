@@ -16,6 +16,10 @@ use super::{Completion, Connection, End};
 use crate::registry::ClientHandle;
 use crate::state::{Command, Message, Reply, Target};
 
+/// How long a node may take to apply a command the cluster committed before a
+/// connection that must read it gives up.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Connection {
     pub(super) fn handle_packet(&mut self, packet: Packet) {
         if self.version.is_none() {
@@ -109,7 +113,7 @@ impl Connection {
             clean_session,
             will,
         };
-        self.propose(command, move |reply| match reply {
+        self.propose_then_read(command, move |reply| match reply {
             Reply::Connected {
                 session_present,
                 wills,
@@ -122,6 +126,39 @@ impl Connection {
         });
     }
 
+    /// Like [`Connection::propose`], but completes only once this node has
+    /// applied the command too, for a completion that reads the replicated state.
+    ///
+    /// On a follower the reply is the leader's, and this node may apply the
+    /// command a moment later. Read before its Connect, the session is the
+    /// previous connection's: its "sent below" predates the takeover, so
+    /// messages a connection lost with its node had sent, and a QoS 2
+    /// subscriber had PUBREC'd, went out again without DUP [MQTT-3.3.1-1], as
+    /// new messages reusing packet ids still in use [MQTT-2.3.1-2]; and its
+    /// queue head can be older than acknowledgements already committed.
+    fn propose_then_read(
+        &mut self,
+        command: Command,
+        then: impl FnOnce(Reply) -> Completion + Send + 'static,
+    ) {
+        let shared = self.shared.clone();
+        // `unconstrained` for the same reason as in `propose_with`: proposals
+        // reach the proposer in the order the client sent its packets.
+        self.completions
+            .push_back(Box::pin(tokio::task::unconstrained(async move {
+                let (applied, reply) = match shared.propose_counted(command).await {
+                    Ok(done) => done,
+                    Err(e) => return Completion::Failed(e.to_string()),
+                };
+                if !shared.machine.applied_reached(applied, APPLY_TIMEOUT).await {
+                    return Completion::Failed(format!(
+                        "this node did not apply its own command within {APPLY_TIMEOUT:?}"
+                    ));
+                }
+                then(reply)
+            })));
+    }
+
     /// Called once CONNACK has been sent for an accepted CONNECT.
     pub(super) fn connected(&mut self) {
         let deadline = self
@@ -132,24 +169,16 @@ impl Connection {
             return;
         };
         if self.persistent {
+            // This node has applied the Connect (`propose_then_read`).
             let head = self.shared.machine.queue_head(&client_id).unwrap_or(0);
             self.out.next_seq = head;
-            self.out.dup_below = match self.shared.machine.sent_below(&client_id) {
-                Some(sent_below) => sent_below,
-                // Lost with its node or taken over: the head of the queue may have
-                // been sent, as far as the window reached.
-                None => head + self.out.room() as u64,
-            };
+            self.out.dup_below = self.shared.machine.sent_below(&client_id);
             self.fill_window();
         }
     }
 
     fn publish(&mut self, publish: Publish) {
-        self.shared
-            .metrics
-            .messages_received
-            .with_label_values(&[crate::metrics::qos_label(publish.qos)])
-            .inc();
+        self.shared.metrics.received(publish.qos);
         let message = Message {
             topic: publish.topic,
             payload: publish.payload,

@@ -507,16 +507,17 @@ impl Connection {
             packet_id,
             payload: message.payload.clone(),
         };
-        self.shared
-            .metrics
-            .messages_sent
-            .with_label_values(&[crate::metrics::qos_label(qos)])
-            .inc();
+        self.shared.metrics.sent(qos);
         self.send(&Packet::Publish(publish));
     }
 
     /// Sends as many queued and parked messages as the window allows.
     fn fill_window(&mut self) {
+        // A connection asked to stop (its session taken over) sends nothing
+        // more: what it would send belongs to the new connection.
+        if self.mailbox.stopped().is_some() {
+            return;
+        }
         if let (true, Some(client_id)) = (self.persistent, self.client_id.clone()) {
             while self.out.room() > 0 {
                 let batch =

@@ -55,7 +55,9 @@ pub enum Command {
         conn: ConnId,
         publish_will: bool,
         /// Queued messages below this sequence number were sent on this
-        /// connection: a resumed session sends them again with DUP set.
+        /// connection: a resumed session sends them again with DUP set. `None`
+        /// when it sent none (it ended before CONNACK). The session's record
+        /// only grows: an earlier connection may have sent more.
         sent_below: Option<u64>,
     },
     /// Adds or replaces subscriptions (filters already validated).

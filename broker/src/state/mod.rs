@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use starling_proto::mqtt::QoS;
 use starling_storage::StateMachine;
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -73,8 +74,10 @@ struct Session {
     next_seq: u64,
     /// Inbound QoS 2 packet ids whose PUBREL has not arrived.
     inbound: BTreeSet<u16>,
-    /// Queued messages below this sequence number were sent before; `None` when
-    /// not known (the last connection was lost with its node, or taken over).
+    /// Queued messages below this sequence number may have been sent before: a
+    /// connection resuming the session sends them with DUP set [MQTT-3.3.1-1].
+    /// It only grows. `None` (only in state written by earlier versions) means
+    /// not known: every queued message may have been sent.
     sent_below: Option<u64>,
 }
 
@@ -90,6 +93,21 @@ impl Session {
             inbound: BTreeSet::new(),
             sent_below: Some(0),
         }
+    }
+
+    /// The connection ended without saying how far it got (its node died, or
+    /// it was taken over): it may have sent any message queued so far, so all
+    /// of them go out with DUP when sent again.
+    ///
+    /// Not "the head plus one window": messages the client acknowledged whose
+    /// Ack was not committed stay in the queue without taking room in the
+    /// window, acknowledgements leave gaps, and nodes may differ in
+    /// `max_inflight`, so the old connection may have sent messages beyond
+    /// that. Leaving out DUP on such a message, which a QoS 2 subscriber has
+    /// PUBREC'd and is holding until PUBREL, reuses its packet id as if it were
+    /// new [MQTT-2.3.1-2].
+    fn connection_vanished(&mut self) {
+        self.sent_below = Some(self.next_seq);
     }
 }
 
@@ -128,6 +146,9 @@ pub struct MqttMachine {
     state: Mutex<State>,
     /// Signalled after every apply, for [`MqttMachine::wait_applied`].
     applied_changed: Condvar,
+    /// The applied count again, for tasks that wait for it without blocking a
+    /// thread ([`MqttMachine::applied_reached`]). Sent to under the `state` lock.
+    applied_watch: watch::Sender<u64>,
     /// Derived from the subscriptions in `state`; read on every publish, so it has
     /// its own lock and readers do not wait for queue updates.
     routes: RwLock<Routes>,
@@ -143,6 +164,7 @@ impl MqttMachine {
         MqttMachine {
             state: Mutex::new(State::default()),
             applied_changed: Condvar::new(),
+            applied_watch: watch::Sender::new(0),
             routes: RwLock::new(Routes::new()),
             locations: RwLock::new(HashMap::new()),
             registry,
@@ -224,13 +246,13 @@ impl MqttMachine {
             .collect()
     }
 
-    /// Queued messages of `client_id` below this sequence number were sent before
-    /// (DUP on resend); `None` when that is not known.
-    pub fn sent_below(&self, client_id: &str) -> Option<u64> {
+    /// Queued messages of `client_id` below this sequence number may have been
+    /// sent before: they are sent again with DUP set [MQTT-3.3.1-1].
+    pub fn sent_below(&self, client_id: &str) -> u64 {
         self.lock()
             .sessions
             .get(client_id)
-            .and_then(|s| s.sent_below)
+            .map_or(0, |s| s.sent_below.unwrap_or(s.next_seq))
     }
 
     /// The oldest sequence number still queued for `client_id`.
@@ -248,6 +270,14 @@ impl MqttMachine {
     /// How many commands this node has applied.
     pub fn applied(&self) -> u64 {
         self.lock().applied
+    }
+
+    /// Waits, without blocking a thread, until this node has applied `target`
+    /// commands; false if `timeout` passed first.
+    pub async fn applied_reached(&self, target: u64, timeout: Duration) -> bool {
+        let mut applied = self.applied_watch.subscribe();
+        let reached = tokio::time::timeout(timeout, applied.wait_for(|n| *n >= target)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 
     /// Blocks until this node has applied `target` commands, or `timeout` passed.
@@ -294,7 +324,12 @@ impl MqttMachine {
                 sent_below,
             } => match state.sessions.get_mut(&client_id) {
                 Some(s) if s.conn == Some(conn) => {
-                    s.sent_below = sent_below;
+                    // Never lowered: a connection that resumed the session and
+                    // ended before it re-sent everything an earlier connection
+                    // sent must not make those messages look new.
+                    if let Some(sent) = sent_below {
+                        s.sent_below = Some(s.sent_below.unwrap_or(s.next_seq).max(sent));
+                    }
                     Reply::Disconnected {
                         wills: self.end_connection(state, &client_id, publish_will),
                     }
@@ -418,7 +453,7 @@ impl MqttMachine {
         let mut wills = Vec::new();
         for client_id in gone {
             if let Some(session) = state.sessions.get_mut(&client_id) {
-                session.sent_below = None;
+                session.connection_vanished();
             }
             wills.extend(self.end_connection(state, &client_id, true));
         }
@@ -444,7 +479,7 @@ impl MqttMachine {
                 // Takeover: the old connection is lost as far as MQTT is concerned,
                 // and what it sent is not known.
                 previous = Some(old_conn);
-                old.sent_below = None;
+                old.connection_vanished();
                 if let Some(old_will) = old.will.take() {
                     wills.push(old_will);
                 }
@@ -576,6 +611,7 @@ impl StateMachine for MqttMachine {
                 let reply = self.apply_command(&mut state, command);
                 state.applied += 1;
                 self.applied_changed.notify_all();
+                self.applied_watch.send_replace(state.applied);
                 (state.applied, reply)
             }
             Err(e) => {
@@ -585,6 +621,7 @@ impl StateMachine for MqttMachine {
                 let mut state = self.lock();
                 state.applied += 1;
                 self.applied_changed.notify_all();
+                self.applied_watch.send_replace(state.applied);
                 (state.applied, Reply::Done)
             }
         };
@@ -622,6 +659,7 @@ impl StateMachine for MqttMachine {
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
         *self.locations.write().unwrap_or_else(|e| e.into_inner()) = locations;
         self.applied_changed.notify_all();
+        self.applied_watch.send_replace(state.applied);
         Ok(())
     }
 }

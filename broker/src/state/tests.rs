@@ -368,23 +368,118 @@ fn applied_count_grows_with_every_command_and_survives_a_snapshot() {
     assert_eq!(restored.applied(), 2);
 }
 
+fn disconnect(m: &MqttMachine, id: &str, c: ConnId, sent_below: Option<u64>) -> Reply {
+    apply(
+        m,
+        Command::Disconnect {
+            client_id: Arc::from(id),
+            conn: c,
+            publish_will: false,
+            sent_below,
+        },
+    )
+}
+
+/// A persistent QoS 2 subscriber `id` on `c` with `n` messages queued.
+fn qos2_subscriber_with_queue(m: &MqttMachine, id: &str, c: ConnId, n: usize) {
+    connect(m, id, c, false, None);
+    subscribe(m, id, c, &[("t", QoS::ExactlyOnce)]);
+    for _ in 0..n {
+        publish(m, msg("t", QoS::ExactlyOnce, false, b"x"));
+    }
+}
+
 #[test]
 fn mqtt_3_3_1_1_a_clean_disconnect_records_what_was_sent_for_dup() {
     let m = machine(10);
     connect(&m, "s", conn(1), false, None);
-    assert_eq!(m.sent_below("s"), Some(0), "a new session has sent nothing");
+    assert_eq!(m.sent_below("s"), 0, "a new session has sent nothing");
+    disconnect(&m, "s", conn(1), Some(3));
+    assert_eq!(m.sent_below("s"), 3);
+}
+
+#[test]
+fn mqtt_3_3_1_1_a_connection_that_sent_less_does_not_lower_what_was_sent() {
+    let m = machine(100);
+    qos2_subscriber_with_queue(&m, "s", conn(1), 50);
+    disconnect(&m, "s", conn(1), Some(40));
+    // Resumed, and gone before it re-sent more than the first few.
+    connect(&m, "s", conn(2), false, None);
+    disconnect(&m, "s", conn(2), Some(5));
+    assert_eq!(m.sent_below("s"), 40, "messages 5..40 were sent before");
+    // Gone before CONNACK: it sent nothing.
+    connect(&m, "s", conn(3), false, None);
+    disconnect(&m, "s", conn(3), None);
+    assert_eq!(m.sent_below("s"), 40);
+}
+
+/// The cluster test `acknowledged_messages_survive_repeated_node_kills` saw a
+/// QoS 2 subscriber get, after its node was killed, packet ids it had PUBREC'd
+/// sent again without DUP. A connection that vanished may have sent every
+/// message queued before it ended, however far past "head + one window".
+#[test]
+fn mqtt_2_3_1_2_takeover_marks_everything_queued_as_maybe_sent() {
+    let m = machine(1000);
+    qos2_subscriber_with_queue(&m, "s", conn(1), 300);
+    // Acknowledged out of order and committed: gaps below what was sent.
     apply(
         &m,
-        Command::Disconnect {
+        Command::Ack {
             client_id: Arc::from("s"),
-            conn: conn(1),
-            publish_will: false,
-            sent_below: Some(3),
+            seqs: (1..200).collect(),
         },
     );
-    assert_eq!(m.sent_below("s"), Some(3));
+    assert_eq!(m.queue_head("s"), Some(0));
     connect(&m, "s", conn(2), false, None);
-    // Taken over: the old connection's progress is unknown.
-    connect(&m, "s", conn(3), false, None);
-    assert_eq!(m.sent_below("s"), None);
+    assert_eq!(m.sent_below("s"), 300, "conn 1 may have sent all 300");
+    publish(&m, msg("t", QoS::ExactlyOnce, false, b"new"));
+    assert_eq!(m.sent_below("s"), 300, "queued after the takeover: new");
+    // The connection that took over reports what it sent; the record stays.
+    disconnect(&m, "s", conn(2), Some(250));
+    assert_eq!(m.sent_below("s"), 300);
+}
+
+#[test]
+fn mqtt_2_3_1_2_node_down_marks_everything_queued_as_maybe_sent() {
+    let m = machine(1000);
+    let remote = ConnId {
+        node: 2,
+        incarnation: 1,
+        local: 7,
+    };
+    qos2_subscriber_with_queue(&m, "s", remote, 100);
+    apply(&m, Command::NodeDown { node: 2 });
+    assert_eq!(m.sent_below("s"), 100);
+    publish(&m, msg("t", QoS::ExactlyOnce, false, b"new"));
+    assert_eq!(m.sent_below("s"), 100, "queued after its node died: new");
+
+    // The same when the node comes back before it is declared down.
+    connect(&m, "r", conn(1), false, None);
+    subscribe(&m, "r", conn(1), &[("t", QoS::ExactlyOnce)]);
+    publish(&m, msg("t", QoS::ExactlyOnce, false, b"x"));
+    apply(
+        &m,
+        Command::NodeStarted {
+            node: NODE,
+            incarnation: 2,
+        },
+    );
+    assert_eq!(m.sent_below("r"), 1);
+}
+
+#[tokio::test]
+async fn applied_reached_waits_for_this_node_to_apply() {
+    let m = Arc::new(machine(10));
+    assert!(m.applied_reached(0, Duration::ZERO).await);
+    let waiter = {
+        let m = m.clone();
+        tokio::spawn(async move { m.applied_reached(2, Duration::from_secs(30)).await })
+    };
+    connect(&m, "a", conn(1), true, None);
+    publish(&m, msg("t", QoS::AtMostOnce, false, b"x"));
+    assert!(waiter.await.expect("waiter"), "woken by the second apply");
+    assert!(!m.applied_reached(3, Duration::from_millis(20)).await);
+    let restored = machine(10);
+    restored.restore(&m.snapshot()).expect("restore");
+    assert!(restored.applied_reached(2, Duration::ZERO).await);
 }
