@@ -4,8 +4,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use starling_proto::mqtt::QoS;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -46,8 +48,12 @@ pub struct Mailbox {
     /// milliseconds since the registry's epoch. Checked by [`Registry::expire`],
     /// so that idle connections need no timer of their own.
     deadline_ms: AtomicU64,
-    /// Wakes the connection task.
-    attention: Notify,
+    /// Set when the connection task needs to look (a delivery, a grown queue, a
+    /// stop); cleared when it does.
+    attention: AtomicBool,
+    /// The connection task, woken when `attention` is set. Smaller than a
+    /// `Notify`, and needs no future held while waiting.
+    waker: AtomicWaker,
     /// Wakes publishers waiting for room.
     room: Notify,
 }
@@ -87,7 +93,8 @@ impl Mailbox {
             closed: AtomicBool::new(false),
             stop: AtomicU8::new(0),
             deadline_ms: AtomicU64::new(u64::MAX),
-            attention: Notify::new(),
+            attention: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             room: Notify::new(),
         }
     }
@@ -102,7 +109,7 @@ impl Mailbox {
             queue.push_back(delivery);
             self.len.fetch_add(1, Ordering::AcqRel);
         }
-        self.attention.notify_one();
+        self.signal();
         true
     }
 
@@ -133,16 +140,28 @@ impl Mailbox {
         self.len.load(Ordering::Acquire) > 0
     }
 
-    /// Resolves when something may need the connection task's attention; it may
-    /// also resolve for nothing. Nothing is missed between checking and waiting:
-    /// a signal given while nobody waits is kept for the next wait.
-    pub async fn attention(&self) {
-        self.attention.notified().await
+    /// Ready when something may need the connection task's attention; it may
+    /// also be ready for nothing. Nothing is missed between checking and
+    /// waiting: a signal given while nobody waits is kept for the next poll.
+    /// Only the connection task polls this.
+    pub fn poll_attention(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the check, so a signal in between is not missed.
+        self.waker.register(cx.waker());
+        if self.attention.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn signal(&self) {
+        self.attention.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Wakes the connection task (its replicated queue grew).
     pub fn wake(&self) {
-        self.attention.notify_one();
+        self.signal();
     }
 
     /// Asks the connection to end; the first reason given is the one that counts.
@@ -150,7 +169,7 @@ impl Mailbox {
         let _ = self
             .stop
             .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.attention.notify_one();
+        self.signal();
     }
 
     /// Why the connection must end, if it must.

@@ -171,8 +171,10 @@ impl Connection {
         if self.persistent {
             // This node has applied the Connect (`propose_then_read`).
             let head = self.shared.machine.queue_head(&client_id).unwrap_or(0);
-            self.out.next_seq = head;
-            self.out.dup_below = self.shared.machine.sent_below(&client_id);
+            let dup_below = self.shared.machine.sent_below(&client_id);
+            let out = self.out();
+            out.next_seq = head;
+            out.dup_below = dup_below;
             self.fill_window();
         }
     }
@@ -294,15 +296,15 @@ impl Connection {
     /// PUBACK (expecting `AwaitAck`) or PUBCOMP (expecting `AwaitComp`).
     fn acknowledged(&mut self, id: u16, expected: Stage) {
         if Outbound::is_queue_id(id) {
-            match self.out.queued.get(&id) {
+            match self.out().queued.get(&id) {
                 Some(&(seq, stage)) if stage == expected => {
-                    self.out.queued.remove(&id);
+                    self.out().queued.remove(&id);
                     self.acked.push(seq);
                 }
                 _ => tracing::debug!(packet_id = id, "acknowledgement of nothing in flight"),
             }
-        } else if self.out.direct.get(&id) == Some(&expected) {
-            self.out.direct.remove(&id);
+        } else if self.out().direct.get(&id) == Some(&expected) {
+            self.out().direct.remove(&id);
         } else {
             tracing::debug!(packet_id = id, "acknowledgement of nothing in flight");
         }
@@ -311,19 +313,19 @@ impl Connection {
 
     fn received(&mut self, id: u16) {
         if Outbound::is_queue_id(id) {
-            let Some(&(seq, Stage::AwaitRec)) = self.out.queued.get(&id) else {
+            let Some(&(seq, Stage::AwaitRec)) = self.out().queued.get(&id) else {
                 return;
             };
             let Some(client_id) = self.client_id.clone() else {
                 return;
             };
-            self.out.queued.insert(id, (seq, Stage::Releasing));
+            self.out().queued.insert(id, (seq, Stage::Releasing));
             // PUBREL only once the PUBREC is committed: a node resuming this
             // session must not send the PUBLISH again after the client forgot it.
             self.propose(Command::Received { client_id, seq }, move |_| {
                 Completion::Released(id)
             });
-        } else if let Some(stage) = self.out.direct.get_mut(&id) {
+        } else if let Some(stage) = self.out().direct.get_mut(&id) {
             if *stage == Stage::AwaitRec {
                 *stage = Stage::AwaitComp;
                 self.send(&Packet::PubRel(id));

@@ -9,6 +9,7 @@ pub mod outbound;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -102,15 +103,19 @@ pub(crate) struct Connection {
     client_id: Option<Arc<str>>,
     persistent: bool,
     keep_alive: Option<Duration>,
-    out: Outbound,
+    /// The window of messages sent to the client; allocated when the first
+    /// QoS 1/2 message is (or, for a persistent session, at CONNECT).
+    out: Option<Box<Outbound>>,
     /// Inbound QoS 2 packet ids awaiting PUBREL, for publishers whose session is
     /// clean (persistent publishers keep them in the replicated state).
-    inbound_qos2: std::collections::HashSet<u16>,
+    inbound_qos2: std::collections::BTreeSet<u16>,
     completions: Completions,
     /// Queued messages acknowledged since the last flush; committed in one command.
     acked: Vec<u64>,
     /// Deliveries from the router, and the signal that wakes this task.
     mailbox: Arc<Mailbox>,
+    /// Resolves when the forwarder stops being congested; only while it is.
+    relief: Option<BoxFuture<'static, ()>>,
     end: Option<End>,
 }
 
@@ -140,10 +145,7 @@ pub(crate) fn serve(
     // Boxed: a future holds what it captures twice (once as captured, once as
     // moved into its body), and the connection is most of an idle task.
     let mut connection = Box::new(Connection {
-        out: Outbound::new(
-            shared.config.max_inflight,
-            shared.config.max_queued_messages,
-        ),
+        out: None,
         shared,
         stream,
         peer,
@@ -159,6 +161,7 @@ pub(crate) fn serve(
         completions: Completions::default(),
         acked: Vec::new(),
         mailbox,
+        relief: None,
         end: None,
     });
     async move {
@@ -180,23 +183,18 @@ impl Completions {
         self.0.as_ref().map_or(0, |c| c.len())
     }
 
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn push_back(&mut self, future: BoxFuture<'static, Completion>) {
         self.0
             .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
             .push_back(future);
     }
 
-    /// The next completion; pending forever while there is none.
-    async fn next(&mut self) -> Completion {
-        let Some(pending) = self.0.as_mut() else {
-            return std::future::pending().await;
-        };
-        let Some(done) = pending.next().await else {
-            return std::future::pending().await;
+    /// The oldest completion, if it is done.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Option<Completion> {
+        let pending = self.0.as_mut()?;
+        let done = match pending.poll_next_unpin(cx) {
+            Poll::Ready(done) => done,
+            Poll::Pending => None,
         };
         if pending.is_empty() {
             self.0 = None;
@@ -205,39 +203,37 @@ impl Completions {
     }
 }
 
+/// What woke a connection task; several at once where several were ready.
+#[derive(Default)]
+struct Wakeup {
+    readable: bool,
+    attention: bool,
+    completed: Option<Completion>,
+}
+
 impl Connection {
     async fn run(&mut self) {
-        let mailbox = self.mailbox.clone();
         while self.end.is_none() {
             // While a peer node is not keeping up with what this node forwards to
             // it, clients are not read: publishers slow down to what the cluster
             // can carry instead of having their messages dropped.
             let congested = self.shared.forwarder.is_congested();
-            // Packets handled this round, for the cooperative budget below.
-            let mut handled = 0;
-            tokio::select! {
-                // A client with many answers outstanding is not read until some
-                // complete: flow control for publishers that outrun commits or
-                // slow subscribers. The buffer is allocated once there is
-                // something to read.
-                ready = self.stream.readable(), if self.completions.len() < MAX_OUTSTANDING && !congested => match ready {
-                    Ok(()) => handled = self.read(),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "socket error");
-                        self.end = Some(End::Lost);
-                    }
-                },
-                _ = mailbox.attention() => match mailbox.stopped() {
-                    Some(why) => self.stop(why),
-                    // The replicated queue may have grown.
-                    None if self.connacked => self.fill_window(),
-                    None => {}
-                },
-                done = self.completions.next(), if !self.completions.is_empty() => {
-                    self.complete(done);
-                }
-                _ = self.shared.forwarder.relieved(), if congested => {}
+            if !congested {
+                self.relief = None;
+            } else if self.relief.is_none() {
+                let shared = self.shared.clone();
+                self.relief = Some(Box::pin(async move { shared.forwarder.relieved().await }));
             }
+            // A client with many answers outstanding is not read until some
+            // complete: flow control for publishers that outrun commits or slow
+            // subscribers.
+            let read = self.completions.len() < MAX_OUTSTANDING && !congested;
+            // One poll of every source rather than a `select!` of futures: the
+            // task of an idle connection holds no futures while it waits, and
+            // what woke it is handled before the next await, so that its room
+            // is not kept in the task either.
+            let woken = std::future::poll_fn(|cx| self.poll_wakeup(cx, read)).await;
+            let handled = self.on_wakeup(woken);
             self.take_mail();
             self.flush_acks();
             if !self.wbuf.is_empty() {
@@ -258,6 +254,55 @@ impl Connection {
             for _ in 0..handled.max(1) {
                 tokio::task::coop::consume_budget().await;
             }
+        }
+    }
+
+    /// Handles what woke the task; returns how many packets were read.
+    fn on_wakeup(&mut self, woken: Wakeup) -> usize {
+        if let Some(done) = woken.completed {
+            self.complete(done);
+        }
+        if woken.attention {
+            match self.mailbox.stopped() {
+                Some(why) => self.stop(why),
+                // The replicated queue may have grown.
+                None if self.connacked => self.fill_window(),
+                None => {}
+            }
+        }
+        if woken.readable && self.end.is_none() {
+            // The buffer is allocated once there is something to read.
+            return self.read();
+        }
+        0
+    }
+
+    /// Polls what the task waits for: the socket (if `read`), the mailbox, the
+    /// oldest pending completion and, while congested, relief. Ready with all
+    /// of them that are ready, so that none starves the others.
+    fn poll_wakeup(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<Wakeup> {
+        let mut woken = Wakeup::default();
+        if read {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => woken.readable = true,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "socket error");
+                    self.end = Some(End::Lost);
+                    return Poll::Ready(woken);
+                }
+                Poll::Pending => {}
+            }
+        }
+        woken.attention = self.mailbox.poll_attention(cx).is_ready();
+        woken.completed = self.completions.poll_next(cx);
+        let relieved = match self.relief.as_mut() {
+            Some(relief) => relief.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        if woken.readable || woken.attention || woken.completed.is_some() || relieved {
+            Poll::Ready(woken)
+        } else {
+            Poll::Pending
         }
     }
 
@@ -307,13 +352,24 @@ impl Connection {
         handled
     }
 
+    /// The window, allocated on first use.
+    fn out(&mut self) -> &mut Outbound {
+        let config = &self.shared.config;
+        self.out.get_or_insert_with(|| {
+            Box::new(Outbound::new(
+                config.max_inflight,
+                config.max_queued_messages,
+            ))
+        })
+    }
+
     /// Moves deliveries from the mailbox into the window while it has room.
     /// Nothing is sent to the client before its CONNACK.
     fn take_mail(&mut self) {
         if !self.connacked {
             return;
         }
-        while self.out.can_park() && self.end.is_none() {
+        while self.out.as_ref().is_none_or(|out| out.can_park()) && self.end.is_none() {
             let Some(delivery) = self.mailbox.pop() else {
                 break;
             };
@@ -470,7 +526,11 @@ impl Connection {
             }
             Completion::Answer(answer) => self.send(&answer),
             Completion::Released(packet_id) => {
-                if let Some((_, stage)) = self.out.queued.get_mut(&packet_id) {
+                let released = self
+                    .out
+                    .as_mut()
+                    .and_then(|out| out.queued.get_mut(&packet_id));
+                if let Some((_, stage)) = released {
                     *stage = Stage::AwaitComp;
                     self.send(&Packet::PubRel(packet_id));
                 }
@@ -493,7 +553,7 @@ impl Connection {
         if delivery.qos == QoS::AtMostOnce {
             self.send_publish(&delivery.message, QoS::AtMostOnce, 0, false);
         } else {
-            self.out.park(delivery);
+            self.out().park(delivery);
             self.fill_window();
         }
     }
@@ -519,11 +579,9 @@ impl Connection {
             return;
         }
         if let (true, Some(client_id)) = (self.persistent, self.client_id.clone()) {
-            while self.out.room() > 0 {
-                let batch =
-                    self.shared
-                        .machine
-                        .queued(&client_id, self.out.next_seq, self.out.room());
+            while self.out().room() > 0 {
+                let (next_seq, room) = (self.out().next_seq, self.out().room());
+                let batch = self.shared.machine.queued(&client_id, next_seq, room);
                 if batch.is_empty() {
                     break;
                 }
@@ -534,19 +592,19 @@ impl Connection {
                         (QoS::ExactlyOnce, false) => Stage::AwaitRec,
                         _ => Stage::AwaitAck,
                     };
-                    if !self.out.send_queued(seq, stage) {
+                    if !self.out().send_queued(seq, stage) {
                         return;
                     }
                     if queued.released {
                         self.send(&Packet::PubRel(id));
                     } else {
-                        let dup = seq < self.out.dup_below;
+                        let dup = seq < self.out().dup_below;
                         self.send_publish(&queued.message, queued.qos, id, dup);
                     }
                 }
             }
         }
-        while let Some((id, delivery)) = self.out.next_direct() {
+        while let Some((id, delivery)) = self.out.as_mut().and_then(|out| out.next_direct()) {
             self.send_publish(&delivery.message, delivery.qos, id, false);
         }
     }
@@ -582,7 +640,8 @@ impl Connection {
                 client_id: client_id.clone(),
                 conn: self.conn,
                 publish_will: end == End::Lost,
-                sent_below: (self.persistent && self.connacked).then_some(self.out.next_seq),
+                sent_below: (self.persistent && self.connacked)
+                    .then(|| self.out.as_ref().map_or(0, |out| out.next_seq)),
             };
             match tokio::time::timeout(CLOSE_TIMEOUT, shared.propose(command)).await {
                 Ok(Ok(Reply::Disconnected { wills })) => {

@@ -8,7 +8,7 @@
 //!   SUBSCRIBE) gets ids from a local counter in the upper half of the id space,
 //!   so the two never collide.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use starling_proto::mqtt::QoS;
 
@@ -43,9 +43,9 @@ pub struct Outbound {
     max_inflight: usize,
     max_pending: usize,
     /// Queued messages sent and not yet acknowledged: packet id -> (seq, stage).
-    pub queued: HashMap<u16, (u64, Stage)>,
+    pub queued: BTreeMap<u16, (u64, Stage)>,
     /// Direct messages sent and not yet acknowledged: packet id -> stage.
-    pub direct: HashMap<u16, Stage>,
+    pub direct: BTreeMap<u16, Stage>,
     /// Direct QoS 1/2 messages waiting for room in the window.
     pending: VecDeque<Delivery>,
     next_direct_id: u16,
@@ -61,8 +61,8 @@ impl Outbound {
         Outbound {
             max_inflight: usize::from(max_inflight.clamp(1, QUEUE_IDS / 2)),
             max_pending,
-            queued: HashMap::new(),
-            direct: HashMap::new(),
+            queued: BTreeMap::new(),
+            direct: BTreeMap::new(),
             pending: VecDeque::new(),
             next_direct_id: QUEUE_IDS + 1,
             next_seq: 0,
