@@ -67,7 +67,8 @@ pub struct Queued {
 struct Session {
     clean: bool,
     conn: Option<ConnId>,
-    will: Option<Message>,
+    /// Boxed: most sessions have no will, and every session costs this struct.
+    will: Option<Box<Message>>,
     subscriptions: BTreeMap<String, QoS>,
     /// Keyed by a sequence number that only grows; packet ids derive from it.
     queue: BTreeMap<u64, Queued>,
@@ -123,7 +124,9 @@ struct NodeRecord {
 /// The replicated state. Ordered maps keep apply deterministic where it iterates.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
-    sessions: BTreeMap<Arc<str>, Session>,
+    /// Boxed: a map node holds eleven entries, and its room for the ones it
+    /// does not hold costs far less as pointers.
+    sessions: BTreeMap<Arc<str>, Box<Session>>,
     retained: BTreeMap<Arc<str>, Message>,
     nodes: BTreeMap<u64, NodeRecord>,
     /// Commands applied so far: the same number on every node after the same
@@ -481,7 +484,7 @@ impl MqttMachine {
                 previous = Some(old_conn);
                 old.connection_vanished();
                 if let Some(old_will) = old.will.take() {
-                    wills.push(old_will);
+                    wills.push(*old_will);
                 }
             }
             session_present = !clean_session && !old.clean;
@@ -490,11 +493,11 @@ impl MqttMachine {
             self.remove_session(state, &client_id);
             state
                 .sessions
-                .insert(client_id.clone(), Session::new(clean_session));
+                .insert(client_id.clone(), Box::new(Session::new(clean_session)));
         }
         if let Some(session) = state.sessions.get_mut(&client_id) {
             session.conn = Some(conn);
-            session.will = will;
+            session.will = will.map(Box::new);
         }
         self.set_location(&client_id, Some(conn.node));
         for will in &wills {
@@ -522,7 +525,11 @@ impl MqttMachine {
             return Vec::new();
         };
         session.conn = None;
-        let will = session.will.take().filter(|_| publish_will);
+        let will = session
+            .will
+            .take()
+            .filter(|_| publish_will)
+            .map(|will| *will);
         self.set_location(client_id, None);
         if session.clean {
             self.remove_session(state, client_id);
@@ -598,6 +605,7 @@ fn owned<'a>(state: &'a mut State, client_id: &str, conn: ConnId) -> Option<&'a 
     state
         .sessions
         .get_mut(client_id)
+        .map(|s| &mut **s)
         .filter(|s| s.conn == Some(conn))
 }
 
