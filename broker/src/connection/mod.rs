@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
-use starling_proto::mqtt::{self, Packet, ProtocolVersion, Publish, QoS};
+use starling_proto::mqtt::{self, Packet, ProtocolVersion, QoS};
 use std::future::Future;
 
 use tokio::io::AsyncWriteExt;
@@ -24,7 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::registry::{Delivery, Mailbox, Stop};
+use crate::registry::{Mailbox, Stop};
 use crate::state::{Command, ConnId, Message, Reply, Target};
 use crate::Shared;
 use outbound::{Outbound, Stage};
@@ -352,31 +352,6 @@ impl Connection {
         handled
     }
 
-    /// The window, allocated on first use.
-    fn out(&mut self) -> &mut Outbound {
-        let config = &self.shared.config;
-        self.out.get_or_insert_with(|| {
-            Box::new(Outbound::new(
-                config.max_inflight,
-                config.max_queued_messages,
-            ))
-        })
-    }
-
-    /// Moves deliveries from the mailbox into the window while it has room.
-    /// Nothing is sent to the client before its CONNACK.
-    fn take_mail(&mut self) {
-        if !self.connacked {
-            return;
-        }
-        while self.out.as_ref().is_none_or(|out| out.can_park()) && self.end.is_none() {
-            let Some(delivery) = self.mailbox.pop() else {
-                break;
-            };
-            self.deliver(delivery);
-        }
-    }
-
     /// Decodes and handles every complete packet in the read buffer.
     fn handle_input(&mut self) -> usize {
         let mut handled = 0;
@@ -545,67 +520,6 @@ impl Connection {
                 log!(self, warn, error = %e, "cannot commit, closing the connection");
                 self.end = Some(End::Lost);
             }
-        }
-    }
-
-    /// A message for this client from the router.
-    fn deliver(&mut self, delivery: Delivery) {
-        if delivery.qos == QoS::AtMostOnce {
-            self.send_publish(&delivery.message, QoS::AtMostOnce, 0, false);
-        } else {
-            self.out().park(delivery);
-            self.fill_window();
-        }
-    }
-
-    fn send_publish(&mut self, message: &Message, qos: QoS, packet_id: u16, dup: bool) {
-        let publish = Publish {
-            dup,
-            qos,
-            retain: message.retain,
-            topic: message.topic.clone(),
-            packet_id,
-            payload: message.payload.clone(),
-        };
-        self.shared.metrics.sent(qos);
-        self.send(&Packet::Publish(publish));
-    }
-
-    /// Sends as many queued and parked messages as the window allows.
-    fn fill_window(&mut self) {
-        // A connection asked to stop (its session taken over) sends nothing
-        // more: what it would send belongs to the new connection.
-        if self.mailbox.stopped().is_some() {
-            return;
-        }
-        if let (true, Some(client_id)) = (self.persistent, self.client_id.clone()) {
-            while self.out().room() > 0 {
-                let (next_seq, room) = (self.out().next_seq, self.out().room());
-                let batch = self.shared.machine.queued(&client_id, next_seq, room);
-                if batch.is_empty() {
-                    break;
-                }
-                for (seq, queued) in batch {
-                    let id = outbound::queue_packet_id(seq);
-                    let stage = match (queued.qos, queued.released) {
-                        (_, true) => Stage::AwaitComp,
-                        (QoS::ExactlyOnce, false) => Stage::AwaitRec,
-                        _ => Stage::AwaitAck,
-                    };
-                    if !self.out().send_queued(seq, stage) {
-                        return;
-                    }
-                    if queued.released {
-                        self.send(&Packet::PubRel(id));
-                    } else {
-                        let dup = seq < self.out().dup_below;
-                        self.send_publish(&queued.message, queued.qos, id, dup);
-                    }
-                }
-            }
-        }
-        while let Some((id, delivery)) = self.out.as_mut().and_then(|out| out.next_direct()) {
-            self.send_publish(&delivery.message, delivery.qos, id, false);
         }
     }
 

@@ -1,5 +1,5 @@
-//! What a connection sends to its client at QoS 1/2: the in-flight window, packet
-//! ids, and the two sources of messages.
+//! What a connection sends to its client: deliveries, and at QoS 1/2 the in-flight
+//! window, packet ids, and the two sources of messages.
 //!
 //! - Queued: a persistent session's QoS 1/2 messages live in its replicated queue.
 //!   Their packet ids follow from their queue sequence numbers (lower half of the
@@ -10,9 +10,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use starling_proto::mqtt::QoS;
+use starling_proto::mqtt::{Packet, Publish, QoS};
 
+use super::Connection;
 use crate::registry::Delivery;
+use crate::state::Message;
 
 /// Packet ids 1..=QUEUE_IDS belong to queued messages.
 const QUEUE_IDS: u16 = 32_767;
@@ -135,6 +137,95 @@ impl Outbound {
         self.queued.insert(id, (seq, stage));
         self.next_seq = seq + 1;
         true
+    }
+}
+
+/// Sending to the client: the window, and what fills it.
+impl Connection {
+    /// The window, allocated on first use.
+    pub(super) fn out(&mut self) -> &mut Outbound {
+        let config = &self.shared.config;
+        self.out.get_or_insert_with(|| {
+            Box::new(Outbound::new(
+                config.max_inflight,
+                config.max_queued_messages,
+            ))
+        })
+    }
+
+    /// Moves deliveries from the mailbox into the window while it has room.
+    /// Nothing is sent to the client before its CONNACK.
+    pub(super) fn take_mail(&mut self) {
+        if !self.connacked {
+            return;
+        }
+        while self.out.as_ref().is_none_or(|out| out.can_park()) && self.end.is_none() {
+            let Some(delivery) = self.mailbox.pop() else {
+                break;
+            };
+            self.deliver(delivery);
+        }
+    }
+
+    /// A message for this client from the router.
+    pub(super) fn deliver(&mut self, delivery: Delivery) {
+        if delivery.qos == QoS::AtMostOnce {
+            self.send_publish(&delivery.message, QoS::AtMostOnce, 0, false);
+        } else {
+            self.out().park(delivery);
+            self.fill_window();
+        }
+    }
+
+    pub(super) fn send_publish(&mut self, message: &Message, qos: QoS, packet_id: u16, dup: bool) {
+        let publish = Publish {
+            dup,
+            qos,
+            retain: message.retain,
+            topic: message.topic.clone(),
+            packet_id,
+            payload: message.payload.clone(),
+        };
+        self.shared.metrics.sent(qos);
+        self.send(&Packet::Publish(publish));
+    }
+
+    /// Sends as many queued and parked messages as the window allows.
+    pub(super) fn fill_window(&mut self) {
+        // A connection asked to stop (its session taken over) sends nothing
+        // more: what it would send belongs to the new connection.
+        if self.mailbox.stopped().is_some() {
+            return;
+        }
+        if let (true, Some(client_id)) = (self.persistent, self.client_id.clone()) {
+            while self.out().room() > 0 {
+                let (next_seq, room) = (self.out().next_seq, self.out().room());
+                let batch = self.shared.machine.queued(&client_id, next_seq, room);
+                if batch.is_empty() {
+                    break;
+                }
+                for (seq, queued) in batch {
+                    let id = queue_packet_id(seq);
+                    let stage = match (queued.qos, queued.released) {
+                        (_, true) => Stage::AwaitComp,
+                        (QoS::ExactlyOnce, false) => Stage::AwaitRec,
+                        _ => Stage::AwaitAck,
+                    };
+                    if !self.out().send_queued(seq, stage) {
+                        return;
+                    }
+                    if queued.released {
+                        self.send(&Packet::PubRel(id));
+                    } else {
+                        let dup = seq < self.out().dup_below;
+                        self.send_publish(&queued.message, queued.qos, id, dup);
+                    }
+                }
+            }
+        }
+        while let Some((id, delivery)) = self.out.as_mut().and_then(|out| out.next_direct()) {
+            self.send_publish(&delivery.message, delivery.qos, id, false);
+        }
     }
 }
 
