@@ -109,7 +109,7 @@ impl Mailbox {
             queue.push_back(delivery);
             self.len.fetch_add(1, Ordering::AcqRel);
         }
-        self.signal();
+        self.wake();
         true
     }
 
@@ -154,14 +154,10 @@ impl Mailbox {
         }
     }
 
-    fn signal(&self) {
+    /// Wakes the connection task: a delivery, a grown replicated queue, a stop.
+    pub fn wake(&self) {
         self.attention.store(true, Ordering::Release);
         self.waker.wake();
-    }
-
-    /// Wakes the connection task (its replicated queue grew).
-    pub fn wake(&self) {
-        self.signal();
     }
 
     /// Asks the connection to end; the first reason given is the one that counts.
@@ -169,7 +165,7 @@ impl Mailbox {
         let _ = self
             .stop
             .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.signal();
+        self.wake();
     }
 
     /// Why the connection must end, if it must.

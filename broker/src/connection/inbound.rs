@@ -295,16 +295,21 @@ impl Connection {
 
     /// PUBACK (expecting `AwaitAck`) or PUBCOMP (expecting `AwaitComp`).
     fn acknowledged(&mut self, id: u16, expected: Stage) {
+        // A window that was never allocated has nothing in flight.
+        let Some(out) = self.out.as_deref_mut() else {
+            tracing::debug!(packet_id = id, "acknowledgement of nothing in flight");
+            return;
+        };
         if Outbound::is_queue_id(id) {
-            match self.out().queued.get(&id) {
+            match out.queued.get(&id) {
                 Some(&(seq, stage)) if stage == expected => {
-                    self.out().queued.remove(&id);
+                    out.queued.remove(&id);
                     self.acked.push(seq);
                 }
                 _ => tracing::debug!(packet_id = id, "acknowledgement of nothing in flight"),
             }
-        } else if self.out().direct.get(&id) == Some(&expected) {
-            self.out().direct.remove(&id);
+        } else if out.direct.get(&id) == Some(&expected) {
+            out.direct.remove(&id);
         } else {
             tracing::debug!(packet_id = id, "acknowledgement of nothing in flight");
         }
@@ -312,20 +317,24 @@ impl Connection {
     }
 
     fn received(&mut self, id: u16) {
+        // A window that was never allocated has nothing in flight.
+        let Some(out) = self.out.as_deref_mut() else {
+            return;
+        };
         if Outbound::is_queue_id(id) {
-            let Some(&(seq, Stage::AwaitRec)) = self.out().queued.get(&id) else {
+            let Some(&(seq, Stage::AwaitRec)) = out.queued.get(&id) else {
                 return;
             };
             let Some(client_id) = self.client_id.clone() else {
                 return;
             };
-            self.out().queued.insert(id, (seq, Stage::Releasing));
+            out.queued.insert(id, (seq, Stage::Releasing));
             // PUBREL only once the PUBREC is committed: a node resuming this
             // session must not send the PUBLISH again after the client forgot it.
             self.propose(Command::Received { client_id, seq }, move |_| {
                 Completion::Released(id)
             });
-        } else if let Some(stage) = self.out().direct.get_mut(&id) {
+        } else if let Some(stage) = out.direct.get_mut(&id) {
             if *stage == Stage::AwaitRec {
                 *stage = Stage::AwaitComp;
                 self.send(&Packet::PubRel(id));

@@ -554,8 +554,11 @@ impl Connection {
                 client_id: client_id.clone(),
                 conn: self.conn,
                 publish_will: end == End::Lost,
-                sent_below: (self.persistent && self.connacked)
-                    .then(|| self.out.as_ref().map_or(0, |out| out.next_seq)),
+                sent_below: self
+                    .out
+                    .as_ref()
+                    .filter(|_| self.persistent && self.connacked)
+                    .map(|out| out.next_seq),
             };
             match tokio::time::timeout(CLOSE_TIMEOUT, shared.propose(command)).await {
                 Ok(Ok(Reply::Disconnected { wills })) => {

@@ -198,8 +198,12 @@ impl Connection {
             return;
         }
         if let (true, Some(client_id)) = (self.persistent, self.client_id.clone()) {
-            while self.out().room() > 0 {
-                let (next_seq, room) = (self.out().next_seq, self.out().room());
+            loop {
+                let out = self.out();
+                let (room, next_seq) = (out.room(), out.next_seq);
+                if room == 0 {
+                    break;
+                }
                 let batch = self.shared.machine.queued(&client_id, next_seq, room);
                 if batch.is_empty() {
                     break;
