@@ -4,8 +4,8 @@
 //! to the majority; a node that learns it was declared down starts a new
 //! incarnation before it serves again.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use starling_cluster::ClusterEvent;
@@ -16,21 +16,25 @@ use crate::Shared;
 
 /// How often counters kept by the cluster crate are copied into the metrics.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// How often the leader looks again for silent peers not yet declared down.
+const DECLARE_EVERY: Duration = Duration::from_millis(250);
 
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    data_dir: PathBuf,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut events = shared.node.events();
     let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
+    let mut declare_tick = tokio::time::interval(DECLARE_EVERY);
+    let declaring = Arc::new(Mutex::new(BTreeSet::new()));
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = metrics_tick.tick() => refresh_metrics(&shared),
-            _ = shared.registry.fenced() => reincarnate(&shared, &data_dir, &mut shutdown).await,
+            _ = declare_tick.tick() => declare_silent_peers(&shared, &declaring),
+            _ = shared.registry.fenced() => reincarnate(&shared, &mut shutdown).await,
             event = events.recv() => match event {
-                Ok(ClusterEvent::PeerDown { node }) => declare_down(&shared, node),
+                Ok(ClusterEvent::PeerDown { node }) => {
+                    tracing::warn!(node, "peer silent too long");
+                    declare_silent_peers(&shared, &declaring);
+                }
                 Ok(ClusterEvent::QuorumLost) => drop_clients_if_still_cut_off(&shared),
                 Ok(ClusterEvent::QuorumRegained) => tracing::info!("quorum regained"),
                 Ok(ClusterEvent::PeerUp { node }) => tracing::info!(node, "peer answers again"),
@@ -93,33 +97,47 @@ fn drop_clients_if_still_cut_off(shared: &Arc<Shared>) {
     });
 }
 
-/// Commits `NodeDown` for a peer the leader found silent. If this node loses
-/// leadership meanwhile, the new leader finds the peer silent and does it.
-fn declare_down(shared: &Arc<Shared>, node: u64) {
-    tracing::warn!(node, "peer silent too long: declaring it down");
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        match shared.propose(Command::NodeDown { node }).await {
-            Ok(Reply::Disconnected { wills }) => {
-                tracing::info!(node, wills = wills.len(), "node declared down");
-                for will in &wills {
-                    shared.route_detached(will);
-                }
-            }
-            Ok(other) => tracing::warn!(node, ?other, "unexpected reply to NodeDown"),
-            Err(e) => tracing::warn!(node, error = %e, "NodeDown not committed"),
+/// Commits `NodeDown` for every peer the leader finds silent whose current
+/// incarnation is not declared down yet. Level-triggered: called on every tick
+/// and on every `PeerDown`, so a proposal that fails (a leader change, a lost
+/// quorum) is simply made again while the peer stays silent. The command names
+/// the incarnation it declares down, so if the peer restarted meanwhile, apply
+/// ignores it. `declaring` holds the peers with a proposal in flight.
+fn declare_silent_peers(shared: &Arc<Shared>, declaring: &Arc<Mutex<BTreeSet<u64>>>) {
+    for node in shared.node.silent_peers() {
+        let Some(incarnation) = shared.machine.live_incarnation(node) else {
+            continue;
+        };
+        if !lock(declaring).insert(node) {
+            continue;
         }
-    });
+        tracing::warn!(node, incarnation, "declaring a silent peer down");
+        let (shared, declaring) = (shared.clone(), declaring.clone());
+        tokio::spawn(async move {
+            match shared
+                .propose(Command::NodeDown { node, incarnation })
+                .await
+            {
+                Ok(Reply::Disconnected { wills }) => {
+                    tracing::info!(node, incarnation, wills, "node declared down");
+                }
+                Ok(_) => tracing::info!(node, incarnation, "node was back or down already"),
+                Err(e) => tracing::warn!(node, error = %e, "NodeDown not committed; will retry"),
+            }
+            lock(&declaring).remove(&node);
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Guards a short set of ids; a panic while it was held left it usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The cluster declared this node down (it was cut off): its connections were
 /// ended by that command, so close them and come back as a new incarnation.
-async fn reincarnate(
-    shared: &Arc<Shared>,
-    data_dir: &std::path::Path,
-    shutdown: &mut watch::Receiver<bool>,
-) {
-    let incarnation = match crate::next_incarnation(data_dir) {
+async fn reincarnate(shared: &Arc<Shared>, shutdown: &mut watch::Receiver<bool>) {
+    let incarnation = match shared.node.next_incarnation().await {
         Ok(incarnation) => incarnation,
         Err(e) => {
             tracing::error!(error = %e, "cannot store a new incarnation");

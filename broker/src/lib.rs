@@ -3,6 +3,7 @@
 
 pub mod config;
 mod connection;
+mod effects;
 mod events;
 mod forward;
 mod listener;
@@ -13,7 +14,7 @@ pub mod state;
 pub mod topic;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use tokio::task::JoinHandle;
 pub use config::{ClusterConfig, MqttConfig};
 use metrics::Metrics;
 use registry::Registry;
-use state::{Command, ConnId, Message, MqttMachine, Reply};
+use state::{Command, ConnId, Envelope, Message, MqttMachine, Reply};
 
 /// Everything a broker node needs to start.
 #[derive(Debug, Clone)]
@@ -50,11 +51,6 @@ pub enum BrokerError {
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
         source: std::io::Error,
     },
     #[error("metrics: {0}")]
@@ -104,7 +100,13 @@ impl Shared {
     async fn propose_counted(&self, command: Command) -> Result<(u64, Reply), BrokerError> {
         let bytes = postcard::to_allocvec(&command)?;
         let reply = self.node.propose(bytes).await?;
-        Ok(postcard::from_bytes(&reply)?)
+        let (applied, queue_full, reply): Envelope = postcard::from_bytes(&reply)?;
+        if queue_full > 0 {
+            // Counted once, here, by the node that proposed the command.
+            self.metrics
+                .dropped_many("queue_full", u64::from(queue_full));
+        }
+        Ok((applied, reply))
     }
 
     /// Commits `command` and returns once this node and every node it reaches
@@ -165,13 +167,9 @@ impl Shared {
         }))
     }
 
-    /// Like [`Shared::route`], for a caller that does not wait.
-    fn route_detached(&self, message: &Message) {
-        self.route_detached_to(message, self.machine.targets(&message.topic, message.qos));
-    }
-
-    /// [`Shared::route_detached`] to targets the caller already matched. Nobody
-    /// waits for the other nodes' acks: the message is only queued towards them.
+    /// Delivers `message` to `targets` (its matched subscribers) that read no
+    /// queue, here and on other nodes, for a caller that does not wait: nobody
+    /// waits for the other nodes' acks, the message is only queued towards them.
     fn route_detached_to(&self, message: &Message, targets: Vec<state::Target>) {
         let routed = router::route(
             &self.machine,
@@ -212,13 +210,14 @@ impl Broker {
         registry: &prometheus::Registry,
     ) -> Result<Broker, BrokerError> {
         let metrics = Arc::new(Metrics::new(registry)?);
-        let incarnation = next_incarnation(&config.data_dir)?;
-        let local = Arc::new(Registry::new(config.node_id, incarnation));
-        let machine = Arc::new(MqttMachine::new(
-            local.clone(),
-            metrics.clone(),
-            config.mqtt.max_queued_messages,
-        ));
+        // The incarnation is known once storage is open; nothing is local to
+        // this node before then, so the replay at start concerns none of its
+        // connections.
+        let local = Arc::new(Registry::new(config.node_id, 0));
+        let machine = Arc::new(MqttMachine::new(Arc::new(effects::NodeEffects {
+            registry: local.clone(),
+            metrics: metrics.clone(),
+        })));
         let peers = config
             .cluster
             .parse_peers()
@@ -243,6 +242,8 @@ impl Broker {
             .forward_handler(inbound)
             .start()
             .await?;
+        let incarnation = node.incarnation();
+        local.set_incarnation(incarnation);
         node.wait_ready(READY_TIMEOUT).await?;
         let forwarder = starling_cluster::Forwarder::new(config.node_id, FORWARD_BUFFER);
         forward::sync_peers(&node, &forwarder);
@@ -263,9 +264,9 @@ impl Broker {
             incarnation,
         };
         if let Reply::Disconnected { wills } = shared.propose(started).await? {
-            if !wills.is_empty() {
+            if wills > 0 {
                 tracing::info!(
-                    wills = wills.len(),
+                    wills,
                     "published wills of connections lost at the last stop"
                 );
             }
@@ -284,11 +285,7 @@ impl Broker {
                 source,
             })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(events::run(
-            shared.clone(),
-            config.data_dir.clone(),
-            shutdown_rx.clone(),
-        ));
+        tokio::spawn(events::run(shared.clone(), shutdown_rx.clone()));
         tokio::spawn(listener::expiry_loop(shared.clone(), shutdown_rx.clone()));
         let accept = tokio::spawn(listener::accept_loop(listener, shared.clone(), shutdown_rx));
         Ok(Broker {
@@ -344,30 +341,4 @@ impl Broker {
         );
         self.shared.node.shutdown().await;
     }
-}
-
-/// Reads, increments and durably stores this node's incarnation number, which
-/// fences the connections of earlier runs.
-pub(crate) fn next_incarnation(data_dir: &Path) -> Result<u64, BrokerError> {
-    let io = |source| BrokerError::DataDir {
-        path: data_dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(data_dir).map_err(io)?;
-    let path = data_dir.join("incarnation");
-    let previous = match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(io(e)),
-    };
-    let next = previous + 1;
-    let tmp = data_dir.join("incarnation.tmp");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(next.to_string().as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(next)
 }

@@ -121,7 +121,12 @@ impl Metrics {
     }
 
     pub fn dropped(&self, reason: &'static str) {
-        self.messages_dropped.with_label_values(&[reason]).inc();
+        self.dropped_many(reason, 1);
+    }
+
+    /// Counts `n` messages dropped for `reason`.
+    pub fn dropped_many(&self, reason: &'static str, n: u64) {
+        self.messages_dropped.with_label_values(&[reason]).inc_by(n);
     }
 
     pub fn protocol_error(&self, reason: &'static str) {

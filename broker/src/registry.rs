@@ -335,10 +335,21 @@ impl Registry {
         lock(&self.kicks).insert(conn, mailbox);
     }
 
-    /// Makes `handle` the way to reach `client_id`.
-    pub fn attach(&self, client_id: Arc<str>, handle: ClientHandle) {
+    /// Makes connection `conn`, if it is here and still open, the way to reach
+    /// `client_id`. Called when its Connect is applied: the registry follows
+    /// the committed owner of each session, never a connection still waiting
+    /// for its Connect to commit.
+    pub fn attach(&self, client_id: Arc<str>, conn: ConnId) {
+        if !self.is_local(conn) {
+            return;
+        }
+        let Some(mailbox) = lock(&self.kicks).get(&conn).cloned() else {
+            // Closed before its Connect applied, or a connection of an
+            // earlier run, met while replaying the log at start.
+            return;
+        };
         let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
-        clients.insert(client_id, handle);
+        clients.insert(client_id, ClientHandle { conn, mailbox });
     }
 
     /// Forgets connection `conn`, and `client_id`'s entry if `conn` still owns it.

@@ -29,16 +29,7 @@ pub fn route(
     message: &Message,
     targets: Vec<Target>,
 ) -> Routed {
-    let undelivered = registry.deliver(
-        targets.into_iter().filter(|t| !t.queued).map(|t| {
-            let delivery = Delivery {
-                message: message.clone(),
-                qos: t.qos,
-            };
-            (t.client_id, delivery)
-        }),
-        metrics,
-    );
+    let undelivered = deliver_direct(registry, metrics, message, targets);
     let me = registry.node();
     let mut nodes = Vec::new();
     for client_id in undelivered.elsewhere {
@@ -54,6 +45,36 @@ pub fn route(
         nodes,
         blocked: undelivered.blocked,
     }
+}
+
+/// Delivers `message` to those of `targets` connected to this node that read no
+/// queue, and nothing more: for a message every node delivers on its own.
+pub fn deliver_here(
+    registry: &Registry,
+    metrics: &Metrics,
+    message: &Message,
+    targets: Vec<Target>,
+) {
+    deliver_direct(registry, metrics, message, targets);
+}
+
+/// Hands `message` to the mailboxes here of those of `targets` that read no queue.
+fn deliver_direct(
+    registry: &Registry,
+    metrics: &Metrics,
+    message: &Message,
+    targets: Vec<Target>,
+) -> crate::registry::Undelivered {
+    registry.deliver(
+        targets.into_iter().filter(|t| !t.queued).map(|t| {
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: t.qos,
+            };
+            (t.client_id, delivery)
+        }),
+        metrics,
+    )
 }
 
 /// How long a publisher may be held back by one subscriber's full mailbox. The

@@ -225,13 +225,19 @@ impl AckStream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut last = None;
-        for (seq, frame) in (run.seq..).zip(run.frames) {
+        for (i, frame) in run.frames.into_iter().enumerate() {
+            // The numbers come from the peer: a run that would pass the
+            // largest seq is cut there rather than wrapping around.
+            let Some(seq) = u64::try_from(i).ok().and_then(|i| run.seq.checked_add(i)) else {
+                warn!(from = self.from, "forward run past the largest seq, cut");
+                break;
+            };
             last = Some(seq);
             match *handled {
                 Some(h) if seq <= h => continue,
-                Some(h) if seq != h + 1 => warn!(
+                Some(h) if Some(seq) != h.checked_add(1) => warn!(
                     from = self.from,
-                    expected = h + 1,
+                    after = h,
                     got = seq,
                     "forward stream skipped frames"
                 ),

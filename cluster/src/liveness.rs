@@ -137,6 +137,7 @@ impl Monitor {
             self.seen.clear();
             self.down.clear();
         }
+        self.share_silent();
 
         let quorum = has_quorum(&self.core, &m);
         if quorum != self.had_quorum {
@@ -147,6 +148,16 @@ impl Monitor {
                 ClusterEvent::QuorumLost
             });
         }
+    }
+
+    /// Publishes the peers found silent, for [`crate::Node::silent_peers`].
+    fn share_silent(&self) {
+        let silent: Vec<NodeId> = self.down.keys().copied().collect();
+        *self
+            .core
+            .silent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = silent;
     }
 
     fn check_peers(&mut self, m: &RaftMetrics<NodeId, PeerNode>, now: Instant) {
@@ -172,6 +183,8 @@ impl Monitor {
                 {
                     tracing::warn!(node, "peer is down");
                     self.down.insert(node, now);
+                    // Shared before the event, so whoever it wakes sees it.
+                    self.share_silent();
                     self.emit(ClusterEvent::PeerDown { node });
                 }
                 Some(at) if last_ok.is_some_and(|t| Instant::from_std(t) > *at) => {

@@ -99,6 +99,10 @@ pub(crate) struct Core {
     pub(crate) node_down_after: Duration,
     /// True once shutdown began.
     pub(crate) stopping: watch::Receiver<bool>,
+    /// The members this node, as leader, finds silent for `node_down_after`;
+    /// empty while it does not lead. Written by the liveness monitor at every
+    /// look; the lock only guards the swap of a short list.
+    pub(crate) silent: Mutex<Vec<NodeId>>,
 }
 
 /// A running Raft node. Cheap to clone.
@@ -203,6 +207,35 @@ impl Node {
     /// This node's id.
     pub fn node_id(&self) -> u64 {
         self.inner.core.id
+    }
+
+    /// This run's incarnation, taken from storage at start.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.storage.incarnation()
+    }
+
+    /// Takes a new incarnation from the same durable counter as
+    /// [`Node::incarnation`], for a node that must come back as a new life
+    /// without restarting (it was declared down while alive).
+    pub async fn next_incarnation(&self) -> Result<u64, ClusterError> {
+        let storage = self.inner.storage.clone();
+        tokio::task::spawn_blocking(move || storage.next_incarnation())
+            .await
+            .map_err(|e| ClusterError::Storage(e.to_string()))?
+            .map_err(|e| ClusterError::Storage(e.to_string()))
+    }
+
+    /// The members that this node, as leader, finds silent for longer than
+    /// `node_down_after`, by id; empty on a node that does not lead. Read it
+    /// again and again: a peer stays here for as long as it is silent, so that
+    /// acting on it can be retried until it succeeds.
+    pub fn silent_peers(&self) -> Vec<u64> {
+        self.inner
+            .core
+            .silent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The address the cluster server is bound to (useful with port 0).
@@ -526,6 +559,7 @@ async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
         peers,
         node_down_after: config.node_down_after,
         stopping: stop_rx.clone(),
+        silent: Mutex::new(Vec::new()),
     });
     let server = crate::server::spawn(listener, core.clone(), forward, stop_server_rx);
 

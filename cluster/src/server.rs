@@ -29,7 +29,7 @@ use tracing::{debug, warn, Instrument};
 use crate::forward::{forward_service, ForwardHandler};
 use crate::membership;
 use crate::node::Core;
-use crate::wire::{self, Refused, SnapshotHeader, MAX_MESSAGE_BYTES, VERSION};
+use crate::wire::{self, Refused, SnapshotHeader, MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES, VERSION};
 
 const KEEPALIVE: Duration = Duration::from_secs(2);
 
@@ -129,6 +129,13 @@ impl RaftRpc for RaftService {
         while let Some(chunk) = chunks.message().await? {
             if chunk.version != VERSION {
                 return Err(wire::WireError::Version(chunk.version).into());
+            }
+            if data.len().saturating_add(chunk.data.len()) > MAX_SNAPSHOT_BYTES {
+                warn!(
+                    bytes = data.len(),
+                    "snapshot stream over its bound, refused"
+                );
+                return Err(Status::resource_exhausted("snapshot larger than allowed"));
             }
             data.extend_from_slice(&chunk.data);
         }

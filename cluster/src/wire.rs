@@ -16,6 +16,10 @@ pub(crate) const VERSION: u32 = 1;
 /// a single very large entry is the only thing that can come near.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// The most bytes a received snapshot may have in all: a peer that streams
+/// without end is refused before it exhausts this node's memory.
+pub(crate) const MAX_SNAPSHOT_BYTES: usize = 8 << 30;
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WireError {
     #[error("peer speaks version {0}, this node {VERSION}")]

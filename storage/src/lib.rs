@@ -20,7 +20,9 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Must be deterministic: every node applies the same commands in the same order.
     fn apply(&self, command: &[u8]) -> Vec<u8>;
     /// Serializes the whole state, consistent with the last applied command.
-    fn snapshot(&self) -> Vec<u8>;
+    /// An error fails the snapshot (it is tried again later); it never stands
+    /// for an empty state.
+    fn snapshot(&self) -> Result<Vec<u8>, String>;
     /// Replaces the whole state with a snapshot made by [`StateMachine::snapshot`].
     fn restore(&self, snapshot: &[u8]) -> Result<(), String>;
 }

@@ -94,7 +94,15 @@ impl StateMachineStore {
         let count = commands.len();
         let mut replies = Vec::with_capacity(count);
         let mut skipped = 0usize;
-        for (seq, command) in (first_seq..).zip(commands) {
+        for (i, command) in commands.into_iter().enumerate() {
+            // The numbers come from a peer: one that would overflow names no
+            // command that could follow the mark, so the command is skipped, on
+            // every node alike.
+            let Some(seq) = u64::try_from(i).ok().and_then(|i| first_seq.checked_add(i)) else {
+                skipped += 1;
+                replies.push(Vec::new());
+                continue;
+            };
             let this = Mark { incarnation, seq };
             if self
                 .state
@@ -188,7 +196,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .iter()
             .map(|(o, b)| (*o, b.clone()))
             .collect();
-        let body = Body::encode(marks, last_batches, &self.app.snapshot());
+        let body = self
+            .app
+            .snapshot()
+            .map_err(StoreError::Snapshot)
+            .and_then(|app| Body::encode(marks, last_batches, &app));
         SnapshotBuilder {
             shared: self.shared.clone(),
             meta,

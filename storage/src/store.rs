@@ -42,8 +42,12 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("the state machine refused the snapshot: {0}")]
     Restore(String),
+    #[error("the state machine could not encode a snapshot: {0}")]
+    Snapshot(String),
     #[error("a blocking storage task failed: {0}")]
     Task(String),
+    #[error("the store is closed")]
+    Closed,
 }
 
 impl StoreError {
@@ -154,6 +158,15 @@ impl StorageHandle {
         self.incarnation
     }
 
+    /// Takes the next incarnation number, durably, for a node that must come
+    /// back as a new incarnation without reopening its store (it was declared
+    /// down while alive). One counter serves both this and [`Self::incarnation`],
+    /// so no number is ever handed out twice, even across a crash. Blocking.
+    pub fn next_incarnation(&self) -> Result<u64, StoreError> {
+        let shared = self.shared.upgrade().ok_or(StoreError::Closed)?;
+        bump_incarnation(&shared.db, &shared.meta)
+    }
+
     /// What was on disk at open.
     pub fn recovery(&self) -> Recovery {
         self.recovery
@@ -190,10 +203,7 @@ impl Storage {
         let meta = db.open_tree("raft_meta")?;
         let snapshot_tree = db.open_tree("snapshot")?;
 
-        let incarnation = get::<u64>(&meta, KEY_INCARNATION, "incarnation")?.unwrap_or(0) + 1;
-        meta.insert(KEY_INCARNATION, encode("incarnation", &incarnation)?)?;
-        // Durable before any command of this incarnation can be proposed.
-        db.flush()?;
+        let incarnation = bump_incarnation(&db, &meta)?;
 
         let (closed_tx, closed_rx) = watch::channel(());
         let flushes = Arc::new(AtomicU64::new(0));
@@ -245,6 +255,19 @@ impl Storage {
             handle,
         })
     }
+}
+
+/// Increments the stored incarnation and fsyncs it before handing it out: it
+/// must be durable before any command of this incarnation can be proposed. A
+/// stored value that cannot be read is an error, never a fresh start at 0.
+fn bump_incarnation(db: &sled::Db, meta: &sled::Tree) -> Result<u64, StoreError> {
+    let previous = get::<u64>(meta, KEY_INCARNATION, "incarnation")?.unwrap_or(0);
+    let next = previous
+        .checked_add(1)
+        .ok_or_else(|| StoreError::corrupt("incarnation", "at its maximum"))?;
+    meta.insert(KEY_INCARNATION, encode("incarnation", &next)?)?;
+    db.flush()?;
+    Ok(next)
 }
 
 /// How long [`open_db`] waits for the lock on a database closed a moment ago.

@@ -383,3 +383,48 @@ async fn a_retried_batch_gets_its_first_replies_also_after_a_snapshot_transfer()
     assert_eq!(replies, vec![first]);
     assert_eq!(other_app.applied(), app.applied());
 }
+
+#[tokio::test]
+async fn incarnations_taken_while_open_are_never_handed_out_again() {
+    let dir = TempDir::new().expect("temp dir");
+    let (s, _app) = open(dir.path());
+    assert_eq!(s.handle.incarnation(), 1);
+    // Declared down while alive: the node comes back as a new incarnation.
+    assert_eq!(s.handle.next_incarnation().expect("next"), 2);
+    assert_eq!(s.handle.next_incarnation().expect("next"), 3);
+    close(s).await;
+    let (s, _app) = open(dir.path());
+    assert_eq!(
+        s.handle.incarnation(),
+        4,
+        "a reopen continues the one counter"
+    );
+    close(s).await;
+}
+
+#[tokio::test]
+async fn sequence_numbers_that_would_overflow_are_skipped_not_panicked_on() {
+    let dir = TempDir::new().expect("temp dir");
+    let (mut s, app) = open(dir.path());
+    // A hostile or broken peer: the batch starts one below the maximum.
+    let request = Request {
+        origin: 9,
+        incarnation: 1,
+        first_seq: u64::MAX - 1,
+        commands: vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()],
+    };
+    let entry = Entry::<TypeConfig> {
+        log_id: log_id(1),
+        payload: EntryPayload::Normal(request),
+    };
+    let replies = s.state_machine.apply([entry]).await.expect("apply");
+    assert_eq!(
+        replies,
+        vec![vec![
+            1u64.to_be_bytes().to_vec(),
+            2u64.to_be_bytes().to_vec(),
+            vec![]
+        ]]
+    );
+    assert_eq!(app.applied(), vec![b"x".to_vec(), b"y".to_vec()]);
+}

@@ -13,7 +13,6 @@ use tokio::time::Instant;
 use super::log;
 use super::outbound::{Outbound, Stage};
 use super::{Completion, Connection, End};
-use crate::registry::ClientHandle;
 use crate::state::{Command, Message, Reply, Target};
 
 /// How long a node may take to apply a command the cluster committed before a
@@ -95,15 +94,8 @@ impl Connection {
             qos: w.qos,
             retain: w.retain,
         });
-        // Reachable before the Connect command applies, so that what apply queues
-        // or routes for this client finds this connection.
-        self.shared.registry.attach(
-            client_id.clone(),
-            ClientHandle {
-                conn: self.conn,
-                mailbox: self.mailbox.clone(),
-            },
-        );
+        // The registry routes this client's deliveries here once the Connect is
+        // applied (`Effect::Attach`), before anything queued after it wakes it.
         self.client_id = Some(client_id.clone());
         self.persistent = !connect.clean_session;
         let clean_session = connect.clean_session;
@@ -112,15 +104,14 @@ impl Connection {
             conn: self.conn,
             clean_session,
             will,
+            max_queued_messages: u32::try_from(self.shared.config.max_queued_messages)
+                .unwrap_or(u32::MAX),
         };
         self.propose_then_read(command, move |reply| match reply {
             Reply::Connected {
-                session_present,
-                wills,
-                ..
+                session_present, ..
             } => Completion::Connected {
                 session_present: session_present && !clean_session,
-                wills,
             },
             other => Completion::Failed(format!("unexpected reply to Connect: {other:?}")),
         });
@@ -200,18 +191,17 @@ impl Connection {
         match message.qos {
             QoS::AtMostOnce => {
                 self.shared.route_detached_to(&forwarded, targets);
-                if needs_commit {
+                if let (true, Some(from)) = (needs_commit, self.owner()) {
                     // QoS 0 never waits on Raft: the message went out above; the
                     // retained copy is stored behind it, in order with this
                     // publisher's other proposals.
                     let command = Command::Publish {
                         message,
-                        inbound: None,
+                        from,
+                        qos2_packet_id: None,
+                        deliver: false,
                     };
-                    self.propose(command, |_| Completion::Published {
-                        message: None,
-                        answer: None,
-                    });
+                    self.propose(command, |_| Completion::Quiet);
                 }
             }
             QoS::AtLeastOnce => {
@@ -226,11 +216,17 @@ impl Connection {
             QoS::ExactlyOnce if self.persistent => {
                 // The packet id awaiting PUBREL must survive a crash.
                 let synced = message.retain;
-                let inbound = self.client_id.clone().map(|c| (c, id));
-                let command = Command::Publish { message, inbound };
-                self.propose_with(command, synced, move |reply| Completion::Published {
-                    message: (reply != Reply::Published { duplicate: true }).then_some(forwarded),
-                    answer: Some(Packet::PubRec(id)),
+                let Some(from) = self.owner() else {
+                    return;
+                };
+                let command = Command::Publish {
+                    message,
+                    from,
+                    qos2_packet_id: Some(id),
+                    deliver: true,
+                };
+                self.propose_with(command, synced, move |reply| {
+                    answer_unless_stale(reply, Packet::PubRec(id))
                 });
             }
             QoS::ExactlyOnce => {
@@ -264,13 +260,19 @@ impl Connection {
         if needs_commit {
             // A retained message is served by every node once acknowledged.
             let synced = message.retain;
+            let Some(from) = self.owner() else {
+                return;
+            };
+            // Every node delivers the committed message to its own direct
+            // subscribers when it applies it (`deliver`).
             let command = Command::Publish {
                 message,
-                inbound: None,
+                from,
+                qos2_packet_id: None,
+                deliver: true,
             };
-            self.propose_with(command, synced, move |_| Completion::Published {
-                message: Some(forwarded),
-                answer: Some(answer),
+            self.propose_with(command, synced, move |reply| {
+                answer_unless_stale(reply, answer)
             });
         } else {
             self.route_then_answer(&forwarded, targets, answer);
@@ -279,14 +281,16 @@ impl Connection {
 
     fn release(&mut self, id: u16) {
         if self.persistent {
-            let Some(client_id) = self.client_id.clone() else {
+            let Some(from) = self.owner() else {
                 return;
             };
             let command = Command::Release {
-                client_id,
+                from,
                 packet_id: id,
             };
-            self.propose(command, move |_| Completion::Answer(Packet::PubComp(id)));
+            self.propose(command, move |reply| {
+                answer_unless_stale(reply, Packet::PubComp(id))
+            });
         } else {
             self.inbound_qos2.remove(&id);
             self.send(&Packet::PubComp(id));
@@ -325,14 +329,15 @@ impl Connection {
             let Some(&(seq, Stage::AwaitRec)) = out.queued.get(&id) else {
                 return;
             };
-            let Some(client_id) = self.client_id.clone() else {
+            out.queued.insert(id, (seq, Stage::Releasing));
+            let Some(from) = self.owner() else {
                 return;
             };
-            out.queued.insert(id, (seq, Stage::Releasing));
             // PUBREL only once the PUBREC is committed: a node resuming this
             // session must not send the PUBLISH again after the client forgot it.
-            self.propose(Command::Received { client_id, seq }, move |_| {
-                Completion::Released(id)
+            self.propose(Command::Received { from, seq }, move |reply| match reply {
+                Reply::NotOwner => Completion::Stale,
+                _ => Completion::Released(id),
             });
         } else if let Some(stage) = out.direct.get_mut(&id) {
             if *stage == Stage::AwaitRec {
@@ -397,8 +402,17 @@ impl Connection {
             conn: self.conn,
             filters: unsubscribe.filters,
         };
-        self.propose(command, move |_| {
-            Completion::Answer(Packet::UnsubAck(packet_id))
+        self.propose(command, move |reply| {
+            answer_unless_stale(reply, Packet::UnsubAck(packet_id))
         });
+    }
+}
+
+/// `answer` once a session mutation committed; nothing, and the end of the
+/// connection, if the connection had lost its session by the time it did.
+fn answer_unless_stale(reply: Reply, answer: Packet) -> Completion {
+    match reply {
+        Reply::NotOwner | Reply::Fenced => Completion::Stale,
+        _ => Completion::Answer(answer),
     }
 }

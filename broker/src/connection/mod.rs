@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::registry::{Mailbox, Stop};
-use crate::state::{Command, ConnId, Message, Reply, Target};
+use crate::state::{Command, ConnId, Message, Owner, Reply, Target};
 use crate::Shared;
 use outbound::{Outbound, Stage};
 
@@ -56,16 +56,14 @@ const KEEP_WRITE_CAPACITY: usize = 4096;
 /// The result of a proposal the connection waits for, delivered in the order
 /// the proposals were made.
 pub(crate) enum Completion {
-    /// The session is ours: route the wills of a taken-over connection, CONNACK.
-    Connected {
-        session_present: bool,
-        wills: Vec<Message>,
-    },
-    /// A message committed: route it to the direct subscribers, then answer.
-    Published {
-        message: Option<Message>,
-        answer: Option<Packet>,
-    },
+    /// The session is ours: CONNACK.
+    Connected { session_present: bool },
+    /// Done, with nothing to send.
+    Quiet,
+    /// The connection lost its session before its command committed (taken
+    /// over, or its node declared down): the command was refused, and the
+    /// connection ends without answering.
+    Stale,
     /// The client's subscriptions committed: answer, then send retained messages.
     Subscribed {
         answer: Packet,
@@ -473,13 +471,7 @@ impl Connection {
 
     fn complete(&mut self, done: Completion) {
         match done {
-            Completion::Connected {
-                session_present,
-                wills,
-            } => {
-                for will in &wills {
-                    self.shared.route_detached(will);
-                }
+            Completion::Connected { session_present } => {
                 self.send(&Packet::ConnAck(mqtt::ConnAck {
                     session_present,
                     code: mqtt::ConnectReturnCode::Accepted,
@@ -487,13 +479,14 @@ impl Connection {
                 self.connacked = true;
                 self.connected();
             }
-            Completion::Published { message, answer } => {
-                if let Some(message) = message {
-                    self.shared.route_detached(&message);
-                }
-                if let Some(answer) = answer {
-                    self.send(&answer);
-                }
+            Completion::Quiet => {}
+            Completion::Stale => {
+                log!(
+                    self,
+                    info,
+                    "session lost to another connection before a commit"
+                );
+                self.end = Some(End::TakenOver);
             }
             Completion::Subscribed { answer, retained } => {
                 self.send(&answer);
@@ -523,20 +516,35 @@ impl Connection {
         }
     }
 
+    /// The session's owner as commands name it: this connection, once CONNECT
+    /// named the client.
+    fn owner(&self) -> Option<Owner> {
+        Some(Owner {
+            client_id: self.client_id.clone()?,
+            conn: self.conn,
+        })
+    }
+
+    /// The acknowledgements gathered since the last one, as one command.
+    fn take_acks(&mut self) -> Option<Command> {
+        if self.acked.is_empty() {
+            return None;
+        }
+        let from = self.owner()?;
+        let seqs = std::mem::take(&mut self.acked);
+        Some(Command::Ack { from, seqs })
+    }
+
     /// Commits the acknowledgements gathered in this round, in one command.
     fn flush_acks(&mut self) {
-        if self.acked.is_empty() {
-            return;
-        }
-        let (Some(client_id), seqs) = (self.client_id.clone(), std::mem::take(&mut self.acked))
-        else {
+        let Some(command) = self.take_acks() else {
             return;
         };
         let shared = self.shared.clone();
         // Not awaited: if it is lost, the messages are sent again (with DUP),
         // which QoS 1 allows and QoS 2 subscribers recognise by packet id.
         tokio::spawn(async move {
-            if let Err(e) = shared.propose(Command::Ack { client_id, seqs }).await {
+            if let Err(e) = shared.propose(command).await {
                 tracing::debug!(error = %e, "acknowledgements not committed");
             }
         });
@@ -546,9 +554,16 @@ impl Connection {
     /// connection's place in the registry.
     async fn close(&mut self) {
         let end = self.end.unwrap_or(End::Lost);
-        self.flush_acks();
         let _ = self.stream.shutdown().await;
         let shared = self.shared.clone();
+        // Committed before the Disconnect, which ends this connection's right
+        // to acknowledge anything for the session.
+        if let Some(acks) = self.take_acks() {
+            match tokio::time::timeout(CLOSE_TIMEOUT, shared.propose(acks)).await {
+                Ok(Ok(_)) => {}
+                _ => tracing::debug!("acknowledgements not committed at close"),
+            }
+        }
         if let (Some(client_id), true) = (&self.client_id, end != End::TakenOver) {
             let command = Command::Disconnect {
                 client_id: client_id.clone(),
@@ -560,12 +575,8 @@ impl Connection {
                     .filter(|_| self.persistent && self.connacked)
                     .map(|out| out.next_seq),
             };
+            // The will, if any, is delivered by every node as it applies this.
             match tokio::time::timeout(CLOSE_TIMEOUT, shared.propose(command)).await {
-                Ok(Ok(Reply::Disconnected { wills })) => {
-                    for will in wills {
-                        shared.route_detached(&will);
-                    }
-                }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => log!(self, warn, error = %e, "disconnect not committed"),
                 Err(_) => log!(self, warn, "disconnect not committed in time"),

@@ -38,6 +38,16 @@ pub struct ConnId {
     pub local: u64,
 }
 
+/// The connection a session mutation comes from. Apply refuses it unless that
+/// connection still owns the session: a command that a connection proposed
+/// before it was taken over, or before its node was declared down, and that
+/// commits only later, must not act for the session's new owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub client_id: Arc<str>,
+    pub conn: ConnId,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     /// Client `client_id` is now connected through `conn`. A previous connection of
@@ -47,6 +57,10 @@ pub enum Command {
         conn: ConnId,
         clean_session: bool,
         will: Option<Message>,
+        /// The most messages the session's queue holds; further ones are
+        /// dropped. Carried here, not read from a node's configuration, so that
+        /// every node applies the same limit.
+        max_queued_messages: u32,
     },
     /// Connection `conn` of `client_id` ended. `publish_will` is false only after
     /// a DISCONNECT packet. Ignored if the session is owned by another connection.
@@ -71,28 +85,38 @@ pub enum Command {
         conn: ConnId,
         filters: Vec<String>,
     },
-    /// A message that must be committed before it is acknowledged: it is retained,
-    /// reaches a persistent session at QoS 1/2, or is a QoS 2 message of a
-    /// persistent publisher (`inbound` = (publisher, packet id) awaiting PUBREL).
+    /// A message that must be committed before it is acknowledged: it is
+    /// retained, or reaches a persistent session at QoS 1/2, or is a QoS 2
+    /// message of a persistent publisher.
     Publish {
         message: Message,
-        inbound: Option<(Arc<str>, u16)>,
+        /// The publishing connection; refused if it no longer owns its session.
+        from: Owner,
+        /// For a persistent publisher's QoS 2 message: its packet id, which
+        /// awaits PUBREL in the session, so that a resend is not published twice.
+        qos2_packet_id: Option<u16>,
+        /// Every node hands the committed message to its own subscribers that
+        /// read no queue. False when the publisher's node already sent them
+        /// their copies (QoS 0, which never waits on a commit).
+        deliver: bool,
     },
     /// PUBREL from a persistent publisher: forget the inbound QoS 2 packet id.
-    Release { client_id: Arc<str>, packet_id: u16 },
+    Release { from: Owner, packet_id: u16 },
     /// The subscriber acknowledged queued messages (PUBACK, or PUBCOMP for QoS 2):
     /// they leave its queue.
-    Ack { client_id: Arc<str>, seqs: Vec<u64> },
+    Ack { from: Owner, seqs: Vec<u64> },
     /// PUBREC from the subscriber for a queued QoS 2 message: from now on only
     /// PUBREL is sent for it.
-    Received { client_id: Arc<str>, seq: u64 },
+    Received { from: Owner, seq: u64 },
     /// A node started with a new incarnation: connections it held in earlier
     /// incarnations are gone, as if each had been lost.
     NodeStarted { node: u64, incarnation: u64 },
-    /// The leader declared `node` down: every connection it held is lost (wills
-    /// published once, here), and its current incarnation is fenced: commands
-    /// from its connections are refused until it starts a new incarnation.
-    NodeDown { node: u64 },
+    /// The leader declared incarnation `incarnation` of `node` down: every
+    /// connection it held is lost (wills published once, here), and commands
+    /// from its connections are refused from now on. Ignored when the node has
+    /// started a newer incarnation meanwhile: a late declaration never fences a
+    /// node that came back.
+    NodeDown { node: u64, incarnation: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,16 +125,15 @@ pub enum Reply {
         session_present: bool,
         /// The connection that was taken over, if any.
         previous: Option<ConnId>,
-        /// Wills published by this command, for direct delivery to the
-        /// subscribers that do not read a replicated queue.
-        wills: Vec<Message>,
     },
     Disconnected {
-        wills: Vec<Message>,
+        /// How many wills the command published.
+        wills: u32,
     },
-    /// The command named a session that `conn` no longer owns.
+    /// The command named a session that the connection no longer owns.
     NotOwner,
-    /// `conn` belongs to a node incarnation that was declared down.
+    /// The command came from, or named, a node incarnation that is not the
+    /// current one (superseded or declared down).
     Fenced,
     Done,
     Published {
@@ -118,4 +141,25 @@ pub enum Reply {
         /// PUBREL: it was not published again.
         duplicate: bool,
     },
+}
+
+/// What applying a command asks of each node, for its own clients: apply only
+/// changes the replicated state; these are carried out afterwards by every node
+/// from its own applied log, so nothing depends on one node's reply arriving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A committed message (a publish, or a will) for this node's subscribers
+    /// that read no queue. Retain is already cleared [MQTT-3.3.1-9].
+    Deliver(Message),
+    /// `conn` now owns the session of `client_id`: the node holding `conn`
+    /// routes the client's deliveries to it. Only a committed Connect makes a
+    /// connection the way to reach a client, so a connection that loses a race
+    /// for a client id can never displace or remove the winner.
+    Attach { client_id: Arc<str>, conn: ConnId },
+    /// The replicated queue of this client grew.
+    Wake(Arc<str>),
+    /// This connection lost its session to another one: its node closes it.
+    Kick(ConnId),
+    /// This incarnation of this node was declared down.
+    NodeDown { node: u64, incarnation: u64 },
 }

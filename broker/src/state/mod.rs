@@ -3,12 +3,15 @@
 //! QoS 2 packet ids awaiting PUBREL.
 //!
 //! Raft hands every node the same commands in the same order; [`MqttMachine`]
-//! applies them deterministically. Apply also tells the node-local
-//! [`Registry`](crate::registry::Registry) what concerns its own connections (a
-//! queue grew, a connection was taken over), and keeps the subscription trie that
-//! the publish hot path reads.
+//! applies them with the pure function in [`apply`], then hands the effects
+//! of each command to this node's [`Dispatch`], which carries out what concerns
+//! its own connections (deliver a committed message, wake a session, close a
+//! taken-over connection). It also keeps the subscription trie that the publish
+//! hot path reads.
 
+mod apply;
 pub mod command;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -19,11 +22,9 @@ use starling_proto::mqtt::QoS;
 use starling_storage::StateMachine;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::topic::{filter_matches, SubscriptionTrie};
 use crate::Recovered;
-pub use command::{Command, ConnId, Message, Reply};
+pub use command::{Command, ConnId, Effect, Message, Owner, Reply};
 
 /// What the subscription trie stores per (filter, client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,8 @@ struct Session {
     next_seq: u64,
     /// Inbound QoS 2 packet ids whose PUBREL has not arrived.
     inbound: BTreeSet<u16>,
+    /// The most messages `queue` holds, as the connecting node asked.
+    max_queued: u32,
     /// Queued messages below this sequence number may have been sent before: a
     /// connection resuming the session sends them with DUP set [MQTT-3.3.1-1].
     /// It only grows. `None` (only in state written by earlier versions) means
@@ -92,6 +95,7 @@ impl Session {
             queue: BTreeMap::new(),
             next_seq: 0,
             inbound: BTreeSet::new(),
+            max_queued: 0,
             sent_below: Some(0),
         }
     }
@@ -144,53 +148,65 @@ impl State {
     }
 }
 
-pub struct MqttMachine {
-    /// The replicated state. Locked by apply and by short reads of connections.
-    state: Mutex<State>,
-    /// Signalled after every apply, for [`MqttMachine::wait_applied`].
-    applied_changed: Condvar,
-    /// The applied count again, for tasks that wait for it without blocking a
-    /// thread ([`MqttMachine::applied_reached`]). Sent to under the `state` lock.
-    applied_watch: watch::Sender<u64>,
-    /// Derived from the subscriptions in `state`; read on every publish, so it has
-    /// its own lock and readers do not wait for queue updates.
+/// What a node derives from the replicated state for its hot path: the
+/// subscription trie and where each connected client is. Kept in step by
+/// apply; each part has its own lock so that publishers read it without
+/// waiting for apply's other work.
+#[derive(Default)]
+pub(crate) struct Index {
     routes: RwLock<Routes>,
-    /// Derived: the node each connected client is on, for routing.
     locations: RwLock<HashMap<Arc<str>, u64>>,
-    registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
-    max_queued_messages: usize,
 }
 
-impl MqttMachine {
-    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, max_queued: usize) -> Self {
-        MqttMachine {
-            state: Mutex::new(State::default()),
-            applied_changed: Condvar::new(),
-            applied_watch: watch::Sender::new(0),
-            routes: RwLock::new(Routes::new()),
-            locations: RwLock::new(HashMap::new()),
-            registry,
-            metrics,
-            max_queued_messages: max_queued,
+impl Index {
+    fn rebuild(state: &State) -> Index {
+        let mut routes = Routes::new();
+        for (client_id, session) in &state.sessions {
+            for (filter, qos) in &session.subscriptions {
+                let route = Route {
+                    qos: *qos,
+                    persistent: !session.clean,
+                };
+                routes.insert(filter, client_id.clone(), route);
+            }
+        }
+        let locations = state
+            .sessions
+            .iter()
+            .filter_map(|(id, s)| s.conn.map(|c| (id.clone(), c.node)))
+            .collect();
+        Index {
+            routes: RwLock::new(routes),
+            locations: RwLock::new(locations),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock is a bug already reported; the state is
-        // still the last consistent one we wrote, so keep serving it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn insert_route(&self, filter: &str, client_id: &Arc<str>, route: Route) {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.insert(filter, client_id.clone(), route);
     }
 
-    /// Calls `f` for every subscription matching `topic`.
-    pub fn for_each_route(&self, topic: &str, f: impl FnMut(&Arc<str>, &Route)) {
+    fn remove_route(&self, filter: &str, client_id: &Arc<str>) {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.remove(filter, client_id);
+    }
+
+    fn set_location(&self, client_id: &Arc<str>, node: Option<u64>) {
+        let mut locations = self.locations.write().unwrap_or_else(|e| e.into_inner());
+        match node {
+            Some(node) => locations.insert(client_id.clone(), node),
+            None => locations.remove(client_id),
+        };
+    }
+
+    fn for_each_route(&self, topic: &str, f: impl FnMut(&Arc<str>, &Route)) {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         routes.for_each_match(topic, f);
     }
 
     /// Every client a message on `topic` at `qos` reaches: once per client, at the
     /// highest QoS of its matching subscriptions [MQTT-3.3.5-1].
-    pub fn targets(&self, topic: &str, qos: QoS) -> Vec<Target> {
+    fn targets(&self, topic: &str, qos: QoS) -> Vec<Target> {
         let mut found: Vec<(Arc<str>, QoS, bool)> = Vec::new();
         self.for_each_route(topic, |client, route| {
             found.push((client.clone(), qos.min(route.qos), route.persistent));
@@ -209,19 +225,64 @@ impl MqttMachine {
             })
             .collect()
     }
+}
+
+/// Carries out, on this node, the effects of each applied command. Called in
+/// log order, right after the command is applied and before anyone waiting
+/// for it learns that it was.
+pub trait Dispatch: Send + Sync + 'static {
+    fn dispatch(&self, machine: &MqttMachine, effects: Vec<Effect>);
+}
+
+pub struct MqttMachine {
+    /// The replicated state. Locked by apply and by short reads of connections.
+    state: Mutex<State>,
+    /// Signalled after every apply, for [`MqttMachine::wait_applied`].
+    applied_changed: Condvar,
+    /// The applied count again, for tasks that wait for it without blocking a
+    /// thread ([`MqttMachine::applied_reached`]). Sent to under the `state` lock.
+    applied_watch: watch::Sender<u64>,
+    /// Derived from `state`; read on every publish.
+    index: Index,
+    dispatch: Arc<dyn Dispatch>,
+}
+
+impl MqttMachine {
+    pub fn new(dispatch: Arc<dyn Dispatch>) -> Self {
+        MqttMachine {
+            state: Mutex::new(State::default()),
+            applied_changed: Condvar::new(),
+            applied_watch: watch::Sender::new(0),
+            index: Index::default(),
+            dispatch,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug already reported; the state is
+        // still the last consistent one we wrote, so keep serving it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls `f` for every subscription matching `topic`.
+    pub fn for_each_route(&self, topic: &str, f: impl FnMut(&Arc<str>, &Route)) {
+        self.index.for_each_route(topic, f);
+    }
+
+    /// Every client a message on `topic` at `qos` reaches: once per client, at the
+    /// highest QoS of its matching subscriptions [MQTT-3.3.5-1].
+    pub fn targets(&self, topic: &str, qos: QoS) -> Vec<Target> {
+        self.index.targets(topic, qos)
+    }
 
     /// The node `client_id` is connected to, if any.
     pub fn location(&self, client_id: &str) -> Option<u64> {
-        let locations = self.locations.read().unwrap_or_else(|e| e.into_inner());
+        let locations = self
+            .index
+            .locations
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         locations.get(client_id).copied()
-    }
-
-    fn set_location(&self, client_id: &Arc<str>, node: Option<u64>) {
-        let mut locations = self.locations.write().unwrap_or_else(|e| e.into_inner());
-        match node {
-            Some(node) => locations.insert(client_id.clone(), node),
-            None => locations.remove(client_id),
-        };
     }
 
     /// Retained messages whose topic matches `filter`.
@@ -270,6 +331,14 @@ impl MqttMachine {
         self.lock().nodes.get(&node).is_some_and(|n| n.down)
     }
 
+    /// The incarnation `node` last announced, unless it was declared down
+    /// already: what the leader names when it declares the node down.
+    pub fn live_incarnation(&self, node: u64) -> Option<u64> {
+        let state = self.lock();
+        let record = state.nodes.get(&node)?;
+        (!record.down).then_some(record.incarnation)
+    }
+
     /// How many commands this node has applied.
     pub fn applied(&self) -> u64 {
         self.lock().applied
@@ -312,360 +381,78 @@ impl MqttMachine {
         }
     }
 
-    fn apply_command(&self, state: &mut State, command: Command) -> Reply {
-        match command {
-            Command::Connect {
-                client_id,
-                conn,
-                clean_session,
-                will,
-            } => self.connect(state, client_id, conn, clean_session, will),
-            Command::Disconnect {
-                client_id,
-                conn,
-                publish_will,
-                sent_below,
-            } => match state.sessions.get_mut(&client_id) {
-                Some(s) if s.conn == Some(conn) => {
-                    // Never lowered: a connection that resumed the session and
-                    // ended before it re-sent everything an earlier connection
-                    // sent must not make those messages look new.
-                    if let Some(sent) = sent_below {
-                        s.sent_below = Some(s.sent_below.unwrap_or(s.next_seq).max(sent));
-                    }
-                    Reply::Disconnected {
-                        wills: self.end_connection(state, &client_id, publish_will),
-                    }
-                }
-                _ => Reply::NotOwner,
-            },
-            Command::Subscribe {
-                client_id,
-                conn,
-                filters,
-            } => {
-                let Some(session) = owned(state, &client_id, conn) else {
-                    return Reply::NotOwner;
-                };
-                let persistent = !session.clean;
-                let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-                for (filter, qos) in filters {
-                    routes.insert(&filter, client_id.clone(), Route { qos, persistent });
-                    session.subscriptions.insert(filter, qos);
-                }
-                Reply::Done
-            }
-            Command::Unsubscribe {
-                client_id,
-                conn,
-                filters,
-            } => {
-                let Some(session) = owned(state, &client_id, conn) else {
-                    return Reply::NotOwner;
-                };
-                let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-                for filter in filters {
-                    routes.remove(&filter, &client_id);
-                    session.subscriptions.remove(&filter);
-                }
-                Reply::Done
-            }
-            Command::Publish { message, inbound } => {
-                if let Some((client_id, packet_id)) = inbound {
-                    if let Some(session) = state.sessions.get_mut(&client_id) {
-                        if !session.inbound.insert(packet_id) {
-                            return Reply::Published { duplicate: true };
-                        }
-                    }
-                }
-                self.publish(state, message);
-                Reply::Published { duplicate: false }
-            }
-            Command::Release {
-                client_id,
-                packet_id,
-            } => {
-                if let Some(session) = state.sessions.get_mut(&client_id) {
-                    session.inbound.remove(&packet_id);
-                }
-                Reply::Done
-            }
-            Command::Ack { client_id, seqs } => {
-                if let Some(session) = state.sessions.get_mut(&client_id) {
-                    for seq in seqs {
-                        session.queue.remove(&seq);
-                    }
-                }
-                Reply::Done
-            }
-            Command::Received { client_id, seq } => {
-                if let Some(q) = state
-                    .sessions
-                    .get_mut(&client_id)
-                    .and_then(|s| s.queue.get_mut(&seq))
-                {
-                    q.released = true;
-                }
-                Reply::Done
-            }
-            Command::NodeStarted { node, incarnation } => {
-                if state
-                    .nodes
-                    .get(&node)
-                    .is_some_and(|n| n.incarnation > incarnation)
-                {
-                    // A stale announcement: a newer incarnation already started.
-                    return Reply::Fenced;
-                }
-                let record = NodeRecord {
-                    incarnation,
-                    down: false,
-                };
-                state.nodes.insert(node, record);
-                let wills = self.end_node_connections(state, node, |c| c.incarnation < incarnation);
-                Reply::Disconnected { wills }
-            }
-            Command::NodeDown { node } => {
-                let mut fenced = None;
-                if let Some(record) = state.nodes.get_mut(&node) {
-                    record.down = true;
-                    fenced = Some(record.incarnation);
-                }
-                let wills = self.end_node_connections(state, node, |_| true);
-                if let Some(incarnation) = fenced {
-                    self.registry.node_down(node, incarnation);
-                }
-                Reply::Disconnected { wills }
-            }
-        }
-    }
-
-    /// Ends every connection of `node` that `which` selects, as lost connections.
-    fn end_node_connections(
-        &self,
-        state: &mut State,
-        node: u64,
-        which: impl Fn(&ConnId) -> bool,
-    ) -> Vec<Message> {
-        let gone: Vec<Arc<str>> = state
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.conn.is_some_and(|c| c.node == node && which(&c)))
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut wills = Vec::new();
-        for client_id in gone {
-            if let Some(session) = state.sessions.get_mut(&client_id) {
-                session.connection_vanished();
-            }
-            wills.extend(self.end_connection(state, &client_id, true));
-        }
-        wills
-    }
-
-    fn connect(
-        &self,
-        state: &mut State,
-        client_id: Arc<str>,
-        conn: ConnId,
-        clean_session: bool,
-        will: Option<Message>,
-    ) -> Reply {
-        if state.is_fenced(conn) {
-            return Reply::Fenced;
-        }
-        let mut wills = Vec::new();
-        let mut previous = None;
-        let mut session_present = false;
-        if let Some(old) = state.sessions.get_mut(&client_id) {
-            if let Some(old_conn) = old.conn.take() {
-                // Takeover: the old connection is lost as far as MQTT is concerned,
-                // and what it sent is not known.
-                previous = Some(old_conn);
-                old.connection_vanished();
-                if let Some(old_will) = old.will.take() {
-                    wills.push(*old_will);
-                }
-            }
-            session_present = !clean_session && !old.clean;
-        }
-        if !session_present {
-            self.remove_session(state, &client_id);
-            state
-                .sessions
-                .insert(client_id.clone(), Box::new(Session::new(clean_session)));
-        }
-        if let Some(session) = state.sessions.get_mut(&client_id) {
-            session.conn = Some(conn);
-            session.will = will.map(Box::new);
-        }
-        self.set_location(&client_id, Some(conn.node));
-        for will in &wills {
-            self.publish(state, will.clone());
-        }
-        if let Some(previous) = previous {
-            self.registry.kick(previous);
-        }
-        Reply::Connected {
-            session_present,
-            previous,
-            wills,
-        }
-    }
-
-    /// The connection of `client_id` is gone: its will is published (if asked) and a
-    /// clean session ends. Returns the published will.
-    fn end_connection(
-        &self,
-        state: &mut State,
-        client_id: &Arc<str>,
-        publish_will: bool,
-    ) -> Vec<Message> {
-        let Some(session) = state.sessions.get_mut(client_id) else {
-            return Vec::new();
-        };
-        session.conn = None;
-        let will = session
-            .will
-            .take()
-            .filter(|_| publish_will)
-            .map(|will| *will);
-        self.set_location(client_id, None);
-        if session.clean {
-            self.remove_session(state, client_id);
-        }
-        match will {
-            Some(will) => {
-                self.publish(state, will.clone());
-                vec![will]
-            }
-            None => Vec::new(),
-        }
-    }
-
-    fn remove_session(&self, state: &mut State, client_id: &Arc<str>) {
-        if let Some(old) = state.sessions.remove(client_id) {
-            self.set_location(client_id, None);
-            let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-            for filter in old.subscriptions.keys() {
-                routes.remove(filter, client_id);
-            }
-        }
-    }
-
-    /// Stores a retained message and queues `message` for every persistent session
-    /// it reaches at QoS 1/2, once per session at the highest matching QoS.
-    fn publish(&self, state: &mut State, mut message: Message) {
-        if message.retain {
-            if message.payload.is_empty() {
-                state.retained.remove(&message.topic);
-            } else {
-                state
-                    .retained
-                    .insert(message.topic.clone(), message.clone());
-            }
-            // Forwarded copies carry retain = 0 [MQTT-3.3.1-9].
-            message.retain = false;
-        }
-        let targets: Vec<Target> = self
-            .targets(&message.topic, message.qos)
-            .into_iter()
-            .filter(|t| t.queued)
-            .collect();
-        if targets.is_empty() {
-            return;
-        }
-        let message = Arc::new(message);
-        for Target { client_id, qos, .. } in targets {
-            let Some(session) = state.sessions.get_mut(&client_id) else {
-                continue;
-            };
-            if session.queue.len() >= self.max_queued_messages {
-                // Like Mosquitto: keep what is queued, drop the newcomer, count it.
-                self.metrics.dropped("queue_full");
-                continue;
-            }
-            let seq = session.next_seq;
-            session.next_seq += 1;
-            session.queue.insert(
-                seq,
-                Queued {
-                    message: message.clone(),
-                    qos,
-                    released: false,
-                },
-            );
-            self.registry.wake(&client_id);
-        }
+    /// Marks one more command applied and wakes whoever waits for that.
+    fn count_applied(&self, state: &mut State) -> u64 {
+        state.applied += 1;
+        self.applied_changed.notify_all();
+        self.applied_watch.send_replace(state.applied);
+        state.applied
     }
 }
 
-/// The session of `client_id` if `conn` owns it.
-fn owned<'a>(state: &'a mut State, client_id: &str, conn: ConnId) -> Option<&'a mut Session> {
-    state
-        .sessions
-        .get_mut(client_id)
-        .map(|s| &mut **s)
-        .filter(|s| s.conn == Some(conn))
-}
+/// A reply as the proposer reads it: how many commands had been applied once
+/// this one was, how many messages it turned away from full queues, and the
+/// reply itself.
+pub type Envelope = (u64, u32, Reply);
 
 impl StateMachine for MqttMachine {
-    /// Replies are postcard `(applied, Reply)`: the reply, and how many commands
-    /// had been applied once this one was.
+    /// Replies are a postcard [`Envelope`].
     fn apply(&self, command: &[u8]) -> Vec<u8> {
-        let reply = match postcard::from_bytes::<Command>(command) {
+        let envelope = match postcard::from_bytes::<Command>(command) {
             Ok(command) => {
+                let apply::Applied {
+                    reply,
+                    effects,
+                    queue_full,
+                } = {
+                    let mut state = self.lock();
+                    apply::apply(&mut state, &self.index, command)
+                };
+                // Outside the state lock: delivering reads the routes and the
+                // registry. Before the count moves, so that a connection
+                // waiting for its command sees the effects done.
+                if !effects.is_empty() {
+                    self.dispatch.dispatch(self, effects);
+                }
                 let mut state = self.lock();
-                let reply = self.apply_command(&mut state, command);
-                state.applied += 1;
-                self.applied_changed.notify_all();
-                self.applied_watch.send_replace(state.applied);
-                (state.applied, reply)
+                (self.count_applied(&mut state), queue_full, reply)
             }
             Err(e) => {
                 // Only our own nodes propose; a command we cannot read means
                 // mismatched versions. Applying nothing keeps every node equal.
                 tracing::error!(error = %e, "undecodable command in the raft log, skipped");
                 let mut state = self.lock();
-                state.applied += 1;
-                self.applied_changed.notify_all();
-                self.applied_watch.send_replace(state.applied);
-                (state.applied, Reply::Done)
+                (self.count_applied(&mut state), 0, Reply::Done)
             }
         };
-        postcard::to_allocvec(&reply).unwrap_or_default()
+        // Encoding plain data into a growable buffer cannot fail.
+        postcard::to_allocvec(&envelope).unwrap_or_default()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
         let state = self.lock();
-        postcard::to_allocvec(&*state).unwrap_or_default()
+        snapshot::encode(&state)
     }
 
-    fn restore(&self, snapshot: &[u8]) -> Result<(), String> {
-        let restored: State = if snapshot.is_empty() {
+    fn restore(&self, bytes: &[u8]) -> Result<(), String> {
+        let restored = if bytes.is_empty() {
             State::default()
         } else {
-            postcard::from_bytes(snapshot).map_err(|e| e.to_string())?
+            snapshot::decode(bytes)?
         };
-        let mut routes = Routes::new();
-        for (client_id, session) in &restored.sessions {
-            for (filter, qos) in &session.subscriptions {
-                let route = Route {
-                    qos: *qos,
-                    persistent: !session.clean,
-                };
-                routes.insert(filter, client_id.clone(), route);
-            }
-        }
-        let locations = restored
-            .sessions
-            .iter()
-            .filter_map(|(id, s)| s.conn.map(|c| (id.clone(), c.node)))
-            .collect();
+        let index = Index::rebuild(&restored);
         let mut state = self.lock();
         *state = restored;
-        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
-        *self.locations.write().unwrap_or_else(|e| e.into_inner()) = locations;
+        *self.index.routes.write().unwrap_or_else(|e| e.into_inner()) =
+            index.routes.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self
+            .index
+            .locations
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = index
+            .locations
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         self.applied_changed.notify_all();
         self.applied_watch.send_replace(state.applied);
         Ok(())

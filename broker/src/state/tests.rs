@@ -18,9 +18,62 @@ fn conn(local: u64) -> ConnId {
     }
 }
 
-fn machine(max_queued: usize) -> MqttMachine {
-    let registry = Arc::new(Registry::new(NODE, 1));
-    MqttMachine::new(registry, Arc::new(Metrics::unregistered()), max_queued)
+/// Keeps the effects of every command, in order.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<Effect>>);
+
+impl Dispatch for Recorder {
+    fn dispatch(&self, _: &MqttMachine, effects: Vec<Effect>) {
+        self.0.lock().expect("recorder").extend(effects);
+    }
+}
+
+/// A machine whose connections ask for queues of `max_queued` messages.
+struct Machine {
+    machine: MqttMachine,
+    max_queued: u32,
+    effects: Arc<Recorder>,
+}
+
+impl std::ops::Deref for Machine {
+    type Target = MqttMachine;
+    fn deref(&self) -> &MqttMachine {
+        &self.machine
+    }
+}
+
+impl Machine {
+    /// The effects since the last call.
+    fn effects(&self) -> Vec<Effect> {
+        std::mem::take(&mut *self.effects.0.lock().expect("recorder"))
+    }
+
+    /// The messages the effects since the last call deliver directly.
+    fn delivered(&self) -> Vec<Message> {
+        self.effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Deliver(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn machine(max_queued: u32) -> Machine {
+    let effects = Arc::new(Recorder::default());
+    Machine {
+        machine: MqttMachine::new(effects.clone()),
+        max_queued,
+        effects,
+    }
+}
+
+fn owner(id: &str, c: ConnId) -> Owner {
+    Owner {
+        client_id: Arc::from(id),
+        conn: c,
+    }
 }
 
 fn msg(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Message {
@@ -34,11 +87,11 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Message {
 
 fn apply(m: &MqttMachine, command: Command) -> Reply {
     let bytes = postcard::to_allocvec(&command).expect("encode");
-    let (_, reply): (u64, Reply) = postcard::from_bytes(&m.apply(&bytes)).expect("decode");
+    let (_, _, reply): Envelope = postcard::from_bytes(&m.apply(&bytes)).expect("decode");
     reply
 }
 
-fn connect(m: &MqttMachine, id: &str, c: ConnId, clean: bool, will: Option<Message>) -> Reply {
+fn connect(m: &Machine, id: &str, c: ConnId, clean: bool, will: Option<Message>) -> Reply {
     apply(
         m,
         Command::Connect {
@@ -46,11 +99,12 @@ fn connect(m: &MqttMachine, id: &str, c: ConnId, clean: bool, will: Option<Messa
             conn: c,
             clean_session: clean,
             will,
+            max_queued_messages: m.max_queued,
         },
     )
 }
 
-fn subscribe(m: &MqttMachine, id: &str, c: ConnId, filters: &[(&str, QoS)]) {
+fn subscribe(m: &Machine, id: &str, c: ConnId, filters: &[(&str, QoS)]) {
     let filters = filters.iter().map(|(f, q)| (f.to_string(), *q)).collect();
     let reply = apply(
         m,
@@ -63,12 +117,26 @@ fn subscribe(m: &MqttMachine, id: &str, c: ConnId, filters: &[(&str, QoS)]) {
     assert_eq!(reply, Reply::Done);
 }
 
-fn publish(m: &MqttMachine, message: Message) -> Reply {
+/// The client that publishes in these tests, connected on first use.
+const PUBLISHER: &str = "publisher";
+
+fn publisher(m: &Machine) -> Owner {
+    let c = conn(999);
+    if m.location(PUBLISHER).is_none() {
+        connect(m, PUBLISHER, c, true, None);
+    }
+    owner(PUBLISHER, c)
+}
+
+fn publish(m: &Machine, message: Message) -> Reply {
+    let from = publisher(m);
     apply(
         m,
         Command::Publish {
             message,
-            inbound: None,
+            from,
+            qos2_packet_id: None,
+            deliver: true,
         },
     )
 }
@@ -149,7 +217,7 @@ fn acked_messages_leave_the_queue() {
     apply(
         &m,
         Command::Ack {
-            client_id: Arc::from("sub"),
+            from: owner("sub", conn(1)),
             seqs: vec![0],
         },
     );
@@ -175,12 +243,7 @@ fn mqtt_3_1_2_8_will_published_on_lost_connection_not_after_disconnect() {
             sent_below: None,
         },
     );
-    assert_eq!(
-        reply,
-        Reply::Disconnected {
-            wills: vec![will.clone()]
-        }
-    );
+    assert_eq!(reply, Reply::Disconnected { wills: 1 });
     assert_eq!(m.queued("watcher", 0, 10).len(), 1);
 
     connect(
@@ -199,7 +262,7 @@ fn mqtt_3_1_2_8_will_published_on_lost_connection_not_after_disconnect() {
             sent_below: None,
         },
     );
-    assert_eq!(reply, Reply::Disconnected { wills: vec![] });
+    assert_eq!(reply, Reply::Disconnected { wills: 0 });
     assert_eq!(
         m.queued("watcher", 0, 10).len(),
         1,
@@ -211,16 +274,26 @@ fn mqtt_3_1_2_8_will_published_on_lost_connection_not_after_disconnect() {
 fn mqtt_3_1_4_2_takeover_publishes_old_will_and_fences_old_connection() {
     let m = machine(10);
     let will = msg("w", QoS::AtMostOnce, false, b"bye");
+    connect(&m, "watcher", conn(5), true, None);
+    subscribe(&m, "watcher", conn(5), &[("w", QoS::AtMostOnce)]);
     connect(&m, "a", conn(1), false, Some(will.clone()));
+    m.effects();
     match connect(&m, "a", conn(2), false, None) {
-        Reply::Connected {
-            previous, wills, ..
-        } => {
-            assert_eq!(previous, Some(conn(1)));
-            assert_eq!(wills, vec![will]);
-        }
+        Reply::Connected { previous, .. } => assert_eq!(previous, Some(conn(1))),
         other => panic!("{other:?}"),
     }
+    assert_eq!(
+        m.effects(),
+        vec![
+            Effect::Attach {
+                client_id: Arc::from("a"),
+                conn: conn(2)
+            },
+            Effect::Deliver(will),
+            Effect::Kick(conn(1))
+        ],
+        "every node delivers the old will and the old node closes its connection"
+    );
     // The old connection no longer owns the session.
     let stale = apply(
         &m,
@@ -282,7 +355,9 @@ fn mqtt_4_3_3_inbound_qos2_duplicate_is_not_published_twice() {
     subscribe(&m, "sub", conn(2), &[("t", QoS::ExactlyOnce)]);
     let command = || Command::Publish {
         message: msg("t", QoS::ExactlyOnce, false, b"once"),
-        inbound: Some((Arc::from("pub"), 7)),
+        from: owner("pub", conn(1)),
+        qos2_packet_id: Some(7),
+        deliver: true,
     };
     assert_eq!(apply(&m, command()), Reply::Published { duplicate: false });
     assert_eq!(apply(&m, command()), Reply::Published { duplicate: true });
@@ -290,7 +365,7 @@ fn mqtt_4_3_3_inbound_qos2_duplicate_is_not_published_twice() {
     apply(
         &m,
         Command::Release {
-            client_id: Arc::from("pub"),
+            from: owner("pub", conn(1)),
             packet_id: 7,
         },
     );
@@ -316,10 +391,7 @@ fn node_restart_ends_connections_of_earlier_incarnations() {
             incarnation: 2,
         },
     );
-    match reply {
-        Reply::Disconnected { wills } => assert_eq!(wills.len(), 1),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(reply, Reply::Disconnected { wills: 1 });
     let summary = m.summary();
     assert_eq!(
         summary.sessions, 1,
@@ -335,7 +407,7 @@ fn snapshot_restore_round_trip_rebuilds_routes() {
     subscribe(&m, "sub", conn(1), &[("a/#", QoS::AtLeastOnce)]);
     publish(&m, msg("a/b", QoS::AtLeastOnce, false, b"q"));
     publish(&m, msg("r", QoS::AtMostOnce, true, b"kept"));
-    let snapshot = m.snapshot();
+    let snapshot = m.snapshot().expect("snapshot");
 
     let restored = machine(10);
     restored.restore(&snapshot).expect("restore");
@@ -360,15 +432,18 @@ fn applied_count_grows_with_every_command_and_survives_a_snapshot() {
     assert_eq!(m.applied(), 0);
     connect(&m, "a", conn(1), true, None);
     publish(&m, msg("t", QoS::AtMostOnce, false, b"x"));
-    assert_eq!(m.applied(), 2);
-    assert!(m.wait_applied(2, std::time::Duration::from_millis(1)));
-    assert!(!m.wait_applied(3, std::time::Duration::from_millis(20)));
+    // The publisher's own Connect counts too.
+    assert_eq!(m.applied(), 3);
+    assert!(m.wait_applied(3, std::time::Duration::from_millis(1)));
+    assert!(!m.wait_applied(4, std::time::Duration::from_millis(20)));
     let restored = machine(10);
-    restored.restore(&m.snapshot()).expect("restore");
-    assert_eq!(restored.applied(), 2);
+    restored
+        .restore(&m.snapshot().expect("snapshot"))
+        .expect("restore");
+    assert_eq!(restored.applied(), 3);
 }
 
-fn disconnect(m: &MqttMachine, id: &str, c: ConnId, sent_below: Option<u64>) -> Reply {
+fn disconnect(m: &Machine, id: &str, c: ConnId, sent_below: Option<u64>) -> Reply {
     apply(
         m,
         Command::Disconnect {
@@ -381,7 +456,7 @@ fn disconnect(m: &MqttMachine, id: &str, c: ConnId, sent_below: Option<u64>) -> 
 }
 
 /// A persistent QoS 2 subscriber `id` on `c` with `n` messages queued.
-fn qos2_subscriber_with_queue(m: &MqttMachine, id: &str, c: ConnId, n: usize) {
+fn qos2_subscriber_with_queue(m: &Machine, id: &str, c: ConnId, n: usize) {
     connect(m, id, c, false, None);
     subscribe(m, id, c, &[("t", QoS::ExactlyOnce)]);
     for _ in 0..n {
@@ -425,7 +500,7 @@ fn mqtt_2_3_1_2_takeover_marks_everything_queued_as_maybe_sent() {
     apply(
         &m,
         Command::Ack {
-            client_id: Arc::from("s"),
+            from: owner("s", conn(1)),
             seqs: (1..200).collect(),
         },
     );
@@ -448,7 +523,20 @@ fn mqtt_2_3_1_2_node_down_marks_everything_queued_as_maybe_sent() {
         local: 7,
     };
     qos2_subscriber_with_queue(&m, "s", remote, 100);
-    apply(&m, Command::NodeDown { node: 2 });
+    apply(
+        &m,
+        Command::NodeStarted {
+            node: 2,
+            incarnation: 1,
+        },
+    );
+    apply(
+        &m,
+        Command::NodeDown {
+            node: 2,
+            incarnation: 1,
+        },
+    );
     assert_eq!(m.sent_below("s"), 100);
     publish(&m, msg("t", QoS::ExactlyOnce, false, b"new"));
     assert_eq!(m.sent_below("s"), 100, "queued after its node died: new");
@@ -478,8 +566,354 @@ async fn applied_reached_waits_for_this_node_to_apply() {
     connect(&m, "a", conn(1), true, None);
     publish(&m, msg("t", QoS::AtMostOnce, false, b"x"));
     assert!(waiter.await.expect("waiter"), "woken by the second apply");
-    assert!(!m.applied_reached(3, Duration::from_millis(20)).await);
+    // The publisher's Connect was the second; its message the third.
+    assert!(!m.applied_reached(4, Duration::from_millis(20)).await);
     let restored = machine(10);
-    restored.restore(&m.snapshot()).expect("restore");
-    assert!(restored.applied_reached(2, Duration::ZERO).await);
+    restored
+        .restore(&m.snapshot().expect("snapshot"))
+        .expect("restore");
+    assert!(restored.applied_reached(3, Duration::ZERO).await);
+}
+
+/// A log of every kind of command, as a cluster of two nodes might commit it.
+fn mixed_log() -> Vec<Command> {
+    let remote = |local| ConnId {
+        node: 2,
+        incarnation: 1,
+        local,
+    };
+    let will = |t: &str| Some(msg(t, QoS::AtLeastOnce, false, b"gone"));
+    let mut log = vec![
+        Command::NodeStarted {
+            node: NODE,
+            incarnation: 1,
+        },
+        Command::NodeStarted {
+            node: 2,
+            incarnation: 1,
+        },
+    ];
+    for (id, c, clean) in [
+        ("p", conn(1), false),
+        ("s", remote(1), false),
+        ("c", remote(2), true),
+    ] {
+        log.push(Command::Connect {
+            client_id: Arc::from(id),
+            conn: c,
+            clean_session: clean,
+            will: will(&format!("w/{id}")),
+            max_queued_messages: 4,
+        });
+    }
+    for (id, c) in [("s", remote(1)), ("c", remote(2))] {
+        log.push(Command::Subscribe {
+            client_id: Arc::from(id),
+            conn: c,
+            filters: vec![
+                ("t/#".into(), QoS::ExactlyOnce),
+                ("w/#".into(), QoS::AtLeastOnce),
+            ],
+        });
+    }
+    for i in 0..6u16 {
+        log.push(Command::Publish {
+            message: msg("t/x", QoS::ExactlyOnce, i % 2 == 0, b"payload"),
+            from: owner("p", conn(1)),
+            qos2_packet_id: Some(i),
+            deliver: true,
+        });
+    }
+    log.push(Command::Release {
+        from: owner("p", conn(1)),
+        packet_id: 0,
+    });
+    log.push(Command::Received {
+        from: owner("s", remote(1)),
+        seq: 1,
+    });
+    log.push(Command::Ack {
+        from: owner("s", remote(1)),
+        seqs: vec![0],
+    });
+    log.push(Command::NodeDown {
+        node: 2,
+        incarnation: 1,
+    });
+    log.push(Command::Disconnect {
+        client_id: Arc::from("p"),
+        conn: conn(1),
+        publish_will: true,
+        sent_below: Some(0),
+    });
+    log
+}
+
+fn run(m: &MqttMachine, log: &[Command]) -> Vec<Vec<u8>> {
+    log.iter()
+        .map(|c| m.apply(&postcard::to_allocvec(c).expect("encode")))
+        .collect()
+}
+
+/// Apply reads no node's configuration and no clock: the same log gives the
+/// same state, to the byte, on nodes configured differently.
+#[test]
+fn the_same_log_gives_byte_identical_snapshots_on_every_node() {
+    let log = mixed_log();
+    let a = machine(1);
+    let b = machine(100_000);
+    let replies_a = run(&a, &log);
+    let replies_b = run(&b, &log);
+    assert_eq!(replies_a, replies_b, "same replies");
+    assert_eq!(a.effects(), b.effects(), "same effects");
+    let snapshot = a.snapshot().expect("snapshot");
+    assert_eq!(snapshot, b.snapshot().expect("snapshot"));
+    // The queue limit that applied is the one the Connect carried (4), on both.
+    // 4 of 6 queued, 1 acked, then p's will.
+    assert_eq!(a.queued("s", 0, 100).len(), 4);
+    // And a third node restored from the snapshot continues identically.
+    let c = machine(7);
+    c.restore(&snapshot).expect("restore");
+    let more = [Command::Connect {
+        client_id: Arc::from("s"),
+        conn: conn(9),
+        clean_session: false,
+        will: None,
+        max_queued_messages: 4,
+    }];
+    run(&a, &more);
+    run(&c, &more);
+    assert_eq!(
+        a.snapshot().expect("snapshot"),
+        c.snapshot().expect("snapshot")
+    );
+}
+
+#[test]
+fn committed_messages_and_wills_reach_direct_subscribers_through_effects() {
+    let m = machine(10);
+    connect(&m, "clean", conn(1), true, None);
+    subscribe(
+        &m,
+        "clean",
+        conn(1),
+        &[("t", QoS::AtLeastOnce), ("w", QoS::AtMostOnce)],
+    );
+    publish(&m, msg("t", QoS::AtLeastOnce, true, b"committed"));
+    let delivered = m.delivered();
+    assert_eq!(delivered.len(), 1);
+    assert!(
+        !delivered[0].retain,
+        "direct copies carry retain 0 [MQTT-3.3.1-9]"
+    );
+    // QoS 0: the publisher's node already sent the direct copies.
+    let from = publisher(&m);
+    apply(
+        &m,
+        Command::Publish {
+            message: msg("t", QoS::AtMostOnce, true, b"qos0"),
+            from,
+            qos2_packet_id: None,
+            deliver: false,
+        },
+    );
+    assert!(m.delivered().is_empty());
+    // A will published by a command on any node reaches them too.
+    let remote = ConnId {
+        node: 3,
+        incarnation: 1,
+        local: 1,
+    };
+    apply(
+        &m,
+        Command::NodeStarted {
+            node: 3,
+            incarnation: 1,
+        },
+    );
+    connect(
+        &m,
+        "dying",
+        remote,
+        true,
+        Some(msg("w", QoS::AtLeastOnce, false, b"bye")),
+    );
+    m.effects();
+    apply(
+        &m,
+        Command::NodeStarted {
+            node: 3,
+            incarnation: 2,
+        },
+    );
+    let delivered = m.delivered();
+    assert_eq!(
+        delivered.len(),
+        1,
+        "the will of the restarted node's client"
+    );
+    assert_eq!(delivered[0].payload, Bytes::from_static(b"bye"));
+}
+
+/// A persistent QoS 2 publisher moves to another node and resends; the old
+/// node's proposal of the same packet id commits only after the new one was
+/// released. Without the owner check it was published a second time.
+#[test]
+fn mqtt_4_3_3_a_stale_connection_cannot_publish_ack_or_release() {
+    let m = machine(10);
+    connect(&m, "sub", conn(1), false, None);
+    subscribe(&m, "sub", conn(1), &[("t", QoS::ExactlyOnce)]);
+    connect(&m, "pub", conn(2), false, None);
+    let old = ConnId {
+        node: 2,
+        incarnation: 1,
+        local: 5,
+    };
+    let publish_from = |c: ConnId| Command::Publish {
+        message: msg("t", QoS::ExactlyOnce, false, b"once"),
+        from: owner("pub", c),
+        qos2_packet_id: Some(5),
+        deliver: true,
+    };
+    // "pub" was on `old` before: its late proposal is refused.
+    connect(&m, "pub", old, false, None);
+    connect(&m, "pub", conn(3), false, None);
+    assert_eq!(
+        apply(&m, publish_from(conn(3))),
+        Reply::Published { duplicate: false }
+    );
+    apply(
+        &m,
+        Command::Release {
+            from: owner("pub", conn(3)),
+            packet_id: 5,
+        },
+    );
+    assert_eq!(apply(&m, publish_from(old)), Reply::NotOwner);
+    assert_eq!(m.queued("sub", 0, 10).len(), 1, "published exactly once");
+    // Nor can it acknowledge or release for the new owner.
+    connect(&m, "sub", conn(4), false, None);
+    let stale_ack = Command::Ack {
+        from: owner("sub", conn(1)),
+        seqs: vec![0],
+    };
+    assert_eq!(apply(&m, stale_ack), Reply::NotOwner);
+    let stale_rec = Command::Received {
+        from: owner("sub", conn(1)),
+        seq: 0,
+    };
+    assert_eq!(apply(&m, stale_rec), Reply::NotOwner);
+    assert!(!m.queued("sub", 0, 10)[0].1.released);
+    let stale_rel = Command::Release {
+        from: owner("pub", old),
+        packet_id: 5,
+    };
+    assert_eq!(apply(&m, stale_rel), Reply::NotOwner);
+}
+
+/// A node killed and restarted before it was declared down: the late
+/// `NodeDown` names the old incarnation and harms nothing of the new one.
+#[test]
+fn a_late_node_down_never_fences_a_restarted_node() {
+    let m = machine(10);
+    let on = |incarnation, local| ConnId {
+        node: 2,
+        incarnation,
+        local,
+    };
+    connect(&m, "watcher", conn(1), false, None);
+    subscribe(&m, "watcher", conn(1), &[("w/#", QoS::AtLeastOnce)]);
+    apply(
+        &m,
+        Command::NodeStarted {
+            node: 2,
+            incarnation: 1,
+        },
+    );
+    connect(
+        &m,
+        "old",
+        on(1, 1),
+        false,
+        Some(msg("w/old", QoS::AtLeastOnce, false, b"x")),
+    );
+    // Restarted: the old incarnation's clients are gone, their wills published.
+    apply(
+        &m,
+        Command::NodeStarted {
+            node: 2,
+            incarnation: 2,
+        },
+    );
+    assert_eq!(m.queued("watcher", 0, 10).len(), 1);
+    connect(
+        &m,
+        "new",
+        on(2, 1),
+        false,
+        Some(msg("w/new", QoS::AtLeastOnce, false, b"y")),
+    );
+    m.effects();
+    // The leader looked before the restart committed.
+    let late = apply(
+        &m,
+        Command::NodeDown {
+            node: 2,
+            incarnation: 1,
+        },
+    );
+    assert_eq!(late, Reply::Fenced);
+    assert!(m.effects().is_empty(), "no fencing, no will");
+    assert_eq!(m.queued("watcher", 0, 10).len(), 1, "no spurious will");
+    assert_eq!(m.location("new"), Some(2));
+    assert_eq!(m.live_incarnation(2), Some(2));
+    assert_ne!(connect(&m, "another", on(2, 2), true, None), Reply::Fenced);
+    // Declared down for real: once, with its will.
+    let down = apply(
+        &m,
+        Command::NodeDown {
+            node: 2,
+            incarnation: 2,
+        },
+    );
+    assert_eq!(down, Reply::Disconnected { wills: 1 });
+    assert!(m.effects().contains(&Effect::NodeDown {
+        node: 2,
+        incarnation: 2
+    }));
+    assert_eq!(m.live_incarnation(2), None);
+    assert_eq!(
+        apply(
+            &m,
+            Command::NodeDown {
+                node: 2,
+                incarnation: 2
+            }
+        ),
+        Reply::Fenced
+    );
+    assert_eq!(m.queued("watcher", 0, 10).len(), 2);
+    assert_eq!(connect(&m, "late", on(2, 3), true, None), Reply::Fenced);
+}
+
+#[test]
+fn restore_refuses_a_snapshot_of_another_format_with_a_clear_error() {
+    let m = machine(10);
+    connect(&m, "a", conn(1), false, None);
+    let current = m.snapshot().expect("snapshot");
+    // What the previous version wrote: the state alone, with no header.
+    let previous = current[6..].to_vec();
+    let err = machine(10).restore(&previous).expect_err("refused");
+    assert!(err.contains("older version"), "{err}");
+    let mut future = current.clone();
+    future[4..6].copy_from_slice(&(snapshot::FORMAT + 1).to_be_bytes());
+    let err = machine(10).restore(&future).expect_err("refused");
+    assert!(
+        err.contains(&format!("format {}", snapshot::FORMAT + 1)),
+        "{err}"
+    );
+    // Nothing was replaced by a refused snapshot.
+    let m2 = machine(10);
+    m2.restore(&current).expect("restore");
+    assert_eq!(m2.summary().sessions, 1);
 }

@@ -26,8 +26,8 @@ impl StateMachine for Journal {
         (applied.len() as u64).to_be_bytes().to_vec()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        postcard::to_stdvec(&*self.applied.lock().expect("journal lock")).expect("encode journal")
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        postcard::to_stdvec(&*self.applied.lock().expect("journal lock")).map_err(|e| e.to_string())
     }
 
     fn restore(&self, snapshot: &[u8]) -> Result<(), String> {

@@ -1,0 +1,38 @@
+//! This node's side of every applied command: the [`Effect`]s apply returns,
+//! carried out for the connections this node holds. Every node runs them from
+//! its own applied log, so a committed message or will reaches the direct
+//! subscribers of every node even when its proposer died right after the
+//! commit, and no node waits for another's reply to act.
+
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::router;
+use crate::state::{Dispatch, Effect, MqttMachine};
+
+pub(crate) struct NodeEffects {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Dispatch for NodeEffects {
+    fn dispatch(&self, machine: &MqttMachine, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Deliver(message) => {
+                    let targets = machine.targets(&message.topic, message.qos);
+                    // Every other node delivers to its own subscribers; a full
+                    // mailbox here is counted by the registry and not waited on.
+                    router::deliver_here(&self.registry, &self.metrics, &message, targets);
+                }
+                Effect::Attach { client_id, conn } => self.registry.attach(client_id, conn),
+                Effect::Wake(client_id) => self.registry.wake(&client_id),
+                Effect::Kick(conn) => self.registry.kick(conn),
+                Effect::NodeDown { node, incarnation } => {
+                    self.registry.node_down(node, incarnation)
+                }
+            }
+        }
+    }
+}
