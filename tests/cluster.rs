@@ -23,7 +23,11 @@ mod failover;
 mod membership;
 #[path = "cluster/partitions.rs"]
 mod partitions;
+#[path = "cluster/resend.rs"]
+mod resend;
 #[path = "cluster/sessions.rs"]
 mod sessions;
+#[path = "cluster/takeover.rs"]
+mod takeover;
 #[path = "cluster/wills.rs"]
 mod wills;

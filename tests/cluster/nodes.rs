@@ -306,6 +306,28 @@ impl Cluster {
         self.node_mut(id).kill9();
     }
 
+    /// SIGTERM node `id` (a clean stop) and waits, without blocking the
+    /// runtime's clients, until the process has exited.
+    pub async fn sigterm(&mut self, id: u64) {
+        eprintln!("cluster: kill -TERM node {id}");
+        let node = self.node_mut(id);
+        node.signal("TERM");
+        let mut child = node.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait().expect("wait for starling") {
+                Some(_) => break,
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("node {id} did not stop within 30 s of SIGTERM");
+                }
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        node.stopped = false;
+    }
+
     /// SIGKILL every running node.
     pub fn kill9_all(&mut self) {
         let running: Vec<u64> = self

@@ -5,7 +5,7 @@
 //! Payloads are decimal sequence numbers, one counter per publisher and topic.
 //! The subscribers' side is in `subscribers`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -218,11 +218,14 @@ const MAX_SEQ: u32 = 60_000;
 /// How long a stopping publisher waits for its last acks.
 const DRAIN: Duration = Duration::from_secs(3);
 
-/// A raw clean-session publisher sending numbered messages at one QoS to one
-/// topic, with a window of unacknowledged ones. When its connection ends it
-/// connects to the next live node and goes on with the next number: messages
-/// left unacknowledged are not sent again, so none can arrive twice because of
-/// the publisher.
+/// A raw publisher sending numbered messages at one QoS to one topic, with a
+/// window of unacknowledged ones. When its connection ends it connects to the
+/// next live node. In the default mode its session is clean and it goes on with
+/// the next number: messages left unacknowledged are not sent again, so none
+/// can arrive twice because of the publisher. Resending (`start_resending`) it
+/// behaves as a real persistent-session client: it resumes its session and
+/// first sends again what it had in flight, PUBLISH with DUP for what had no
+/// PUBREC (or PUBACK) and PUBREL for what had [MQTT-4.4.0-1].
 pub struct Publisher {
     /// Sequence numbers whose PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived.
     acked: Arc<Mutex<BTreeSet<u32>>>,
@@ -234,6 +237,29 @@ pub struct Publisher {
 impl Publisher {
     /// Starts publishing from node `home` (or the next live one).
     pub fn start(live: &Live, home: u64, client_id: &str, topic: &str, qos: u8) -> Publisher {
+        Publisher::spawn(live, home, client_id, topic, qos, false)
+    }
+
+    /// Like `start`, with a persistent session whose in-flight messages are
+    /// sent again on every new connection.
+    pub fn start_resending(
+        live: &Live,
+        home: u64,
+        client_id: &str,
+        topic: &str,
+        qos: u8,
+    ) -> Publisher {
+        Publisher::spawn(live, home, client_id, topic, qos, true)
+    }
+
+    fn spawn(
+        live: &Live,
+        home: u64,
+        client_id: &str,
+        topic: &str,
+        qos: u8,
+        resend: bool,
+    ) -> Publisher {
         assert!(qos == 1 || qos == 2, "only acknowledged QoS is tracked");
         let acked = Arc::new(Mutex::new(BTreeSet::new()));
         let (progress_tx, progress) = watch::channel(0usize);
@@ -247,6 +273,8 @@ impl Publisher {
             progress: progress_tx,
             stop: stop_rx,
             next_seq: 0,
+            resend,
+            in_flight: BTreeMap::new(),
             problems: Vec::new(),
         };
         Publisher {
@@ -300,6 +328,11 @@ struct PublisherRun {
     progress: watch::Sender<usize>,
     stop: watch::Receiver<bool>,
     next_seq: u32,
+    /// A persistent session whose in-flight messages are sent again.
+    resend: bool,
+    /// Packet id -> (sequence number, PUBREC received) of the messages sent
+    /// and not yet acknowledged. Kept across connections when resending.
+    in_flight: BTreeMap<u16, (u32, bool)>,
     problems: Vec<String>,
 }
 
@@ -313,7 +346,8 @@ impl PublisherRun {
                 target = self.live.at_or_after(home);
                 continue;
             };
-            match Raw::try_connect_with(port, &Connect::v311(&self.client_id)).await {
+            let connect = Connect::v311(&self.client_id).clean_session(!self.resend);
+            match Raw::try_connect_with(port, &connect).await {
                 Ok((conn, _, 0)) => {
                     failing_since = None;
                     if self.connection(conn).await {
@@ -343,8 +377,27 @@ impl PublisherRun {
             mut reader,
             mut writer,
         } = conn;
-        // Packet id -> sequence number of the messages sent and not yet acknowledged.
-        let mut in_flight: HashMap<u16, u32> = HashMap::new();
+        if !self.resend {
+            self.in_flight.clear();
+        }
+        // What was in flight on the last connection goes first, in order.
+        for (&pkid, &(seq, received)) in &self.in_flight {
+            let again = if received {
+                raw::pubrel(pkid)
+            } else {
+                raw::publish(
+                    self.topic.as_bytes(),
+                    self.qos,
+                    false,
+                    true,
+                    pkid,
+                    &payload(seq),
+                )
+            };
+            if write(&mut writer, &again).await.is_err() {
+                return false;
+            }
+        }
         let mut tick = tokio::time::interval(PACE);
         let mut stopping_since: Option<Instant> = None;
         loop {
@@ -352,7 +405,7 @@ impl PublisherRun {
                 stopping_since = Some(Instant::now());
             }
             if let Some(since) = stopping_since {
-                if in_flight.is_empty() || since.elapsed() > DRAIN {
+                if self.in_flight.is_empty() || since.elapsed() > DRAIN {
                     return true;
                 }
             }
@@ -364,13 +417,18 @@ impl PublisherRun {
                     };
                     let reply = match (packet.kind(), self.qos) {
                         (kind::PUBACK, 1) | (kind::PUBCOMP, 2) => {
-                            match in_flight.remove(&packet.pkid()) {
-                                Some(seq) => self.acknowledged(seq),
+                            match self.in_flight.remove(&packet.pkid()) {
+                                Some((seq, _)) => self.acknowledged(seq),
                                 None => self.problems.push(format!("ack for unknown {packet:?}")),
                             }
                             None
                         }
-                        (kind::PUBREC, 2) => Some(raw::pubrel(packet.pkid())),
+                        (kind::PUBREC, 2) => {
+                            if let Some((_, received)) = self.in_flight.get_mut(&packet.pkid()) {
+                                *received = true;
+                            }
+                            Some(raw::pubrel(packet.pkid()))
+                        }
                         _ => {
                             self.problems.push(format!("publisher got unexpected {packet:?}"));
                             None
@@ -383,13 +441,13 @@ impl PublisherRun {
                     }
                 }
                 _ = tick.tick() => {
-                    if stopping_since.is_some() || in_flight.len() >= WINDOW || self.next_seq >= MAX_SEQ {
+                    if stopping_since.is_some() || self.in_flight.len() >= WINDOW || self.next_seq >= MAX_SEQ {
                         continue;
                     }
                     let seq = self.next_seq;
                     self.next_seq += 1;
                     let pkid = u16::try_from(seq + 1).expect("MAX_SEQ keeps ids in range");
-                    in_flight.insert(pkid, seq);
+                    self.in_flight.insert(pkid, (seq, false));
                     let publish =
                         raw::publish(self.topic.as_bytes(), self.qos, false, false, pkid, &payload(seq));
                     if write(&mut writer, &publish).await.is_err() {

@@ -102,3 +102,58 @@ async fn takeover_across_nodes_closes_old_connection_and_publishes_will() {
     new.send(&raw::puback(publish.pkid)).await;
     new.expect_silence(Duration::from_millis(500)).await;
 }
+
+/// A client with a will on node 3, a clean subscriber to the will's topic on
+/// node 1 and a persistent one on node 2; node 3 is killed and started again
+/// after `down_for`. A pod restart is often quicker than `node_down_after`:
+/// then the restarted node itself commits that its earlier connections are
+/// gone, and every node, not only the one that proposed it, hands the will
+/// to its own subscribers. Slower, the survivors declare it down first.
+async fn will_reaches_every_subscriber_when_its_node_restarts_after(down_for: Duration) {
+    let mut cluster = Cluster::start(3).await;
+    let mut clean = watcher(cluster.mqtt(1), "q-clean", "wills/#").await;
+    let mut persistent = Client::connect(client::persistent(cluster.mqtt(2), "q-persistent")).await;
+    persistent.subscribe_ok("wills/#", QoS::AtLeastOnce).await;
+    let connect = Connect::v311("q-doomed").will("wills/q-doomed", b"restarted", 1, false);
+    let (_doomed, _) = Raw::connect(cluster.mqtt(3), &connect).await;
+
+    cluster.kill9(3);
+    let killed = Instant::now();
+    tokio::time::sleep(down_for).await;
+    cluster.restart(3).await;
+    eprintln!("node 3 back {:?} after the kill", killed.elapsed());
+    let bound = down_for + cluster.down_after() + Duration::from_secs(10);
+    let (at_clean, at_persistent) = tokio::join!(
+        receive_will(
+            &mut clean,
+            "clean subscriber on node 1",
+            "wills/q-doomed",
+            b"restarted",
+            killed,
+            bound
+        ),
+        receive_will(
+            &mut persistent,
+            "persistent subscriber on node 2",
+            "wills/q-doomed",
+            b"restarted",
+            killed,
+            bound
+        ),
+    );
+    eprintln!("will received {at_clean:?} (clean) and {at_persistent:?} (persistent)");
+    tokio::join!(
+        clean.assert_no_publish(Duration::from_secs(2)),
+        persistent.assert_no_publish(Duration::from_secs(2)),
+    );
+}
+
+#[tokio::test]
+async fn will_reaches_clean_and_persistent_subscribers_after_a_quick_restart() {
+    will_reaches_every_subscriber_when_its_node_restarts_after(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn will_reaches_clean_and_persistent_subscribers_after_a_slow_restart() {
+    will_reaches_every_subscriber_when_its_node_restarts_after(Duration::from_secs(5)).await;
+}
