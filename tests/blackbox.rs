@@ -19,3 +19,5 @@ mod publish_qos;
 mod retained_will;
 #[path = "sessions.rs"]
 mod sessions;
+#[path = "slow_subscriber.rs"]
+mod slow_subscriber;

@@ -18,11 +18,28 @@ pub struct MqttConfig {
     /// QoS 1/2 messages kept for one persistent session; further ones are dropped
     /// and counted.
     pub max_queued_messages: usize,
+    /// Payload bytes kept for one persistent session, at most; further messages
+    /// are dropped and counted.
+    pub max_queued_bytes: u64,
     /// Connections this node accepts at once; more wait in the accept queue.
     pub max_connections: usize,
     /// Messages waiting in one connection's mailbox; past that, QoS 0 messages to
     /// it are dropped and counted.
     pub mailbox_capacity: usize,
+    /// Payload bytes waiting in one connection's mailbox; past that, as past
+    /// `mailbox_capacity`.
+    pub mailbox_capacity_bytes: usize,
+    /// Seconds a subscriber may keep its mailbox over capacity, or leave one
+    /// write to its socket unfinished, before it is disconnected (counted as
+    /// `slow_subscriber`). Publishers are held back for at most this long by it.
+    pub slow_subscriber_timeout: u64,
+}
+
+impl MqttConfig {
+    /// `slow_subscriber_timeout` as a duration (at least a second).
+    pub fn slow_subscriber_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.slow_subscriber_timeout.max(1))
+    }
 }
 
 impl Default for MqttConfig {
@@ -32,8 +49,11 @@ impl Default for MqttConfig {
             max_packet_size: 1024 * 1024,
             max_inflight: 32,
             max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
             max_connections: 100_000,
             mailbox_capacity: 1024,
+            mailbox_capacity_bytes: 16 * 1024 * 1024,
+            slow_subscriber_timeout: 30,
         }
     }
 }

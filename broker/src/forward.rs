@@ -51,19 +51,11 @@ impl ForwardHandler for Inbound {
         match postcard::from_bytes::<Frame>(&frame) {
             Ok(Frame::Publish(message)) => {
                 // The sender already chose the nodes: deliver here only.
+                // The frame counts as accepted once the message is in the
+                // mailboxes here; a subscriber that keeps its mailbox over its
+                // bound is disconnected by this node's sweep.
                 let targets = self.machine.targets(&message.topic, message.qos);
-                let routed = router::route(
-                    &self.machine,
-                    &self.registry,
-                    &self.metrics,
-                    &message,
-                    targets,
-                );
-                if !routed.blocked.is_empty() {
-                    // The handler cannot wait; the frame counts as accepted once
-                    // the message is ours to deliver.
-                    tokio::spawn(router::wait_for_room(routed.blocked, self.metrics.clone()));
-                }
+                router::deliver_here(&self.registry, &self.metrics, &message, targets);
             }
             Ok(Frame::Sync(target)) => {
                 let machine = &self.machine;
@@ -89,20 +81,21 @@ impl ForwardHandler for Inbound {
     }
 }
 
-/// Sends `message` to `nodes`; the future resolves once every node accepted it or
-/// failed to in time (counted: the subscribers there are being disconnected).
+/// Sends `message` to `nodes`; the future resolves once every node accepted it
+/// (true) or one failed to in time (false, counted): a QoS 1/2 message is not
+/// acknowledged to its publisher then, so the publisher sends it again.
 pub fn send(
     node: &Node,
     forwarder: &Forwarder,
     metrics: &Arc<Metrics>,
     message: &Message,
     nodes: Vec<u64>,
-) -> BoxFuture<'static, ()> {
+) -> BoxFuture<'static, bool> {
     let frame = match postcard::to_allocvec(&FrameRef::Publish(message)) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a message to forward");
-            return Box::pin(async {});
+            return Box::pin(async { false });
         }
     };
     let sends: Vec<_> = nodes
@@ -112,6 +105,7 @@ pub fn send(
     let (node, forwarder, metrics) = (node.clone(), forwarder.clone(), metrics.clone());
     Box::pin(async move {
         let results = futures::future::join_all(sends).await;
+        let mut accepted = true;
         for (to, result) in nodes.into_iter().zip(results) {
             let result = match result {
                 // A member this node has not heard of yet (it just joined): learn
@@ -125,8 +119,10 @@ pub fn send(
             if let Err(e) = result {
                 tracing::debug!(to, error = %e, "forwarded message not accepted");
                 metrics.dropped("forward_failed");
+                accepted = false;
             }
         }
+        accepted
     })
 }
 

@@ -131,12 +131,13 @@ impl Shared {
     /// Delivers `message` to `targets` (its matched subscribers) that do not
     /// read a queue: those here at once, those on other nodes through the
     /// forwarding streams. The future (if any node is involved, or a local
-    /// mailbox is over its capacity) resolves when every such node accepted it.
+    /// mailbox is over its capacity) resolves when every such node accepted it
+    /// (true) or one did not (false).
     fn route_to(
         &self,
         message: &Message,
         targets: Vec<state::Target>,
-    ) -> Option<futures::future::BoxFuture<'static, ()>> {
+    ) -> Option<futures::future::BoxFuture<'static, bool>> {
         let routed = router::route(
             &self.machine,
             &self.registry,
@@ -156,13 +157,14 @@ impl Shared {
                 routed.nodes,
             )
         });
-        let local = router::wait_for_room(routed.blocked, self.metrics.clone());
+        let local = router::wait_for_room(routed.blocked, self.config.slow_subscriber_after());
         Some(Box::pin(async move {
             match forwarded {
-                Some(forwarded) => {
-                    futures::join!(forwarded, local);
+                Some(forwarded) => futures::join!(forwarded, local).0,
+                None => {
+                    local.await;
+                    true
                 }
-                None => local.await,
             }
         }))
     }
@@ -186,9 +188,6 @@ impl Shared {
                 message,
                 &routed.nodes,
             );
-        }
-        if !routed.blocked.is_empty() {
-            tokio::spawn(router::wait_for_room(routed.blocked, self.metrics.clone()));
         }
     }
 }

@@ -25,7 +25,7 @@ pub(crate) async fn expiry_loop(shared: Arc<Shared>, mut shutdown: watch::Receiv
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = sweep.tick() => shared.registry.expire(),
+            _ = sweep.tick() => shared.registry.expire(shared.config.slow_subscriber_after()),
         }
     }
 }

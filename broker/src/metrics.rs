@@ -17,6 +17,8 @@ pub struct Metrics {
     /// Messages not delivered, by why (`queue_full`, `mailbox_full`,
     /// `forward_failed`, `forward_unreadable`).
     pub messages_dropped: IntCounterVec,
+    /// Connections the server closed, by why (other than protocol errors).
+    pub disconnects: IntCounterVec,
     /// Forwarding streams to other nodes, by peer and event (`sent`, `acked`,
     /// `dropped` when the bounded buffer was full, `resent`, `errors`, `timeouts`).
     pub forward_frames: IntCounterVec,
@@ -64,6 +66,13 @@ impl Metrics {
                 Opts::new("starling_messages_dropped_total", "Messages not delivered"),
                 &["reason"],
             )?,
+            disconnects: IntCounterVec::new(
+                Opts::new(
+                    "starling_client_disconnects_total",
+                    "Connections the server closed, other than for protocol errors",
+                ),
+                &["reason"],
+            )?,
             forward_frames: IntCounterVec::new(
                 Opts::new(
                     "starling_forward_frames_total",
@@ -102,6 +111,7 @@ impl Metrics {
         registry.register(Box::new(metrics.messages_received.clone()))?;
         registry.register(Box::new(metrics.messages_sent.clone()))?;
         registry.register(Box::new(metrics.messages_dropped.clone()))?;
+        registry.register(Box::new(metrics.disconnects.clone()))?;
         Ok(metrics)
     }
 
@@ -127,6 +137,11 @@ impl Metrics {
     /// Counts `n` messages dropped for `reason`.
     pub fn dropped_many(&self, reason: &'static str, n: u64) {
         self.messages_dropped.with_label_values(&[reason]).inc_by(n);
+    }
+
+    /// Counts a connection the server closed for `reason`.
+    pub fn disconnected(&self, reason: &'static str) {
+        self.disconnects.with_label_values(&[reason]).inc();
     }
 
     pub fn protocol_error(&self, reason: &'static str) {

@@ -27,10 +27,13 @@ pub struct Delivery {
 /// a grown replicated queue, a takeover).
 ///
 /// The queue never refuses a message while the connection is open, so order
-/// never depends on who waits; the bound is on its backlog: past `capacity`,
-/// QoS 0 messages are dropped (and counted), and a publisher whose QoS 1/2
-/// message went past it waits for room before it is acknowledged. Memory stays
-/// bounded by the publishers' windows.
+/// never depends on who waits; the bound is on its backlog: past `capacity`
+/// messages or `capacity_bytes` payload bytes, QoS 0 messages are dropped (and
+/// counted), and a publisher whose QoS 1/2 message went past it waits for room
+/// before it is acknowledged, for at most the slow-subscriber timeout. A
+/// mailbox over its bound for that long gets its connection stopped
+/// ([`Stop::SlowSubscriber`], by [`Registry::expire`]), which closes it and
+/// releases every publisher. Memory stays bounded by the publishers' windows.
 ///
 /// An idle connection's mailbox holds no buffer: the queue allocates when the
 /// first message arrives and lets its buffer go when a burst has drained.
@@ -38,7 +41,13 @@ pub struct Mailbox {
     queue: Mutex<VecDeque<Delivery>>,
     /// The queue's length, readable without the lock.
     len: AtomicUsize,
+    /// The payload bytes in the queue, readable without the lock.
+    bytes: AtomicUsize,
     capacity: usize,
+    capacity_bytes: usize,
+    /// Since when the backlog is over its bound, in milliseconds since the
+    /// registry's epoch plus one; 0 while it is within.
+    over_since_ms: AtomicU64,
     /// Set once the connection stops reading: later deliveries are refused.
     closed: AtomicBool,
     /// Why the connection must end, once it must ([`Stop`] as a number; 0: it
@@ -68,6 +77,8 @@ pub enum Stop {
     NodeStopping = 2,
     /// No packet within its keepalive (or no CONNECT in time).
     Expired = 3,
+    /// It kept its mailbox over capacity for the slow-subscriber timeout.
+    SlowSubscriber = 4,
 }
 
 impl Stop {
@@ -76,6 +87,7 @@ impl Stop {
             1 => Some(Stop::TakenOver),
             2 => Some(Stop::NodeStopping),
             3 => Some(Stop::Expired),
+            4 => Some(Stop::SlowSubscriber),
             _ => None,
         }
     }
@@ -85,11 +97,14 @@ impl Stop {
 const KEEP_QUEUE_CAPACITY: usize = 16;
 
 impl Mailbox {
-    pub fn new(capacity: usize) -> Mailbox {
+    pub fn new(capacity: usize, capacity_bytes: usize) -> Mailbox {
         Mailbox {
             queue: Mutex::new(VecDeque::new()),
             len: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
             capacity: capacity.max(1),
+            capacity_bytes: capacity_bytes.max(1),
+            over_since_ms: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             stop: AtomicU8::new(0),
             deadline_ms: AtomicU64::new(u64::MAX),
@@ -106,6 +121,8 @@ impl Mailbox {
             if self.closed.load(Ordering::Acquire) {
                 return false;
             }
+            self.bytes
+                .fetch_add(delivery.message.payload.len(), Ordering::AcqRel);
             queue.push_back(delivery);
             self.len.fetch_add(1, Ordering::AcqRel);
         }
@@ -126,9 +143,12 @@ impl Mailbox {
             }
             delivery
         };
-        if delivery.is_some() {
-            let before = self.len.fetch_sub(1, Ordering::AcqRel);
-            if before.saturating_sub(1) <= self.capacity {
+        if let Some(delivery) = &delivery {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            self.bytes
+                .fetch_sub(delivery.message.payload.len(), Ordering::AcqRel);
+            if self.has_room() {
+                self.over_since_ms.store(0, Ordering::Release);
                 self.room.notify_waiters();
             }
         }
@@ -182,12 +202,15 @@ impl Mailbox {
             std::mem::take(&mut *queue)
         };
         self.len.store(0, Ordering::Release);
+        self.bytes.store(0, Ordering::Release);
+        self.over_since_ms.store(0, Ordering::Release);
         self.room.notify_waiters();
         drop(dropped);
     }
 
     fn has_room(&self) -> bool {
         self.len.load(Ordering::Acquire) <= self.capacity
+            && self.bytes.load(Ordering::Acquire) <= self.capacity_bytes
     }
 
     /// Waits until the backlog is back within its capacity; false after `timeout`.
@@ -315,13 +338,19 @@ impl Registry {
         mailbox.deadline_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Asks every connection whose deadline has passed to end. Called
+    /// Asks every connection whose deadline has passed to end, and every one
+    /// whose mailbox has been over its bound for `slow_after`. Called
     /// periodically by one task for the whole node.
-    pub fn expire(&self) {
+    pub fn expire(&self, slow_after: Duration) {
         let now = self.millis(Instant::now());
+        let slow_ms = u64::try_from(slow_after.as_millis()).unwrap_or(u64::MAX);
         for mailbox in lock(&self.kicks).values() {
             if mailbox.deadline_ms.load(Ordering::Relaxed) <= now {
                 mailbox.stop(Stop::Expired);
+            }
+            let over = mailbox.over_since_ms.load(Ordering::Acquire);
+            if over > 0 && now.saturating_sub(over - 1) >= slow_ms && mailbox.stopped().is_none() {
+                mailbox.stop(Stop::SlowSubscriber);
             }
         }
     }
@@ -405,8 +434,19 @@ impl Registry {
                 // The connection is closing; its session decides what survives.
                 continue;
             }
-            if !mailbox.has_room() && undelivered.blocked.iter().all(|b| !Arc::ptr_eq(b, mailbox)) {
-                undelivered.blocked.push(mailbox.clone());
+            if !mailbox.has_room() {
+                // Stamped once, when the backlog first goes over; +1 keeps 0 free
+                // for "within its bound".
+                let now = self.millis(Instant::now()).saturating_add(1);
+                let _ = mailbox.over_since_ms.compare_exchange(
+                    0,
+                    now,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if undelivered.blocked.iter().all(|b| !Arc::ptr_eq(b, mailbox)) {
+                    undelivered.blocked.push(mailbox.clone());
+                }
             }
         }
         undelivered

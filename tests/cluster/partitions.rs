@@ -259,3 +259,57 @@ async fn minority_node_refuses_connect_and_fails_readyz() {
         .await;
     assert_eq!(&sub.recv_publish(raw::WAIT).await.payload[..], b"recovered");
 }
+
+/// A clean QoS 1 subscriber on a node that froze (alive, silent, not yet
+/// declared down): a QoS 1 message for it is not acknowledged, since no node
+/// that must deliver it accepted it. The publisher's connection is closed
+/// instead, so that it sends the message again; once the frozen node is
+/// declared down, the resent message is acknowledged.
+#[tokio::test]
+async fn no_puback_for_a_message_a_live_subscriber_node_did_not_accept() {
+    let mut cluster = Cluster::start(3).await;
+    let mut subscriber = Client::connect(client::options(cluster.mqtt(2), "n-sub")).await;
+    subscriber.subscribe_ok("n/t", QoS::AtLeastOnce).await;
+    let connect = Connect::v311("n-pub").clean_session(false);
+    let (mut publisher, _) = Raw::connect(cluster.mqtt(1), &connect).await;
+
+    cluster.sigstop(2);
+    publisher
+        .send(&raw::publish(b"n/t", 1, false, false, 7, b"frozen"))
+        .await;
+    // The forward to node 2 times out; no PUBACK may come before or after.
+    loop {
+        match publisher.read(Duration::from_secs(15)).await {
+            Read::Closed => break,
+            Read::Packet(packet) => {
+                panic!("the publisher got {packet:?} for an unaccepted message")
+            }
+            Read::Timeout => panic!("neither acknowledged nor closed within 15 s"),
+        }
+    }
+    // The client resends on its next connection [MQTT-4.4.0-1], as often as
+    // it must: once node 2 is declared down, its clean session is gone and
+    // the message is acknowledged.
+    let deadline = Instant::now() + cluster.down_after() + Duration::from_secs(15);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the resent message was never acknowledged"
+        );
+        let (mut again, present) =
+            crate::traffic::raw_connect_retry(cluster.mqtt(1), &connect).await;
+        assert!(present, "the publisher's session survived");
+        again
+            .send(&raw::publish(b"n/t", 1, false, true, 7, b"frozen"))
+            .await;
+        match again.read(Duration::from_secs(15)).await {
+            Read::Packet(ack) => {
+                assert_eq!((ack.kind(), ack.pkid()), (raw::kind::PUBACK, 7));
+                break;
+            }
+            Read::Closed => eprintln!("resent message not accepted yet; again"),
+            Read::Timeout => panic!("the resent message neither acknowledged nor refused"),
+        }
+    }
+    cluster.sigcont(2);
+}

@@ -235,23 +235,40 @@ impl Drop for Broker {
 /// The status code of `GET path`, or `None` when nothing answers. A hand-written
 /// HTTP/1.0 request keeps HTTP client crates out of the tests.
 pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).await.map(|(status, _)| status)
+}
+
+/// The status code and body of `GET path`, or `None` when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response);
-        let status_line = text.lines().next()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+        let status_line = head.lines().next()?;
         let mut parts = status_line.split_whitespace();
         let version = parts.next()?;
         if !version.starts_with("HTTP/") {
             return None;
         }
-        parts.next()?.parse().ok()
+        Some((parts.next()?.parse().ok()?, body.to_owned()))
     };
     tokio::time::timeout(Duration::from_secs(2), exchange)
         .await
         .ok()
         .flatten()
+}
+
+/// The resident memory of process `pid`, in KiB (`VmRSS` of /proc).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .expect("VmRSS in /proc status")
 }

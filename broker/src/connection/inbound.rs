@@ -106,6 +106,7 @@ impl Connection {
             will,
             max_queued_messages: u32::try_from(self.shared.config.max_queued_messages)
                 .unwrap_or(u32::MAX),
+            max_queued_bytes: self.shared.config.max_queued_bytes,
         };
         self.propose_then_read(command, move |reply| match reply {
             Reply::Connected {
@@ -384,11 +385,29 @@ impl Connection {
     /// Sends the retained messages matching newly accepted subscriptions, with
     /// retain = 1 [MQTT-3.3.1-6].
     pub(super) fn send_retained(&mut self, filters: &[(String, QoS)]) {
+        let mut dropped = 0u64;
         for (filter, granted) in filters {
             for message in self.shared.machine.retained_matching(filter) {
                 let qos = message.qos.min(*granted);
+                // Bounded like any backlog of this client: what does not fit
+                // behind the window is dropped and counted.
+                if qos > QoS::AtMostOnce && !self.out().can_park() {
+                    dropped += 1;
+                    continue;
+                }
                 self.deliver(crate::registry::Delivery { message, qos });
             }
+        }
+        if dropped > 0 {
+            log!(
+                self,
+                info,
+                dropped,
+                "retained messages over this client's backlog bound dropped"
+            );
+            self.shared
+                .metrics
+                .dropped_many("retained_backlog", dropped);
         }
     }
 

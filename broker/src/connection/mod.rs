@@ -75,6 +75,8 @@ pub(crate) enum Completion {
     Released(u16),
     /// The proposal failed: the node cannot serve this client now.
     Failed(String),
+    /// A node that must deliver a message did not accept it: no answer.
+    Unaccepted,
 }
 
 /// Why a connection ended, which decides what happens to the will.
@@ -133,7 +135,10 @@ pub(crate) fn serve(
     // lives. Events worth seeing at info name the connection themselves (`log!`).
     let span = tracing::debug_span!("conn", %peer, client_id = tracing::field::Empty);
     let _ = stream.set_nodelay(true);
-    let mailbox = Arc::new(Mailbox::new(shared.config.mailbox_capacity));
+    let mailbox = Arc::new(Mailbox::new(
+        shared.config.mailbox_capacity,
+        shared.config.mailbox_capacity_bytes,
+    ));
     shared
         .registry
         .set_deadline(&mailbox, Some(Instant::now() + CONNECT_TIMEOUT));
@@ -235,9 +240,25 @@ impl Connection {
             self.take_mail();
             self.flush_acks();
             if !self.wbuf.is_empty() {
-                if let Err(e) = self.stream.write_all(&self.wbuf).await {
-                    tracing::debug!(error = %e, "write failed");
-                    self.end = Some(End::Lost);
+                // A client that stops reading must not hold this task (and the
+                // publishers waiting on its mailbox) for longer than a slow
+                // subscriber may.
+                let slow_after = self.shared.config.slow_subscriber_after();
+                match tokio::time::timeout(slow_after, self.stream.write_all(&self.wbuf)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "write failed");
+                        self.end = Some(End::Lost);
+                    }
+                    Err(_) => {
+                        log!(
+                            self,
+                            info,
+                            "disconnecting a client that read nothing for {slow_after:?}"
+                        );
+                        self.shared.metrics.disconnected("slow_subscriber");
+                        self.end = Some(End::Lost);
+                    }
                 }
                 if self.wbuf.capacity() > KEEP_WRITE_CAPACITY {
                     self.wbuf = BytesMut::new();
@@ -313,6 +334,15 @@ impl Connection {
             }
             Stop::NodeStopping => {
                 tracing::debug!("node shutting down");
+                End::Lost
+            }
+            Stop::SlowSubscriber => {
+                log!(
+                    self,
+                    info,
+                    "disconnecting a subscriber that reads too slowly: its mailbox stayed full"
+                );
+                self.shared.metrics.disconnected("slow_subscriber");
                 End::Lost
             }
             Stop::Expired => {
@@ -422,12 +452,19 @@ impl Connection {
 
     /// Answers `answer` once every other node with subscribers of `message` has
     /// accepted it; at once if there is none.
+    ///
+    /// When a node that must deliver it did not accept it, there is no answer:
+    /// the connection ends, so that the client sends the message again when it
+    /// reconnects [MQTT-4.4.0-1] instead of holding a packet id for ever.
     fn route_then_answer(&mut self, message: &Message, targets: Vec<Target>, answer: Packet) {
         match self.shared.route_to(message, targets) {
             None => self.send(&answer),
             Some(forwarded) => self.completions.push_back(Box::pin(async move {
-                forwarded.await;
-                Completion::Answer(answer)
+                if forwarded.await {
+                    Completion::Answer(answer)
+                } else {
+                    Completion::Unaccepted
+                }
             })),
         }
     }
@@ -503,6 +540,15 @@ impl Connection {
                     self.send(&Packet::PubRel(packet_id));
                 }
             }
+            Completion::Unaccepted => {
+                log!(
+                    self,
+                    info,
+                    "another node did not take a message in time; closing so the client resends"
+                );
+                self.shared.metrics.disconnected("forward_failed");
+                self.end = Some(End::Lost);
+            }
             Completion::Failed(e) => {
                 if !self.connacked {
                     self.send(&Packet::ConnAck(mqtt::ConnAck {
@@ -554,7 +600,11 @@ impl Connection {
     /// connection's place in the registry.
     async fn close(&mut self) {
         let end = self.end.unwrap_or(End::Lost);
-        let _ = self.stream.shutdown().await;
+        // First, so that publishers waiting for room in it go on at once.
+        self.mailbox.close();
+        // Bounded like any write: a client that reads nothing keeps the
+        // FIN's way blocked too.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
         let shared = self.shared.clone();
         // Committed before the Disconnect, which ends this connection's right
         // to acknowledge anything for the session.
@@ -582,7 +632,6 @@ impl Connection {
                 Err(_) => log!(self, warn, "disconnect not committed in time"),
             }
         }
-        self.mailbox.close();
         shared.registry.close(self.client_id.as_ref(), self.conn);
         tracing::debug!(?end, "connection closed");
     }

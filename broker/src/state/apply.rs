@@ -53,7 +53,11 @@ impl Apply<'_> {
                 clean_session,
                 will,
                 max_queued_messages,
-            } => self.connect(client_id, conn, clean_session, will, max_queued_messages),
+                max_queued_bytes,
+            } => {
+                let limits = (max_queued_messages, max_queued_bytes);
+                self.connect(client_id, conn, clean_session, will, limits)
+            }
             Command::Disconnect {
                 client_id,
                 conn,
@@ -129,7 +133,11 @@ impl Apply<'_> {
             Command::Ack { from, seqs } => match owned_by(self.state, &from) {
                 Some(session) => {
                     for seq in seqs {
-                        session.queue.remove(&seq);
+                        if let Some(acked) = session.queue.remove(&seq) {
+                            session.queued_bytes = session
+                                .queued_bytes
+                                .saturating_sub(payload_bytes(&acked.message));
+                        }
                     }
                     Reply::Done
                 }
@@ -204,7 +212,7 @@ impl Apply<'_> {
         conn: ConnId,
         clean_session: bool,
         will: Option<Message>,
-        max_queued_messages: u32,
+        (max_queued_messages, max_queued_bytes): (u32, u64),
     ) -> Reply {
         if self.state.is_fenced(conn) {
             return Reply::Fenced;
@@ -232,6 +240,7 @@ impl Apply<'_> {
             session.conn = Some(conn);
             session.will = will.map(Box::new);
             session.max_queued = max_queued_messages;
+            session.max_queued_bytes = max_queued_bytes;
         }
         self.index.set_location(&client_id, Some(conn.node));
         self.effects.push(Effect::Attach {
@@ -305,11 +314,15 @@ impl Apply<'_> {
                 let Some(session) = self.state.sessions.get_mut(&target.client_id) else {
                     continue;
                 };
-                if session.queue.len() >= session.max_queued as usize {
+                let bytes = payload_bytes(&shared);
+                if session.queue.len() >= session.max_queued as usize
+                    || session.queued_bytes.saturating_add(bytes) > session.max_queued_bytes
+                {
                     // Like Mosquitto: keep what is queued, drop the newcomer.
                     self.queue_full += 1;
                     continue;
                 }
+                session.queued_bytes += bytes;
                 let seq = session.next_seq;
                 session.next_seq += 1;
                 session.queue.insert(
@@ -327,6 +340,11 @@ impl Apply<'_> {
             self.effects.push(Effect::Deliver(message));
         }
     }
+}
+
+/// What a message counts against a queue's byte limit.
+fn payload_bytes(message: &Message) -> u64 {
+    u64::try_from(message.payload.len()).unwrap_or(u64::MAX)
 }
 
 /// The session of `client_id` if `conn` owns it.

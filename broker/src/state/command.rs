@@ -61,6 +61,8 @@ pub enum Command {
         /// dropped. Carried here, not read from a node's configuration, so that
         /// every node applies the same limit.
         max_queued_messages: u32,
+        /// The most payload bytes the session's queue holds; likewise.
+        max_queued_bytes: u64,
     },
     /// Connection `conn` of `client_id` ended. `publish_will` is false only after
     /// a DISCONNECT packet. Ignored if the session is owned by another connection.

@@ -78,6 +78,9 @@ struct Session {
     inbound: BTreeSet<u16>,
     /// The most messages `queue` holds, as the connecting node asked.
     max_queued: u32,
+    /// The payload bytes in `queue`, and the most it holds.
+    queued_bytes: u64,
+    max_queued_bytes: u64,
     /// Queued messages below this sequence number may have been sent before: a
     /// connection resuming the session sends them with DUP set [MQTT-3.3.1-1].
     /// It only grows. `None` (only in state written by earlier versions) means
@@ -96,6 +99,8 @@ impl Session {
             next_seq: 0,
             inbound: BTreeSet::new(),
             max_queued: 0,
+            queued_bytes: 0,
+            max_queued_bytes: 0,
             sent_below: Some(0),
         }
     }

@@ -12,8 +12,8 @@
 use super::State;
 
 const MAGIC: &[u8; 4] = b"STSM";
-/// 1: sessions carry their queue limit.
-pub(super) const FORMAT: u16 = 1;
+/// 1: sessions carry their queue limit. 2: and their queue's bytes and byte limit.
+pub(super) const FORMAT: u16 = 2;
 
 pub(super) fn encode(state: &State) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(64);

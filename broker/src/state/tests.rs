@@ -32,6 +32,7 @@ impl Dispatch for Recorder {
 struct Machine {
     machine: MqttMachine,
     max_queued: u32,
+    max_queued_bytes: u64,
     effects: Arc<Recorder>,
 }
 
@@ -65,6 +66,7 @@ fn machine(max_queued: u32) -> Machine {
     Machine {
         machine: MqttMachine::new(effects.clone()),
         max_queued,
+        max_queued_bytes: 1 << 30,
         effects,
     }
 }
@@ -100,6 +102,7 @@ fn connect(m: &Machine, id: &str, c: ConnId, clean: bool, will: Option<Message>)
             clean_session: clean,
             will,
             max_queued_messages: m.max_queued,
+            max_queued_bytes: m.max_queued_bytes,
         },
     )
 }
@@ -604,6 +607,7 @@ fn mixed_log() -> Vec<Command> {
             clean_session: clean,
             will: will(&format!("w/{id}")),
             max_queued_messages: 4,
+            max_queued_bytes: 1 << 20,
         });
     }
     for (id, c) in [("s", remote(1)), ("c", remote(2))] {
@@ -680,6 +684,7 @@ fn the_same_log_gives_byte_identical_snapshots_on_every_node() {
         clean_session: false,
         will: None,
         max_queued_messages: 4,
+        max_queued_bytes: 1 << 20,
     }];
     run(&a, &more);
     run(&c, &more);
@@ -916,4 +921,34 @@ fn restore_refuses_a_snapshot_of_another_format_with_a_clear_error() {
     let m2 = machine(10);
     m2.restore(&current).expect("restore");
     assert_eq!(m2.summary().sessions, 1);
+}
+
+#[test]
+fn queue_is_bounded_in_bytes_and_acks_give_room_back() {
+    let mut m = machine(100);
+    m.max_queued_bytes = 10;
+    connect(&m, "sub", conn(1), false, None);
+    subscribe(&m, "sub", conn(1), &[("t", QoS::AtLeastOnce)]);
+    for payload in [b"1234", b"5678", b"abcd"] {
+        publish(&m, msg("t", QoS::AtLeastOnce, false, payload));
+    }
+    assert_eq!(
+        m.queued("sub", 0, 10).len(),
+        2,
+        "the third would pass 10 bytes"
+    );
+    apply(
+        &m,
+        Command::Ack {
+            from: owner("sub", conn(1)),
+            seqs: vec![0],
+        },
+    );
+    publish(&m, msg("t", QoS::AtLeastOnce, false, b"efgh"));
+    let payloads: Vec<Bytes> = m
+        .queued("sub", 0, 10)
+        .into_iter()
+        .map(|(_, q)| q.message.payload.clone())
+        .collect();
+    assert_eq!(payloads, vec!["5678", "efgh"]);
 }

@@ -40,6 +40,11 @@ const DOCS: &[(&str, &str)] = &[
          and counted.",
     ),
     (
+        "mqtt.max_queued_bytes",
+        "Payload bytes kept for one persistent session, at most; further messages\n\
+         are dropped and counted.",
+    ),
+    (
         "mqtt.max_connections",
         "Connections this node accepts at once; more wait in the accept queue.",
     ),
@@ -47,6 +52,17 @@ const DOCS: &[(&str, &str)] = &[
         "mqtt.mailbox_capacity",
         "Messages waiting in one connection's mailbox; past that, QoS 0 messages to\n\
          it are dropped and counted.",
+    ),
+    (
+        "mqtt.mailbox_capacity_bytes",
+        "Payload bytes waiting in one connection's mailbox; past that, as past\n\
+         `mailbox_capacity`.",
+    ),
+    (
+        "mqtt.slow_subscriber_timeout",
+        "Seconds a subscriber may keep its mailbox over capacity, or leave one\n\
+         write to its socket unfinished, before it is disconnected (counted as\n\
+         `slow_subscriber`). Publishers are held back for at most this long by it.",
     ),
     (
         "cluster",
