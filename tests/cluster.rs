@@ -1,7 +1,8 @@
 //! Black-box tests of a cluster: each test starts real `starling` processes on
 //! free loopback ports, each with its own data directory, speaks MQTT to them
 //! with independent clients (rumqttc and raw sockets), and inflicts the faults
-//! a cluster exists to survive: kill -9, restarts, SIGSTOP, joins and leaves.
+//! a cluster exists to survive: kill -9, restarts, SIGSTOP, network partitions,
+//! joins and leaves.
 //!
 //! Clusters run one at a time (see `nodes`), so this binary takes a few minutes.
 
@@ -19,6 +20,8 @@ mod traffic;
 mod consistency;
 #[path = "cluster/failover.rs"]
 mod failover;
+#[path = "cluster/live_minority.rs"]
+mod live_minority;
 #[path = "cluster/membership.rs"]
 mod membership;
 #[path = "cluster/partitions.rs"]

@@ -244,7 +244,11 @@ impl Broker {
         let incarnation = node.incarnation();
         local.set_incarnation(incarnation);
         node.wait_ready(READY_TIMEOUT).await?;
-        let forwarder = starling_cluster::Forwarder::new(config.node_id, FORWARD_BUFFER);
+        let forwarder = starling_cluster::Forwarder::from_source(
+            config.node_id,
+            FORWARD_BUFFER,
+            starling_cluster::source_for(config.cluster.listen),
+        );
         forward::sync_peers(&node, &forwarder);
         let shared = Arc::new(Shared {
             node,

@@ -318,6 +318,8 @@ pub struct Forwarder {
 
 struct Inner {
     self_id: u64,
+    /// The address streams to peers start from (see `network::endpoint`).
+    source: Option<std::net::IpAddr>,
     buffer: usize,
     congestion: Arc<Congestion>,
     /// Read on every send, written on membership changes.
@@ -424,9 +426,16 @@ impl Forwarder {
     /// `buffer` is how many frames may wait in the queue towards each peer; as many
     /// again may be on the wire, awaiting their ack.
     pub fn new(self_id: u64, buffer: usize) -> Forwarder {
+        Forwarder::from_source(self_id, buffer, None)
+    }
+
+    /// Like [`Forwarder::new`], with streams that start from `source` (the
+    /// node's cluster address, see [`crate::source_for`]).
+    pub fn from_source(self_id: u64, buffer: usize, source: Option<std::net::IpAddr>) -> Forwarder {
         Forwarder {
             inner: Arc::new(Inner {
                 self_id,
+                source,
                 buffer: buffer.max(1),
                 congestion: Arc::default(),
                 peers: RwLock::default(),
@@ -465,6 +474,7 @@ impl Forwarder {
         });
         let task = PeerTask {
             self_id: self.inner.self_id,
+            source: self.inner.source,
             epoch: stream_epoch(),
             addr: addr_rx,
             queue: queue_rx,
@@ -676,6 +686,7 @@ struct InFlight {
 /// Owns the stream towards one peer.
 struct PeerTask {
     self_id: u64,
+    source: Option<std::net::IpAddr>,
     epoch: u64,
     addr: watch::Receiver<String>,
     /// The forwarder holds the other end.
@@ -747,7 +758,7 @@ impl PeerTask {
 
     /// Opens a stream, sends the window again, then streams until something ends it.
     async fn stream(&mut self, addr: &str, failures: u32) -> End {
-        let channel = match crate::network::endpoint(addr) {
+        let channel = match crate::network::endpoint(addr, self.source) {
             Ok(endpoint) => endpoint.connect_lazy(),
             Err(e) => return End::Broken(StreamError::Address(e)),
         };

@@ -25,6 +25,7 @@ pub use forward::{
     forward_service, ForwardError, ForwardHandler, ForwardStats, Forwarder, PeerStats,
     MAX_FRAME_BYTES,
 };
+pub use network::source_for;
 pub use node::{Node, NodeBuilder, RaftStatus, Tuning};
 pub use starling_storage::StateMachine;
 

@@ -140,6 +140,9 @@ impl Monitor {
         self.share_silent();
 
         let quorum = has_quorum(&self.core, &m);
+        self.core
+            .quorum
+            .store(quorum, std::sync::atomic::Ordering::Release);
         if quorum != self.had_quorum {
             self.had_quorum = quorum;
             self.emit(if quorum {

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,8 @@ const SNAPSHOT_BASE_DEADLINE: Duration = Duration::from_secs(10);
 /// last answered.
 pub(crate) struct Peers {
     self_id: NodeId,
+    /// The address this node's connections to other members start from.
+    source: Option<IpAddr>,
     /// Channels by address. Locked only to look up or insert one.
     channels: Mutex<HashMap<String, Channel>>,
     /// When each peer last sent a successful Raft reply. Locked only to stamp or read.
@@ -58,9 +61,10 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
-    pub(crate) fn new(self_id: NodeId) -> Peers {
+    pub(crate) fn new(self_id: NodeId, source: Option<IpAddr>) -> Peers {
         Peers {
             self_id,
+            source,
             channels: Mutex::default(),
             last_ok: Mutex::default(),
             heard_leader: Mutex::default(),
@@ -76,7 +80,7 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = endpoint(addr)?.connect_lazy();
+                let channel = endpoint(addr, self.source)?.connect_lazy();
                 channels.insert(addr.to_owned(), channel.clone());
                 channel
             }
@@ -183,8 +187,13 @@ impl Peers {
 }
 
 /// A lazily connected gRPC endpoint to another member, with the transport
-/// settings every node-to-node channel uses.
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+/// settings every node-to-node channel uses. Connections start from `source`
+/// when it is given: a node listening on one address of a multi-homed host
+/// also talks from it, so peers and firewalls see one address per node.
+pub(crate) fn endpoint(
+    addr: &str,
+    source: Option<IpAddr>,
+) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
@@ -195,7 +204,15 @@ pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> 
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true)
+        .local_address(source))
+}
+
+/// The address outgoing connections start from for a node listening on
+/// `listen`: that address, unless it is the wildcard one.
+pub fn source_for(listen: std::net::SocketAddr) -> Option<IpAddr> {
+    let ip = listen.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 /// Why a call to another member failed.

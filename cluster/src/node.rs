@@ -103,6 +103,8 @@ pub(crate) struct Core {
     /// empty while it does not lead. Written by the liveness monitor at every
     /// look; the lock only guards the swap of a short list.
     pub(crate) silent: Mutex<Vec<NodeId>>,
+    /// `has_quorum` as of the monitor's last look, for hot paths.
+    pub(crate) quorum: std::sync::atomic::AtomicBool,
 }
 
 /// A running Raft node. Cheap to clone.
@@ -280,6 +282,16 @@ impl Node {
         quorum
     }
 
+    /// [`Node::has_quorum`] as the liveness monitor last saw it, at most 100 ms
+    /// ago. Cheap enough for every publish, and what every decision to serve
+    /// uses ([`Node::is_ready`] included), so that they all agree.
+    pub fn quorum_hint(&self) -> bool {
+        self.inner
+            .core
+            .quorum
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// True when this node may serve clients: it has a quorum and has applied the
     /// log up to what it held at start.
     pub fn is_ready(&self) -> bool {
@@ -288,7 +300,7 @@ impl Node {
         }
         let metrics = self.inner.core.raft.metrics();
         let m = metrics.borrow();
-        liveness::has_quorum(&self.inner.core, &m) && self.replayed(&m)
+        self.quorum_hint() && self.replayed(&m)
     }
 
     fn replayed(&self, m: &RaftMetrics<NodeId, PeerNode>) -> bool {
@@ -537,7 +549,7 @@ async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
         .map_err(|e| storage_error(&e))?;
     let recovery = storage.recovery();
 
-    let peers = Arc::new(Peers::new(id));
+    let peers = Arc::new(Peers::new(id, crate::network::source_for(config.listen)));
     let raft = Raft::new(
         id,
         raft_config(&tuning)?,
@@ -560,6 +572,7 @@ async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
         node_down_after: config.node_down_after,
         stopping: stop_rx.clone(),
         silent: Mutex::new(Vec::new()),
+        quorum: std::sync::atomic::AtomicBool::new(false),
     });
     let server = crate::server::spawn(listener, core.clone(), forward, stop_server_rx);
 

@@ -1,5 +1,10 @@
 //! A cluster of real `starling` processes on loopback, and the faults a test
-//! inflicts on it: kill -9, restart, SIGSTOP/SIGCONT, join and leave.
+//! inflicts on it: kill -9, restart, SIGSTOP/SIGCONT, real network partitions,
+//! join and leave.
+//!
+//! Each node speaks to the others from its own loopback address (node N on
+//! 127.0.0.(10+N)), so that firewall rules can cut one node off from the rest
+//! while it stays alive and reachable by the test's clients on 127.0.0.1.
 //!
 //! Nodes are named by their node id (1..=n), as on the command line. Each has
 //! its own temp dir, OS-chosen ports and log file; every log is printed when a
@@ -84,9 +89,15 @@ impl Node {
         }
     }
 
-    /// `127.0.0.1:PORT` of the cluster listener.
+    /// The loopback address this node's cluster traffic comes from and goes to.
+    pub fn cluster_ip(&self) -> String {
+        let last = u8::try_from(10 + self.id).expect("node ids stay below 246");
+        format!("127.0.0.{last}")
+    }
+
+    /// `127.0.0.(10+id):PORT` of the cluster listener.
     pub fn cluster_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.cluster)
+        format!("{}:{}", self.cluster_ip(), self.cluster)
     }
 
     pub fn is_running(&self) -> bool {
@@ -328,6 +339,21 @@ impl Cluster {
         node.stopped = false;
     }
 
+    /// Cuts node `id` off from every other node with firewall rules on their
+    /// loopback addresses: it stays alive, and clients still reach it. The cut
+    /// heals when the returned guard is dropped (or `heal`ed).
+    pub fn cut_off(&self, id: u64) -> Cut {
+        let me = self.node(id).cluster_ip();
+        let others: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|node| node.id != id)
+            .map(Node::cluster_ip)
+            .collect();
+        eprintln!("cluster: cutting node {id} ({me}) off from {others:?}");
+        Cut::install(&me, &others)
+    }
+
     /// SIGKILL every running node.
     pub fn kill9_all(&mut self) {
         let running: Vec<u64> = self
@@ -528,4 +554,61 @@ pub async fn http_request(
         Some((status, body.to_string()))
     };
     tokio::time::timeout(timeout, exchange).await.ok().flatten()
+}
+
+/// A network partition made of iptables rules in a chain of its own, removed
+/// when dropped. Needs root and iptables, as CI has; without them the test
+/// fails rather than pretending to cut anything.
+pub struct Cut {
+    chain: String,
+    healed: bool,
+}
+
+impl Cut {
+    fn install(me: &str, others: &[String]) -> Cut {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let chain = format!("STARLING_CUT_{}_{n}", std::process::id());
+        iptables(&["-N", &chain]);
+        for other in others {
+            iptables(&["-A", &chain, "-s", me, "-d", other, "-j", "DROP"]);
+            iptables(&["-A", &chain, "-s", other, "-d", me, "-j", "DROP"]);
+        }
+        iptables(&["-I", "INPUT", "-j", &chain]);
+        Cut {
+            chain,
+            healed: false,
+        }
+    }
+
+    /// Removes the rules: the node hears the others again.
+    pub fn heal(mut self) {
+        self.remove();
+    }
+
+    fn remove(&mut self) {
+        if std::mem::replace(&mut self.healed, true) {
+            return;
+        }
+        eprintln!("cluster: healing the cut {}", self.chain);
+        iptables(&["-D", "INPUT", "-j", &self.chain]);
+        iptables(&["-F", &self.chain]);
+        iptables(&["-X", &self.chain]);
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn iptables(args: &[&str]) {
+    let status = Command::new("iptables")
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("iptables {args:?}: {e} (the partition tests need iptables and root)")
+        });
+    assert!(status.success(), "iptables {args:?} failed: {status}");
 }

@@ -58,7 +58,7 @@ impl Connection {
             }));
             this.end = Some(End::Lost);
         };
-        if !self.shared.node.has_quorum() || self.shared.registry.is_fenced() {
+        if !self.shared.node.quorum_hint() || self.shared.registry.is_fenced() {
             log!(
                 self,
                 info,
@@ -173,6 +173,19 @@ impl Connection {
 
     fn publish(&mut self, publish: Publish) {
         self.shared.metrics.received(publish.qos);
+        if publish.qos > QoS::AtMostOnce && !self.shared.node.quorum_hint() {
+            // The majority may already own this client's subscribers and
+            // sessions: nothing is acknowledged here. The client sends it
+            // again where it reconnects [MQTT-4.4.0-1].
+            log!(
+                self,
+                info,
+                "closing: a QoS 1/2 PUBLISH on a node without quorum"
+            );
+            self.shared.metrics.disconnected("no_quorum");
+            self.end = Some(End::Lost);
+            return;
+        }
         let message = Message {
             topic: publish.topic,
             payload: publish.payload,
@@ -368,17 +381,34 @@ impl Connection {
             self.send(&Packet::SubAck(SubAck { packet_id, codes }));
             return;
         }
+        // Without a quorum nothing can be committed: every filter fails, and
+        // the connection stays (it is closed once the node is cut off for
+        // `node_down_after`, so that the client moves to the majority).
+        let failed = SubAck {
+            packet_id,
+            codes: vec![SubAckCode::Failure; codes.len()],
+        };
+        if !self.shared.node.quorum_hint() {
+            log!(self, info, "SUBSCRIBE failed: this node has no quorum");
+            self.send(&Packet::SubAck(failed));
+            return;
+        }
         let command = Command::Subscribe {
             client_id,
             conn: self.conn,
             filters: accepted.clone(),
         };
-        self.propose_with(command, true, move |reply| match reply {
-            Reply::Done => Completion::Subscribed {
+        self.propose_or_else(command, true, move |reply| match reply {
+            Ok(Reply::Done) => Completion::Subscribed {
                 answer: Packet::SubAck(SubAck { packet_id, codes }),
                 retained: accepted,
             },
-            other => Completion::Failed(format!("subscribe refused: {other:?}")),
+            Ok(Reply::NotOwner | Reply::Fenced) => Completion::Stale,
+            Ok(other) => Completion::Failed(format!("unexpected reply to Subscribe: {other:?}")),
+            Err(e) => Completion::Refused {
+                answer: Packet::SubAck(failed),
+                why: format!("subscription not committed: {e}"),
+            },
         });
     }
 

@@ -77,6 +77,8 @@ pub(crate) enum Completion {
     Failed(String),
     /// A node that must deliver a message did not accept it: no answer.
     Unaccepted,
+    /// The command could not be committed; `answer` says so to the client.
+    Refused { answer: Packet, why: String },
 }
 
 /// Why a connection ended, which decides what happens to the will.
@@ -486,6 +488,20 @@ impl Connection {
         synced: bool,
         then: impl FnOnce(Reply) -> Completion + Send + 'static,
     ) {
+        self.propose_or_else(command, synced, move |reply| match reply {
+            Ok(reply) => then(reply),
+            Err(e) => Completion::Failed(e),
+        });
+    }
+
+    /// Like [`Connection::propose_with`], for a caller that answers a failed
+    /// proposal itself rather than closing the connection.
+    fn propose_or_else(
+        &mut self,
+        command: Command,
+        synced: bool,
+        then: impl FnOnce(Result<Reply, String>) -> Completion + Send + 'static,
+    ) {
         let shared = self.shared.clone();
         // Proposals must reach the proposer in the order the client sent its
         // packets. A future's first poll is where it enqueues; under tokio's
@@ -499,10 +515,7 @@ impl Connection {
                 } else {
                     shared.propose(command).await
                 };
-                match reply {
-                    Ok(reply) => then(reply),
-                    Err(e) => Completion::Failed(e.to_string()),
-                }
+                then(reply.map_err(|e| e.to_string()))
             })));
     }
 
@@ -539,6 +552,10 @@ impl Connection {
                     *stage = Stage::AwaitComp;
                     self.send(&Packet::PubRel(packet_id));
                 }
+            }
+            Completion::Refused { answer, why } => {
+                log!(self, info, "refused: {why}");
+                self.send(&answer);
             }
             Completion::Unaccepted => {
                 log!(
