@@ -20,6 +20,8 @@ mod traffic;
 mod consistency;
 #[path = "cluster/failover.rs"]
 mod failover;
+#[path = "cluster/large.rs"]
+mod large;
 #[path = "cluster/live_minority.rs"]
 mod live_minority;
 #[path = "cluster/membership.rs"]

@@ -54,6 +54,12 @@ pub struct Tuning {
     /// Commands that may wait for the proposer. When it is full, `propose` waits
     /// for room: callers are slowed down, never refused.
     pub queue_capacity: usize,
+    /// Bytes of commands one Raft entry carries at most (a single larger
+    /// command still gets an entry of its own). Keeps every entry, and so every
+    /// AppendEntries, far below the gRPC message limit whatever the payloads,
+    /// and small enough to be replicated within openraft's AppendEntries
+    /// timeout, which is the heartbeat interval.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -63,6 +69,7 @@ impl Default for Tuning {
             entries_kept_after_snapshot: 10_000,
             max_batches_in_flight: 1,
             queue_capacity: 65_536,
+            max_batch_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -627,6 +634,7 @@ async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
         core: core.clone(),
         incarnation: storage.incarnation(),
         max_batch: config.max_batch,
+        max_batch_bytes: tuning.max_batch_bytes,
         counters: counters.clone(),
     };
     let proposer = tokio::spawn(proposer.run(queue_rx, stop_rx.clone()).in_current_span());

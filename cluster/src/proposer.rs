@@ -2,7 +2,8 @@
 //!
 //! Callers of `Node::propose` send (command, reply slot) into a bounded queue. One
 //! task owns the other end. It takes the first queued command plus everything
-//! else already queued (up to `max_batch`) and submits them as ONE entry; while
+//! else already queued (up to `max_batch` commands and `max_batch_bytes`) and
+//! submits them as ONE entry; while
 //! that entry is in flight, new commands pile up in the queue and form the next
 //! batch, so batches grow with load on their own. When the entry is applied, each
 //! caller gets its own reply from the entry's reply vector.
@@ -55,6 +56,7 @@ pub(crate) struct Proposer {
     pub(crate) core: Arc<Core>,
     pub(crate) incarnation: u64,
     pub(crate) max_batch: usize,
+    pub(crate) max_batch_bytes: usize,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -68,20 +70,34 @@ impl Proposer {
     ) {
         let max_batch = self.max_batch.max(1);
         let mut next_seq = 0u64;
+        // A command taken from the queue that did not fit in the last batch:
+        // it opens the next one.
+        let mut carried: Option<Proposal> = None;
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = stop.wait_for(|stop| *stop) => break,
-                first = queue.recv() => match first {
-                    Some(first) => first,
-                    None => break,
+            let first = match carried.take() {
+                Some(first) => first,
+                None => tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    first = queue.recv() => match first {
+                        Some(first) => first,
+                        None => break,
+                    },
                 },
             };
+            let mut bytes = first.command.len();
             let mut batch = Vec::with_capacity(64);
             batch.push(first);
             while batch.len() < max_batch {
                 match queue.try_recv() {
-                    Ok(proposal) => batch.push(proposal),
+                    Ok(proposal) if bytes + proposal.command.len() > self.max_batch_bytes => {
+                        carried = Some(proposal);
+                        break;
+                    }
+                    Ok(proposal) => {
+                        bytes += proposal.command.len();
+                        batch.push(proposal);
+                    }
                     Err(_) => break,
                 }
             }
@@ -91,6 +107,9 @@ impl Proposer {
         }
 
         queue.close();
+        if let Some(proposal) = carried {
+            let _ = proposal.reply.send(Err(ClusterError::ShuttingDown));
+        }
         while let Ok(proposal) = queue.try_recv() {
             let _ = proposal.reply.send(Err(ClusterError::ShuttingDown));
         }

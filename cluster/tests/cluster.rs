@@ -596,3 +596,55 @@ async fn five_nodes_tolerate_two_stopped() {
         cluster.stop(id).await;
     }
 }
+
+/// Large commands proposed at once are split into entries bounded in bytes,
+/// not only in count: one entry of thousands of large publishes would pass the
+/// gRPC message limit and wedge replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_commands_form_entries_bounded_in_bytes_and_replicate() {
+    const COMMANDS: usize = 48;
+    const SIZE: usize = 256 * 1024;
+    const LIMIT: usize = 1024 * 1024;
+    let tuning = Tuning {
+        max_batch_bytes: LIMIT,
+        ..Tuning::default()
+    };
+    let cluster = Cluster::start_all(3, tuning).await;
+    let leader = cluster.wait_leader().await;
+    let proposer = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let node = cluster.node(proposer).clone();
+    let before = node.stats();
+    let big = |i: usize| {
+        let mut command = command(i);
+        command.resize(SIZE, b'.');
+        command
+    };
+    let tasks: Vec<_> = (0..COMMANDS)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move { node.propose(big(i)).await.map(|_| ()) })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("proposer task").expect("committed");
+    }
+    let journal = cluster.wait_same_journal(COMMANDS).await;
+    for i in 0..COMMANDS {
+        assert_eq!(
+            journal.iter().filter(|c| **c == big(i)).count(),
+            1,
+            "command {i}"
+        );
+    }
+    let after = node.stats();
+    let batches = after.batches - before.batches;
+    let per_entry = LIMIT / SIZE;
+    assert!(
+        batches >= (COMMANDS / per_entry) as u64,
+        "{COMMANDS} commands of {SIZE} bytes in {batches} entries: more than {LIMIT} bytes in one"
+    );
+}
