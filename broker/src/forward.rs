@@ -6,7 +6,8 @@
 //! That is how a SUBACK can promise that the subscription is in force on every
 //! node, not only on the one that committed it.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -174,25 +175,59 @@ pub fn sync_peers(node: &Node, forwarder: &Forwarder) {
     }
 }
 
-/// Resolves once every peer not declared down has applied `applied` commands (or
-/// [`SYNC_TIMEOUT`] passed for it). Nodes declared down serve nobody until they
-/// have caught up and come back.
-pub fn sync(forwarder: &Forwarder, machine: &MqttMachine, applied: u64) -> BoxFuture<'static, ()> {
+/// Peers whose last sync point was not acknowledged in time: a peer that is
+/// silent but not yet declared down. Sync points still go to them, but nobody
+/// waits for their answer until one comes, so that such a peer costs one
+/// SUBSCRIBE a [`SYNC_TIMEOUT`], not every one. Locked only to look up, add or
+/// remove an id.
+#[derive(Default)]
+pub struct Laggards(Mutex<HashSet<u64>>);
+
+impl Laggards {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Resolves once every peer that is neither declared down nor a laggard has
+/// applied `applied` commands (or [`SYNC_TIMEOUT`] passed for it). Nodes
+/// declared down serve nobody until they have caught up and come back.
+pub fn sync(
+    forwarder: &Forwarder,
+    machine: &MqttMachine,
+    applied: u64,
+    laggards: &Arc<Laggards>,
+) -> BoxFuture<'static, ()> {
     let Ok(frame) = postcard::to_allocvec(&FrameRef::Sync(applied)) else {
         return Box::pin(async {});
     };
     let frame = Bytes::from(frame);
-    let sends: Vec<_> = forwarder
-        .stats()
-        .peers
-        .into_iter()
-        .filter(|peer| !machine.is_node_down(peer.id))
-        .map(|peer| forwarder.send(peer.id, frame.clone(), SYNC_TIMEOUT))
-        .collect();
+    let mut waited = Vec::new();
+    for peer in forwarder.stats().peers {
+        if machine.is_node_down(peer.id) {
+            continue;
+        }
+        let send = forwarder.send(peer.id, frame.clone(), SYNC_TIMEOUT);
+        if laggards.lock().contains(&peer.id) {
+            let laggards = laggards.clone();
+            tokio::spawn(async move {
+                if send.await.is_ok() {
+                    laggards.lock().remove(&peer.id);
+                }
+            });
+        } else {
+            waited.push((peer.id, send));
+        }
+    }
+    let laggards = laggards.clone();
     Box::pin(async move {
-        for result in futures::future::join_all(sends).await {
+        let (ids, sends): (Vec<u64>, Vec<_>) = waited.into_iter().unzip();
+        for (id, result) in ids.into_iter().zip(futures::future::join_all(sends).await) {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "sync point not acknowledged");
+                tracing::debug!(peer = id, error = %e, "sync point not acknowledged");
+                laggards.lock().insert(id);
             }
         }
     })

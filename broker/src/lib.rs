@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     config: MqttConfig,
     forwarder: starling_cluster::Forwarder,
+    /// Peers not waited for at sync points until they answer one again.
+    laggards: Arc<forward::Laggards>,
     /// How long a node may be silent, or without quorum, before others act.
     down_after: Duration,
     next_conn: AtomicU64,
@@ -113,13 +115,10 @@ impl Shared {
     /// have applied it: what a SUBACK or the PUBACK of a retained message promises.
     async fn propose_synced(&self, command: Command) -> Result<Reply, BrokerError> {
         let (applied, reply) = self.propose_counted(command).await?;
-        let machine = self.machine.clone();
-        let here = tokio::task::spawn_blocking(move || {
-            machine.wait_applied(applied, forward::SYNC_TIMEOUT)
-        });
-        let (here, ()) =
-            futures::join!(here, forward::sync(&self.forwarder, &self.machine, applied));
-        if !matches!(here, Ok(true)) {
+        let here = self.machine.applied_reached(applied, forward::SYNC_TIMEOUT);
+        let others = forward::sync(&self.forwarder, &self.machine, applied, &self.laggards);
+        let (here, ()) = futures::join!(here, others);
+        if !here {
             tracing::warn!(
                 applied,
                 "this node did not apply a committed command in time"
@@ -257,6 +256,7 @@ impl Broker {
             metrics,
             config: config.mqtt.clone(),
             forwarder,
+            laggards: Arc::default(),
             down_after: Duration::from_millis(config.cluster.node_down_after_ms),
             next_conn: AtomicU64::new(0),
         });

@@ -234,11 +234,16 @@ impl Cluster {
 
     /// `n` nodes declaring a silent peer down after `FAST_DOWN_AFTER`.
     pub async fn start_fast(n: u64) -> Cluster {
+        Cluster::start_with_down_after(n, FAST_DOWN_AFTER).await
+    }
+
+    /// `n` nodes declaring a silent peer down after `down_after`.
+    pub async fn start_with_down_after(n: u64, down_after: Duration) -> Cluster {
         let toml = format!(
             "[cluster]\nnode_down_after_ms = {}\n",
-            FAST_DOWN_AFTER.as_millis()
+            down_after.as_millis()
         );
-        Cluster::launch(n, Some(toml), FAST_DOWN_AFTER).await
+        Cluster::launch(n, Some(toml), down_after).await
     }
 
     async fn launch(n: u64, config_toml: Option<String>, down_after: Duration) -> Cluster {

@@ -309,3 +309,29 @@ async fn no_puback_for_a_message_a_live_subscriber_node_did_not_accept() {
     }
     cluster.sigcont(2);
 }
+
+/// A node that froze but is not declared down yet (a long `node_down_after`)
+/// costs the first SUBSCRIBE the sync timeout, not every one: once it missed a
+/// sync point, nobody waits for it until it answers again.
+#[tokio::test]
+async fn a_silent_node_not_yet_declared_down_slows_one_subscribe_not_all() {
+    const SUBSCRIBES: u16 = 8;
+    let mut cluster = Cluster::start_with_down_after(3, Duration::from_secs(15)).await;
+    let (mut client, _) = Raw::connect(cluster.mqtt(2), &Connect::v311("s-many")).await;
+    // Opens node 2's forwarding streams, so node 3 looks connected when frozen.
+    client.subscribe(100, &[("s/warm-up", 1)]).await;
+    cluster.sigstop(3);
+    let started = Instant::now();
+    for i in 1..=SUBSCRIBES {
+        client.subscribe(i, &[(format!("s/{i}").as_str(), 1)]).await;
+    }
+    let took = started.elapsed();
+    eprintln!("{SUBSCRIBES} SUBACKs in {took:?} with node 3 frozen");
+    cluster.sigcont(3);
+    // One sync timeout (1 s) for the first, then no more waiting: far below
+    // the second per SUBSCRIBE it cost before.
+    assert!(
+        took < Duration::from_secs(4),
+        "{SUBSCRIBES} SUBSCRIBEs took {took:?} while node 3 was silent"
+    );
+}
