@@ -57,6 +57,9 @@ pub struct Target {
 /// One message in a persistent session's queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Queued {
+    /// Shared by every session the message was queued for; a snapshot stores
+    /// it once.
+    #[serde(with = "snapshot::shared_message")]
     pub message: Arc<Message>,
     /// The QoS it is delivered at: min(publish QoS, subscription QoS).
     pub qos: QoS,

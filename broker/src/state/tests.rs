@@ -906,8 +906,8 @@ fn restore_refuses_a_snapshot_of_another_format_with_a_clear_error() {
     let m = machine(10);
     connect(&m, "a", conn(1), false, None);
     let current = m.snapshot().expect("snapshot");
-    // What the previous version wrote: the state alone, with no header.
-    let previous = current[6..].to_vec();
+    // What the first version wrote: the state alone, with no header.
+    let previous = current[14..].to_vec();
     let err = machine(10).restore(&previous).expect_err("refused");
     assert!(err.contains("older version"), "{err}");
     let mut future = current.clone();
@@ -951,4 +951,34 @@ fn queue_is_bounded_in_bytes_and_acks_give_room_back() {
         .map(|(_, q)| q.message.payload.clone())
         .collect();
     assert_eq!(payloads, vec!["5678", "efgh"]);
+}
+
+/// A message queued for many persistent sessions is stored once in a
+/// snapshot, and shared again once restored.
+#[test]
+fn a_payload_queued_for_many_sessions_is_stored_once() {
+    const SESSIONS: usize = 100;
+    const PAYLOAD: usize = 10_000;
+    let m = machine(10);
+    for i in 0..SESSIONS {
+        let id = format!("s{i}");
+        let c = conn(u64::try_from(i).expect("small"));
+        connect(&m, &id, c, false, None);
+        subscribe(&m, &id, c, &[("t", QoS::AtLeastOnce)]);
+    }
+    let payload: &'static [u8] = Box::leak(vec![7u8; PAYLOAD].into_boxed_slice());
+    publish(&m, msg("t", QoS::AtLeastOnce, false, payload));
+    let snapshot = m.snapshot().expect("snapshot");
+    assert!(
+        snapshot.len() < 2 * PAYLOAD,
+        "{} bytes for one payload of {PAYLOAD} queued {SESSIONS} times",
+        snapshot.len()
+    );
+    let restored = machine(10);
+    restored.restore(&snapshot).expect("restore");
+    assert_eq!(restored.summary().queued_messages, SESSIONS);
+    let first = restored.queued("s0", 0, 1);
+    let last = restored.queued(&format!("s{}", SESSIONS - 1), 0, 1);
+    assert!(Arc::ptr_eq(&first[0].1.message, &last[0].1.message));
+    assert_eq!(restored.snapshot().expect("snapshot"), snapshot);
 }
