@@ -75,6 +75,10 @@ pub struct ClusterConfig {
     /// How long a node may stay silent before it is declared down, in
     /// milliseconds: its clients' wills are then published by the others.
     pub node_down_after_ms: u64,
+    /// Bytes the Raft log may hold on disk before what a snapshot covers is
+    /// purged (about half of this is kept behind the snapshot, for followers a
+    /// little behind). Bounds disk use and restart time whatever the payloads.
+    pub max_log_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -85,6 +89,7 @@ impl Default for ClusterConfig {
             peers: Vec::new(),
             join: String::new(),
             node_down_after_ms: 3000,
+            max_log_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -236,7 +236,12 @@ impl Broker {
             registry: local.clone(),
             metrics: metrics.clone(),
         });
+        let tuning = starling_cluster::Tuning {
+            max_log_bytes: config.cluster.max_log_bytes,
+            ..starling_cluster::Tuning::default()
+        };
         let node = Node::builder(node_config, machine.clone())
+            .tuning(tuning)
             .forward_handler(inbound)
             .start()
             .await?;

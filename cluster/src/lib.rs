@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod compaction;
 mod forward;
 mod liveness;
 mod membership;

@@ -46,6 +46,10 @@ pub struct Tuning {
     /// Entries kept in the log behind a snapshot, so that a follower a little
     /// behind catches up from the log rather than by a snapshot transfer.
     pub entries_kept_after_snapshot: u64,
+    /// Bytes the log may hold: past them, what a snapshot covers is purged,
+    /// keeping about half of this behind it, and a snapshot is built first if
+    /// needed. Bounds disk use and replay time whatever the size of entries.
+    pub max_log_bytes: u64,
     /// Not used: the proposer keeps one entry in flight. A batch that fails over
     /// to a new leader is retried as it was, and no later batch of the same node
     /// may commit before it, or the retry would be taken for a duplicate. Commands
@@ -67,6 +71,7 @@ impl Default for Tuning {
         Tuning {
             snapshot_after_entries: 20_000,
             entries_kept_after_snapshot: 10_000,
+            max_log_bytes: 256 * 1024 * 1024,
             max_batches_in_flight: 1,
             queue_capacity: 65_536,
             max_batch_bytes: 4 * 1024 * 1024,
@@ -145,6 +150,7 @@ struct Inner {
 struct Tasks {
     proposer: JoinHandle<()>,
     monitor: JoinHandle<()>,
+    compactor: JoinHandle<()>,
     server: JoinHandle<()>,
 }
 
@@ -245,6 +251,11 @@ impl Node {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Bytes of the entries in this node's Raft log now.
+    pub fn log_bytes(&self) -> u64 {
+        self.inner.storage.log_bytes()
     }
 
     /// The address the cluster server is bound to (useful with port 0).
@@ -447,6 +458,9 @@ impl Inner {
         if let Err(e) = tasks.monitor.await {
             warn!(error = %e, "monitor task failed");
         }
+        if let Err(e) = tasks.compactor.await {
+            warn!(error = %e, "log compaction task failed");
+        }
         // The server and Raft stop together, so that no peer is answered by a
         // stopped Raft.
         self.stop_server.send_replace(true);
@@ -640,7 +654,13 @@ async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
     let proposer = tokio::spawn(proposer.run(queue_rx, stop_rx.clone()).in_current_span());
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let monitor = Monitor::new(core.clone(), events.clone());
-    let monitor = tokio::spawn(monitor.run(stop_rx).in_current_span());
+    let monitor = tokio::spawn(monitor.run(stop_rx.clone()).in_current_span());
+    let compactor = crate::compaction::Compactor {
+        core: core.clone(),
+        storage: storage.clone(),
+        max_log_bytes: tuning.max_log_bytes.max(1),
+    };
+    let compactor = tokio::spawn(compactor.run(stop_rx).in_current_span());
 
     info!(
         incarnation = storage.incarnation(),
@@ -666,6 +686,7 @@ async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
             tasks: Mutex::new(Some(Tasks {
                 proposer,
                 monitor,
+                compactor,
                 server,
             })),
             stopped: OnceCell::new(),

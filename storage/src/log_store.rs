@@ -7,6 +7,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -114,6 +115,12 @@ pub struct LogStore {
 
 impl LogStore {
     pub(crate) fn new(shared: Arc<Shared>) -> Result<LogStore, StoreError> {
+        // Counted once at open; the log is read again anyway by the replay.
+        let mut bytes = 0u64;
+        for value in shared.log.iter().values() {
+            bytes = bytes.saturating_add(value?.len() as u64);
+        }
+        shared.log_bytes.store(bytes, Ordering::Relaxed);
         let (flush_tx, flush_rx) = mpsc::channel();
         let flusher_shared = shared.clone();
         thread::Builder::new()
@@ -128,6 +135,16 @@ impl LogStore {
     fn shared(&self) -> &Shared {
         &self.reader.shared
     }
+}
+
+/// Takes `bytes` of removed entries off the log's count.
+fn forget_bytes(shared: &Shared, bytes: u64) {
+    // Never below zero, even if a count at open raced an append.
+    let _ = shared
+        .log_bytes
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            Some(b.saturating_sub(bytes))
+        });
 }
 
 /// Group commit: one fsync for every callback queued since the previous one.
@@ -232,14 +249,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut bytes = 0u64;
         for entry in entries {
             let value = encode("log entry", &entry).map_err(write_err)?;
+            bytes += value.len() as u64;
             batch.insert(&index_key(entry.log_id.index), value);
         }
         self.shared()
             .log
             .apply_batch(batch)
             .map_err(|e| write_err(e.into()))?;
+        self.shared().log_bytes.fetch_add(bytes, Ordering::Relaxed);
         if let Err(mpsc::SendError(callback)) = self.flush_tx.send(callback) {
             let e = std::io::Error::other("the raft log flusher has stopped");
             let err = StorageIOError::write_logs(AnyError::new(&e)).into();
@@ -251,15 +271,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         debug!(%log_id, "truncating raft log");
-        let log = &self.shared().log;
+        let shared = self.shared();
         let remove = || -> Result<(), StoreError> {
             let mut batch = sled::Batch::default();
-            for key in log.range(index_key(log_id.index)..).keys() {
-                batch.remove(key?);
+            let mut bytes = 0u64;
+            for item in shared.log.range(index_key(log_id.index)..) {
+                let (key, value) = item?;
+                bytes += value.len() as u64;
+                batch.remove(key);
             }
             // Not flushed: until a later append's flush, a crash merely brings back
             // the conflicting tail, which the leader truncates again.
-            log.apply_batch(batch)?;
+            shared.log.apply_batch(batch)?;
+            forget_bytes(shared, bytes);
             Ok(())
         };
         remove().map_err(write_err)
@@ -276,10 +300,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .meta
                 .insert(KEY_LAST_PURGED, encode("last purged log id", &log_id)?)?;
             let mut batch = sled::Batch::default();
-            for key in shared.log.range(..=index_key(log_id.index)).keys() {
-                batch.remove(key?);
+            let mut bytes = 0u64;
+            for item in shared.log.range(..=index_key(log_id.index)) {
+                let (key, value) = item?;
+                bytes += value.len() as u64;
+                batch.remove(key);
             }
             shared.log.apply_batch(batch)?;
+            forget_bytes(shared, bytes);
             Ok(())
         };
         remove().map_err(write_err)

@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     pub(crate) meta: sled::Tree,
     pub(crate) snapshot: sled::Tree,
     pub(crate) flushes: Arc<AtomicU64>,
+    /// Bytes of the entries in `log`, as stored: counted at open, then kept up
+    /// to date by append, truncate and purge.
+    pub(crate) log_bytes: AtomicU64,
     pub(crate) incarnation: u64,
     /// Held while a snapshot is written, so that a snapshot built from older state
     /// never replaces a newer one installed meanwhile. Never held across `.await`.
@@ -167,6 +170,36 @@ impl StorageHandle {
         bump_incarnation(&shared.db, &shared.meta)
     }
 
+    /// Bytes of the entries the log holds now (0 once the store is closed).
+    pub fn log_bytes(&self) -> u64 {
+        self.shared
+            .upgrade()
+            .map_or(0, |shared| shared.log_bytes.load(Ordering::Relaxed))
+    }
+
+    /// The highest index that can be purged from the log while keeping at most
+    /// `keep_bytes` of the entries up to `snapshot_index` (all of them covered
+    /// by the snapshot): `None` if those entries fit in `keep_bytes` already.
+    /// Blocking: it reads the tail of the log.
+    pub fn purge_point(
+        &self,
+        snapshot_index: u64,
+        keep_bytes: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(shared) = self.shared.upgrade() else {
+            return Ok(None);
+        };
+        let mut kept = 0u64;
+        for item in shared.log.range(..=index_key(snapshot_index)).rev() {
+            let (key, value) = item?;
+            kept = kept.saturating_add(value.len() as u64);
+            if kept > keep_bytes {
+                return Ok(Some(index_of_key(&key)?));
+            }
+        }
+        Ok(None)
+    }
+
     /// What was on disk at open.
     pub fn recovery(&self) -> Recovery {
         self.recovery
@@ -213,6 +246,7 @@ impl Storage {
             meta,
             snapshot: snapshot_tree,
             flushes: flushes.clone(),
+            log_bytes: AtomicU64::new(0),
             incarnation,
             snapshot_write: Mutex::new(()),
             _closed: closed_tx,

@@ -92,6 +92,12 @@ const DOCS: &[(&str, &str)] = &[
         "How long a node may stay silent before it is declared down, in\n\
          milliseconds: its clients' wills are then published by the others.",
     ),
+    (
+        "cluster.max_log_bytes",
+        "Bytes the Raft log may hold on disk before what a snapshot covers is\n\
+         purged (about half of this is kept behind the snapshot, for followers a\n\
+         little behind). Bounds disk use and restart time whatever the payloads.",
+    ),
     ("http", "The HTTP server for health checks and metrics."),
     (
         "http.listen",
