@@ -67,6 +67,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BATCH: usize = 4096;
 /// Forwarded messages queued per peer before sends fail fast (and are counted).
 const FORWARD_BUFFER: usize = 16 * 1024;
+/// The same bound in bytes: frames queued or awaiting their ack, per peer.
+const FORWARD_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -251,6 +253,7 @@ impl Broker {
         let forwarder = starling_cluster::Forwarder::from_source(
             config.node_id,
             FORWARD_BUFFER,
+            FORWARD_BUFFER_BYTES,
             starling_cluster::source_for(config.cluster.listen),
         );
         forward::sync_peers(&node, &forwarder);

@@ -24,7 +24,7 @@ mod wire;
 
 pub use forward::{
     forward_service, ForwardError, ForwardHandler, ForwardStats, Forwarder, PeerStats,
-    MAX_FRAME_BYTES,
+    DEFAULT_BUFFER_BYTES, MAX_FRAME_BYTES,
 };
 pub use network::source_for;
 pub use node::{Node, NodeBuilder, RaftStatus, Tuning};

@@ -301,6 +301,42 @@ async fn frames_survive_a_restart_of_the_receivers_listener() {
     server.stop().await;
 }
 
+/// Large frames fill a peer's buffer by bytes long before its frame count:
+/// what a node holds for a peer is bounded whatever the payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffer_is_bounded_in_bytes_as_well_as_frames() {
+    const BYTES: usize = 4 << 20;
+    let forwarder = Forwarder::from_source(1, 1024, BYTES, None);
+    forwarder.set_peer(2, dead_addr());
+    let big = Bytes::from(vec![7u8; 1 << 20]);
+    let mut held = Vec::new();
+    let refused_at = loop {
+        let send = forwarder.send(2, big.clone(), Duration::from_millis(300));
+        let mut send = Box::pin(send);
+        match poll_once(send.as_mut()) {
+            Poll::Ready(Err(ForwardError::BufferFull(2))) => break held.len(),
+            Poll::Ready(other) => panic!("unexpected {other:?}"),
+            Poll::Pending => held.push(send),
+        }
+        assert!(held.len() <= 8, "no byte bound: {} MiB held", held.len());
+    };
+    assert_eq!(
+        refused_at,
+        BYTES >> 20,
+        "frames of 1 MiB under a 4 MiB bound"
+    );
+    // A small frame is refused too: the bound is on what is held, and that is
+    // full until the peer acknowledges something.
+    let small = forwarder.send(2, Bytes::from_static(b"x"), Duration::from_millis(300));
+    assert!(matches!(
+        poll_once(Box::pin(small).as_mut()),
+        Poll::Ready(Err(ForwardError::BufferFull(2)))
+    ));
+    for send in held {
+        assert!(matches!(send.await, Err(ForwardError::Timeout(2))));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffer_full_fails_at_once_while_the_peer_is_down() {
     const BUFFER: usize = 8;

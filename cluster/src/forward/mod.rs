@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use receive::forward_service;
-pub use send::Forwarder;
+pub use send::{Forwarder, DEFAULT_BUFFER_BYTES};
 
 /// The largest frame either end accepts. A bigger frame is refused by
 /// [`Forwarder::send`]: once queued it could never be delivered, and would stall

@@ -36,6 +36,8 @@ struct Inner {
     /// The address streams to peers start from (see `network::endpoint`).
     source: Option<std::net::IpAddr>,
     buffer: usize,
+    /// The most bytes of frames held for one peer.
+    buffer_bytes: usize,
     congestion: Arc<Congestion>,
     /// Read on every send, written on membership changes.
     peers: RwLock<HashMap<u64, Peer>>,
@@ -55,6 +57,9 @@ struct Peer {
 /// What the task reports about its peer.
 struct PeerShared {
     unacked: AtomicUsize,
+    /// Bytes of the frames queued or in the window: what this peer holds of
+    /// this node's memory. Bounded by the forwarder's `buffer_bytes`.
+    bytes: AtomicUsize,
     connected: AtomicBool,
     /// Frames in the queue, not yet taken by the task.
     queued: AtomicUsize,
@@ -131,6 +136,9 @@ fn bump(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
+/// The bytes of frames held for one peer unless the caller says otherwise.
+pub const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
+
 /// A frame in the queue, with the caller's end of its ack if it waits for one.
 struct Outgoing {
     frame: Bytes,
@@ -139,19 +147,28 @@ struct Outgoing {
 
 impl Forwarder {
     /// `buffer` is how many frames may wait in the queue towards each peer; as many
-    /// again may be on the wire, awaiting their ack.
+    /// again may be on the wire, awaiting their ack. Together they may hold at
+    /// most [`DEFAULT_BUFFER_BYTES`].
     pub fn new(self_id: u64, buffer: usize) -> Forwarder {
-        Forwarder::from_source(self_id, buffer, None)
+        Forwarder::from_source(self_id, buffer, DEFAULT_BUFFER_BYTES, None)
     }
 
-    /// Like [`Forwarder::new`], with streams that start from `source` (the
+    /// Like [`Forwarder::new`], with at most `buffer_bytes` of frames held for
+    /// each peer (queued or awaiting their ack; a frame past it is refused as
+    /// [`ForwardError::BufferFull`]), and streams that start from `source` (the
     /// node's cluster address, see [`crate::source_for`]).
-    pub fn from_source(self_id: u64, buffer: usize, source: Option<std::net::IpAddr>) -> Forwarder {
+    pub fn from_source(
+        self_id: u64,
+        buffer: usize,
+        buffer_bytes: usize,
+        source: Option<std::net::IpAddr>,
+    ) -> Forwarder {
         Forwarder {
             inner: Arc::new(Inner {
                 self_id,
                 source,
                 buffer: buffer.max(1),
+                buffer_bytes: buffer_bytes.max(1),
                 congestion: Arc::default(),
                 peers: RwLock::default(),
                 counters: Arc::default(),
@@ -180,6 +197,7 @@ impl Forwarder {
         let buffer = self.inner.buffer;
         let shared = Arc::new(PeerShared {
             unacked: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
             connected: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             congested: AtomicBool::new(false),
@@ -286,11 +304,20 @@ impl Forwarder {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let peer = peers.get(&to).ok_or(ForwardError::UnknownPeer(to))?;
-        // Counted before it is queued, so the task never takes it below zero.
+        let len = frame.len();
+        // Counted before it is queued, so the task never takes it below zero;
+        // refused past the byte bound as past the frame bound.
+        let held = peer.shared.bytes.fetch_add(len, Ordering::AcqRel);
+        if held > 0 && held + len > self.inner.buffer_bytes {
+            peer.shared.bytes.fetch_sub(len, Ordering::AcqRel);
+            bump(&self.inner.counters.dropped, 1);
+            return Err(ForwardError::BufferFull(to));
+        }
         peer.shared.queued.fetch_add(1, Ordering::AcqRel);
         let queued = peer.queue.try_send(Outgoing { frame, ack });
         if queued.is_err() {
             peer.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            peer.shared.bytes.fetch_sub(len, Ordering::AcqRel);
         }
         peer.shared.update_congestion();
         match queued {
@@ -615,6 +642,7 @@ impl PeerTask {
                 break;
             }
             if let Some(f) = self.window.pop_front() {
+                self.shared.bytes.fetch_sub(f.frame.len(), Ordering::AcqRel);
                 // The caller may have stopped waiting; the frame was delivered anyway.
                 if let Some(ack) = f.ack {
                     let _ = ack.send(());
