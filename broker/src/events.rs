@@ -58,6 +58,20 @@ fn refresh_metrics(shared: &Shared) {
     crate::metrics::catch_up(&m.raft_commands, raft.commands);
     crate::metrics::catch_up(&m.raft_entries, raft.batches);
     crate::metrics::catch_up(&m.raft_log_flushes, raft.log_flushes);
+    let status = shared.node.status();
+    let gauge = |what: &str, value: u64| {
+        m.raft
+            .with_label_values(&[what])
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    };
+    gauge("term", status.term);
+    gauge("leader_id", status.leader.unwrap_or(0));
+    gauge("is_leader", u64::from(status.is_leader));
+    gauge("last_log_index", status.last_log_index.unwrap_or(0));
+    gauge("applied_index", status.last_applied_index.unwrap_or(0));
+    gauge("snapshot_index", status.snapshot_index.unwrap_or(0));
+    gauge("purged_index", status.purged_index.unwrap_or(0));
+    gauge("log_bytes", shared.node.log_bytes());
     let forward = shared.forwarder.stats();
     for peer in &forward.peers {
         let id = peer.id.to_string();
@@ -102,9 +116,20 @@ fn drop_clients_if_still_cut_off(shared: &Arc<Shared>) {
 /// and on every `PeerDown`, so a proposal that fails (a leader change, a lost
 /// quorum) is simply made again while the peer stays silent. The command names
 /// the incarnation it declares down, so if the peer restarted meanwhile, apply
-/// ignores it. `declaring` holds the peers with a proposal in flight.
+/// ignores it; and the term this node leads in, so that it is void if a later
+/// leader appends it (this node was deposed while it found everybody silent).
+/// `declaring` holds the peers with a proposal in flight.
 fn declare_silent_peers(shared: &Arc<Shared>, declaring: &Arc<Mutex<BTreeSet<u64>>>) {
-    for node in shared.node.silent_peers() {
+    let silent = shared.node.silent_peers();
+    if silent.is_empty() {
+        return;
+    }
+    let status = shared.node.status();
+    if !status.is_leader {
+        return;
+    }
+    let term = status.term;
+    for node in silent {
         let Some(incarnation) = shared.machine.live_incarnation(node) else {
             continue;
         };
@@ -114,10 +139,12 @@ fn declare_silent_peers(shared: &Arc<Shared>, declaring: &Arc<Mutex<BTreeSet<u64
         tracing::warn!(node, incarnation, "declaring a silent peer down");
         let (shared, declaring) = (shared.clone(), declaring.clone());
         tokio::spawn(async move {
-            match shared
-                .propose(Command::NodeDown { node, incarnation })
-                .await
-            {
+            let command = Command::NodeDown {
+                node,
+                incarnation,
+                term,
+            };
+            match shared.propose(command).await {
                 Ok(Reply::Disconnected { wills }) => {
                     tracing::info!(node, incarnation, wills, "node declared down");
                 }

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub raft_commands: IntCounter,
     pub raft_entries: IntCounter,
     pub raft_log_flushes: IntCounter,
+    /// Where Raft stands on this node: term, leader (0: none known), whether
+    /// it leads, log indexes and the log's size. Refreshed every second.
+    pub raft: IntGaugeVec,
 }
 
 impl Metrics {
@@ -95,6 +98,15 @@ impl Metrics {
                 "starling_raft_entries_total",
                 "Raft log entries carrying proposed commands",
             )?,
+            raft: IntGaugeVec::new(
+                Opts::new(
+                    "starling_raft_state",
+                    "Where Raft stands on this node, by what: term, leader_id (0: none), \
+                     is_leader, last_log_index, applied_index, snapshot_index, purged_index, \
+                     log_bytes",
+                ),
+                &["what"],
+            )?,
             raft_log_flushes: IntCounter::new(
                 "starling_raft_log_flushes_total",
                 "fsyncs of the Raft log",
@@ -106,6 +118,7 @@ impl Metrics {
         registry.register(Box::new(metrics.raft_commands.clone()))?;
         registry.register(Box::new(metrics.raft_entries.clone()))?;
         registry.register(Box::new(metrics.raft_log_flushes.clone()))?;
+        registry.register(Box::new(metrics.raft.clone()))?;
         registry.register(Box::new(metrics.connections_total.clone()))?;
         registry.register(Box::new(metrics.protocol_errors.clone()))?;
         registry.register(Box::new(metrics.messages_received.clone()))?;

@@ -18,7 +18,12 @@ pub use types::{NodeId, PeerNode, Request, Response, TypeConfig};
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies one committed command and returns the reply for its proposer.
     /// Must be deterministic: every node applies the same commands in the same order.
-    fn apply(&self, command: &[u8]) -> Vec<u8>;
+    /// `term` is the Raft term of the entry carrying the command: the term of
+    /// the leader that appended it, the same on every node. A command that is
+    /// only valid from the leader of the term it was proposed in (e.g. "that
+    /// node is silent") can compare the two, so that a retry that a later
+    /// leader appended on a deposed leader's behalf does nothing.
+    fn apply(&self, term: u64, command: &[u8]) -> Vec<u8>;
     /// Serializes the whole state, consistent with the last applied command.
     /// An error fails the snapshot (it is tried again later); it never stands
     /// for an empty state.

@@ -84,7 +84,7 @@ impl StateMachineStore {
         }
     }
 
-    fn apply_request(&mut self, request: Request) -> Response {
+    fn apply_request(&mut self, term: u64, request: Request) -> Response {
         let Request {
             origin,
             incarnation,
@@ -114,7 +114,7 @@ impl StateMachineStore {
                 replies.push(Vec::new());
                 continue;
             }
-            replies.push(self.app.apply(&command));
+            replies.push(self.app.apply(term, &command));
             self.state.marks.insert(origin, this);
         }
         if skipped > 0 {
@@ -164,7 +164,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.state.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(request) => self.apply_request(request),
+                EntryPayload::Normal(request) => {
+                    self.apply_request(entry.log_id.leader_id.term, request)
+                }
                 EntryPayload::Membership(membership) => {
                     self.state.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Vec::new()

@@ -495,22 +495,25 @@ impl Cluster {
                 let (Some(series), Some(value)) = (parts.next(), parts.last()) else {
                     continue;
                 };
-                let name = series.split('{').next().unwrap_or(series);
                 let Ok(value) = value.parse::<f64>() else {
                     continue;
                 };
-                if !name.starts_with("starling_raft") {
+                // `starling_raft_state{what="leader_id"}` and `{what="is_leader"}`.
+                let Some(what) = series
+                    .strip_prefix("starling_raft_state{what=\"")
+                    .and_then(|rest| rest.strip_suffix("\"}"))
+                else {
                     continue;
-                }
-                if name.ends_with("is_leader") {
-                    if value == 1.0 {
-                        self_declared.push(node.id);
+                };
+                match what {
+                    "is_leader" if value == 1.0 => self_declared.push(node.id),
+                    "leader_id" => {
+                        let id = value as u64;
+                        if value == id as f64 && self.nodes.contains_key(&id) {
+                            *named.entry(id).or_default() += 1;
+                        }
                     }
-                } else if name.ends_with("_leader") || name.ends_with("_leader_id") {
-                    let id = value as u64;
-                    if value == id as f64 && self.nodes.contains_key(&id) {
-                        *named.entry(id).or_default() += 1;
-                    }
+                    _ => {}
                 }
             }
         }

@@ -22,10 +22,12 @@ pub(crate) struct Applied {
     pub(crate) queue_full: u32,
 }
 
-pub(crate) fn apply(state: &mut State, index: &Index, command: Command) -> Applied {
+/// `term` is the Raft term of the entry that carries `command`.
+pub(crate) fn apply(state: &mut State, index: &Index, term: u64, command: Command) -> Applied {
     let mut cx = Apply {
         state,
         index,
+        term,
         effects: Vec::new(),
         queue_full: 0,
     };
@@ -40,6 +42,7 @@ pub(crate) fn apply(state: &mut State, index: &Index, command: Command) -> Appli
 struct Apply<'a> {
     state: &'a mut State,
     index: &'a Index,
+    term: u64,
     effects: Vec<Effect>,
     queue_full: u32,
 }
@@ -170,7 +173,15 @@ impl Apply<'_> {
                 let wills = self.end_node_connections(node, |c| c.incarnation < incarnation);
                 Reply::Disconnected { wills }
             }
-            Command::NodeDown { node, incarnation } => {
+            Command::NodeDown {
+                node,
+                incarnation,
+                term,
+            } => {
+                if term != self.term {
+                    // Proposed by a leader of another term: not its word now.
+                    return Reply::Fenced;
+                }
                 match self.state.nodes.get_mut(&node) {
                     Some(record) if record.incarnation == incarnation && !record.down => {
                         record.down = true;

@@ -117,8 +117,15 @@ pub enum Command {
     /// connection it held is lost (wills published once, here), and commands
     /// from its connections are refused from now on. Ignored when the node has
     /// started a newer incarnation meanwhile: a late declaration never fences a
-    /// node that came back.
-    NodeDown { node: u64, incarnation: u64 },
+    /// node that came back. Ignored too unless the entry carrying it is of
+    /// `term`, the term in which its proposer led and found the node silent: a
+    /// deposed leader that wakes up finds everybody silent, and its retries,
+    /// appended by the next leader, must not fence the healthy majority.
+    NodeDown {
+        node: u64,
+        incarnation: u64,
+        term: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -405,7 +405,7 @@ pub type Envelope = (u64, u32, Reply);
 
 impl StateMachine for MqttMachine {
     /// Replies are a postcard [`Envelope`].
-    fn apply(&self, command: &[u8]) -> Vec<u8> {
+    fn apply(&self, term: u64, command: &[u8]) -> Vec<u8> {
         let envelope = match postcard::from_bytes::<Command>(command) {
             Ok(command) => {
                 let apply::Applied {
@@ -414,7 +414,7 @@ impl StateMachine for MqttMachine {
                     queue_full,
                 } = {
                     let mut state = self.lock();
-                    apply::apply(&mut state, &self.index, command)
+                    apply::apply(&mut state, &self.index, term, command)
                 };
                 // Outside the state lock: delivering reads the routes and the
                 // registry. Before the count moves, so that a connection

@@ -9,6 +9,8 @@ use starling_storage::StateMachine;
 use super::*;
 
 const NODE: u64 = 1;
+/// The Raft term every command of these tests is applied in.
+const TERM: u64 = 1;
 
 fn conn(local: u64) -> ConnId {
     ConnId {
@@ -89,7 +91,7 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Message {
 
 fn apply(m: &MqttMachine, command: Command) -> Reply {
     let bytes = postcard::to_allocvec(&command).expect("encode");
-    let (_, _, reply): Envelope = postcard::from_bytes(&m.apply(&bytes)).expect("decode");
+    let (_, _, reply): Envelope = postcard::from_bytes(&m.apply(TERM, &bytes)).expect("decode");
     reply
 }
 
@@ -538,6 +540,7 @@ fn mqtt_2_3_1_2_node_down_marks_everything_queued_as_maybe_sent() {
         Command::NodeDown {
             node: 2,
             incarnation: 1,
+            term: TERM,
         },
     );
     assert_eq!(m.sent_below("s"), 100);
@@ -643,6 +646,7 @@ fn mixed_log() -> Vec<Command> {
     log.push(Command::NodeDown {
         node: 2,
         incarnation: 1,
+        term: TERM,
     });
     log.push(Command::Disconnect {
         client_id: Arc::from("p"),
@@ -655,7 +659,7 @@ fn mixed_log() -> Vec<Command> {
 
 fn run(m: &MqttMachine, log: &[Command]) -> Vec<Vec<u8>> {
     log.iter()
-        .map(|c| m.apply(&postcard::to_allocvec(c).expect("encode")))
+        .map(|c| m.apply(TERM, &postcard::to_allocvec(c).expect("encode")))
         .collect()
 }
 
@@ -865,6 +869,7 @@ fn a_late_node_down_never_fences_a_restarted_node() {
         Command::NodeDown {
             node: 2,
             incarnation: 1,
+            term: TERM,
         },
     );
     assert_eq!(late, Reply::Fenced);
@@ -879,6 +884,7 @@ fn a_late_node_down_never_fences_a_restarted_node() {
         Command::NodeDown {
             node: 2,
             incarnation: 2,
+            term: TERM,
         },
     );
     assert_eq!(down, Reply::Disconnected { wills: 1 });
@@ -892,7 +898,8 @@ fn a_late_node_down_never_fences_a_restarted_node() {
             &m,
             Command::NodeDown {
                 node: 2,
-                incarnation: 2
+                incarnation: 2,
+                term: TERM,
             }
         ),
         Reply::Fenced
@@ -981,4 +988,43 @@ fn a_payload_queued_for_many_sessions_is_stored_once() {
     let last = restored.queued(&format!("s{}", SESSIONS - 1), 0, 1);
     assert!(Arc::ptr_eq(&first[0].1.message, &last[0].1.message));
     assert_eq!(restored.snapshot().expect("snapshot"), snapshot);
+}
+
+/// A leader deposed while it was cut off finds every peer silent when it wakes
+/// up. Its NodeDown, retried after the next leader was elected and appended by
+/// that leader in a later term, must fence nobody.
+#[test]
+fn a_node_down_appended_in_another_term_than_proposed_is_void() {
+    let m = machine(10);
+    apply(
+        &m,
+        Command::NodeStarted {
+            node: 2,
+            incarnation: 1,
+        },
+    );
+    let on2 = ConnId {
+        node: 2,
+        incarnation: 1,
+        local: 1,
+    };
+    connect(
+        &m,
+        "healthy",
+        on2,
+        false,
+        Some(msg("w", QoS::AtLeastOnce, false, b"x")),
+    );
+    m.effects();
+    let stale = Command::NodeDown {
+        node: 2,
+        incarnation: 1,
+        term: TERM,
+    };
+    let bytes = postcard::to_allocvec(&stale).expect("encode");
+    let (_, _, reply): Envelope = postcard::from_bytes(&m.apply(TERM + 1, &bytes)).expect("decode");
+    assert_eq!(reply, Reply::Fenced);
+    assert!(m.effects().is_empty(), "no fencing, no will");
+    assert_eq!(m.live_incarnation(2), Some(1));
+    assert_eq!(m.location("healthy"), Some(2));
 }

@@ -22,7 +22,7 @@ impl Journal {
 }
 
 impl StateMachine for Journal {
-    fn apply(&self, command: &[u8]) -> Vec<u8> {
+    fn apply(&self, _term: u64, command: &[u8]) -> Vec<u8> {
         let mut applied = self.applied.lock().expect("journal lock");
         applied.push(command.to_vec());
         let mut reply = command.to_vec();
