@@ -79,6 +79,10 @@ pub enum Stop {
     Expired = 3,
     /// It kept its mailbox over capacity for the slow-subscriber timeout.
     SlowSubscriber = 4,
+    /// This node was declared down, or has been without a quorum too long:
+    /// the cluster ended its sessions already, or nothing can be committed,
+    /// so the connection ends without proposing anything.
+    CutOff = 5,
 }
 
 impl Stop {
@@ -88,6 +92,7 @@ impl Stop {
             2 => Some(Stop::NodeStopping),
             3 => Some(Stop::Expired),
             4 => Some(Stop::SlowSubscriber),
+            5 => Some(Stop::CutOff),
             _ => None,
         }
     }
@@ -322,7 +327,7 @@ impl Registry {
     /// Closes every connection of this node, without publishing wills (the
     /// cluster already ended their sessions, or cannot commit anything now).
     pub fn kick_all(&self) {
-        self.stop_all(Stop::TakenOver);
+        self.stop_all(Stop::CutOff);
     }
 
     /// Asks every connection of this node to end, for `why`.

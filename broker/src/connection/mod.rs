@@ -88,7 +88,10 @@ enum End {
     Graceful,
     /// Socket closed, keepalive expired, protocol violation, node shutdown.
     Lost,
-    /// Another connection took the session over; the will was handled then.
+    /// The cluster ends the session, not this connection: another connection
+    /// took it over, or this node was cut off (declared down, or without a
+    /// quorum too long). Nothing is proposed; the will is the business of the
+    /// command that ended the session (a takeover, `NodeDown`).
     TakenOver,
 }
 
@@ -337,6 +340,14 @@ impl Connection {
             Stop::NodeStopping => {
                 tracing::debug!("node shutting down");
                 End::Lost
+            }
+            Stop::CutOff => {
+                log!(
+                    self,
+                    info,
+                    "closing: this node is cut off from the cluster; the client moves on"
+                );
+                End::TakenOver
             }
             Stop::SlowSubscriber => {
                 log!(
