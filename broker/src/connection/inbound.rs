@@ -177,13 +177,7 @@ impl Connection {
             // The majority may already own this client's subscribers and
             // sessions: nothing is acknowledged here. The client sends it
             // again where it reconnects [MQTT-4.4.0-1].
-            log!(
-                self,
-                info,
-                "closing: a QoS 1/2 PUBLISH on a node without quorum"
-            );
-            self.shared.metrics.disconnected("no_quorum");
-            self.end = Some(End::Lost);
+            self.close_lost("no_quorum", "a QoS 1/2 PUBLISH on a node without quorum");
             return;
         }
         let message = Message {

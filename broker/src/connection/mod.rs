@@ -255,15 +255,10 @@ impl Connection {
                         tracing::debug!(error = %e, "write failed");
                         self.end = Some(End::Lost);
                     }
-                    Err(_) => {
-                        log!(
-                            self,
-                            info,
-                            "disconnecting a client that read nothing for {slow_after:?}"
-                        );
-                        self.shared.metrics.disconnected("slow_subscriber");
-                        self.end = Some(End::Lost);
-                    }
+                    Err(_) => self.close_lost(
+                        "slow_subscriber",
+                        &format!("the client read nothing for {slow_after:?}"),
+                    ),
                 }
                 if self.wbuf.capacity() > KEEP_WRITE_CAPACITY {
                     self.wbuf = BytesMut::new();
@@ -568,15 +563,10 @@ impl Connection {
                 log!(self, info, "refused: {why}");
                 self.send(&answer);
             }
-            Completion::Unaccepted => {
-                log!(
-                    self,
-                    info,
-                    "another node did not take a message in time; closing so the client resends"
-                );
-                self.shared.metrics.disconnected("forward_failed");
-                self.end = Some(End::Lost);
-            }
+            Completion::Unaccepted => self.close_lost(
+                "forward_failed",
+                "another node did not take a message in time; the client resends it",
+            ),
             Completion::Failed(e) => {
                 if !self.connacked {
                     self.send(&Packet::ConnAck(mqtt::ConnAck {
@@ -588,6 +578,14 @@ impl Connection {
                 self.end = Some(End::Lost);
             }
         }
+    }
+
+    /// Ends the connection as lost (its will is due) for `reason`, counted in
+    /// `starling_client_disconnects_total`, with a line saying `why`.
+    pub(super) fn close_lost(&mut self, reason: &'static str, why: &str) {
+        log!(self, info, reason, "closing the connection: {why}");
+        self.shared.metrics.disconnected(reason);
+        self.end = Some(End::Lost);
     }
 
     /// The session's owner as commands name it: this connection, once CONNECT
