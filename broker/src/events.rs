@@ -14,15 +14,12 @@ use tokio::sync::{broadcast, watch};
 use crate::state::{Command, Reply};
 use crate::Shared;
 
-/// How often counters kept by the cluster crate are copied into the metrics.
-const METRICS_EVERY: Duration = Duration::from_secs(1);
-/// How often the leader looks again for silent peers not yet declared down.
-const DECLARE_EVERY: Duration = Duration::from_millis(250);
+use crate::timeouts;
 
 pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut events = shared.node.events();
-    let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
-    let mut declare_tick = tokio::time::interval(DECLARE_EVERY);
+    let mut metrics_tick = tokio::time::interval(timeouts::METRICS_REFRESH);
+    let mut declare_tick = tokio::time::interval(timeouts::DECLARE_SILENT);
     let declaring = Arc::new(Mutex::new(BTreeSet::new()));
     loop {
         tokio::select! {

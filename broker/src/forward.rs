@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -20,10 +19,7 @@ use crate::registry::Registry;
 use crate::router;
 use crate::state::{Message, MqttMachine};
 
-/// How long a forwarded message may wait for the peer's acknowledgement.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a sync point may wait for a node to apply what was committed.
-pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::timeouts;
 
 /// What travels in one forward frame.
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,9 +61,9 @@ impl ForwardHandler for Inbound {
                         if handle.runtime_flavor()
                             == tokio::runtime::RuntimeFlavor::MultiThread =>
                     {
-                        tokio::task::block_in_place(|| machine.wait_applied(target, SYNC_TIMEOUT))
+                        tokio::task::block_in_place(|| machine.wait_applied(target, timeouts::SYNC))
                     }
-                    _ => machine.wait_applied(target, SYNC_TIMEOUT),
+                    _ => machine.wait_applied(target, timeouts::SYNC),
                 };
                 if !reached {
                     tracing::warn!(from, target, "sync point not reached in time");
@@ -101,7 +97,7 @@ pub fn send(
     };
     let sends: Vec<_> = nodes
         .iter()
-        .map(|to| forwarder.send(*to, frame.clone(), FORWARD_TIMEOUT))
+        .map(|to| forwarder.send(*to, frame.clone(), timeouts::FORWARD))
         .collect();
     let (node, forwarder, metrics) = (node.clone(), forwarder.clone(), metrics.clone());
     Box::pin(async move {
@@ -113,7 +109,7 @@ pub fn send(
                 // the membership and try once more.
                 Err(ForwardError::UnknownPeer(_)) => {
                     sync_peers(&node, &forwarder);
-                    forwarder.send(to, frame.clone(), FORWARD_TIMEOUT).await
+                    forwarder.send(to, frame.clone(), timeouts::FORWARD).await
                 }
                 other => other,
             };
@@ -178,7 +174,7 @@ pub fn sync_peers(node: &Node, forwarder: &Forwarder) {
 /// Peers whose last sync point was not acknowledged in time: a peer that is
 /// silent but not yet declared down. Sync points still go to them, but nobody
 /// waits for their answer until one comes, so that such a peer costs one
-/// SUBSCRIBE a [`SYNC_TIMEOUT`], not every one. Locked only to look up, add or
+/// SUBSCRIBE a [`timeouts::SYNC`], not every one. Locked only to look up, add or
 /// remove an id.
 #[derive(Default)]
 pub struct Laggards(Mutex<HashSet<u64>>);
@@ -192,7 +188,7 @@ impl Laggards {
 }
 
 /// Resolves once every peer that is neither declared down nor a laggard has
-/// applied `applied` commands (or [`SYNC_TIMEOUT`] passed for it). Nodes
+/// applied `applied` commands (or [`timeouts::SYNC`] passed for it). Nodes
 /// declared down serve nobody until they have caught up and come back.
 pub fn sync(
     forwarder: &Forwarder,
@@ -209,7 +205,7 @@ pub fn sync(
         if machine.is_node_down(peer.id) {
             continue;
         }
-        let send = forwarder.send(peer.id, frame.clone(), SYNC_TIMEOUT);
+        let send = forwarder.send(peer.id, frame.clone(), timeouts::SYNC);
         if laggards.lock().contains(&peer.id) {
             let laggards = laggards.clone();
             tokio::spawn(async move {

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod registry;
 mod router;
 pub mod state;
+mod timeouts;
 pub mod topic;
 
 use std::net::SocketAddr;
@@ -61,8 +62,6 @@ pub enum BrokerError {
     BadReply(#[from] postcard::Error),
 }
 
-/// How long a starting node waits for Raft to be ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most commands one Raft entry carries.
 const MAX_BATCH: usize = 4096;
 /// Forwarded messages queued per peer before sends fail fast (and are counted).
@@ -117,7 +116,7 @@ impl Shared {
     /// have applied it: what a SUBACK or the PUBACK of a retained message promises.
     async fn propose_synced(&self, command: Command) -> Result<Reply, BrokerError> {
         let (applied, reply) = self.propose_counted(command).await?;
-        let here = self.machine.applied_reached(applied, forward::SYNC_TIMEOUT);
+        let here = self.machine.applied_reached(applied, timeouts::SYNC);
         let others = forward::sync(&self.forwarder, &self.machine, applied, &self.laggards);
         let (here, ()) = futures::join!(here, others);
         if !here {
@@ -249,7 +248,7 @@ impl Broker {
             .await?;
         let incarnation = node.incarnation();
         local.set_incarnation(incarnation);
-        node.wait_ready(READY_TIMEOUT).await?;
+        node.wait_ready(timeouts::READY).await?;
         let forwarder = starling_cluster::Forwarder::from_source(
             config.node_id,
             FORWARD_BUFFER,

@@ -11,16 +11,12 @@ use tokio::sync::{watch, Semaphore};
 use crate::registry::Stop;
 use crate::Shared;
 
-/// How long a stopping node waits for its connections to close.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How often connections are checked for an expired keepalive.
-const EXPIRY_SWEEP: Duration = Duration::from_millis(250);
+use crate::timeouts;
 
 /// Asks connections whose keepalive (or CONNECT timeout) has run out to end, until
 /// shutdown. One timer for the whole node instead of one per connection.
 pub(crate) async fn expiry_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+    let mut sweep = tokio::time::interval(timeouts::EXPIRY_SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -72,7 +68,7 @@ pub(crate) async fn accept_loop(
     }
     drop(listener);
     shared.registry.stop_all(Stop::NodeStopping);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(all)).await;
+    let drained = tokio::time::timeout(timeouts::DRAIN, permits.acquire_many(all)).await;
     if drained.is_err() {
         tracing::warn!(
             left = max - permits.available_permits(),

@@ -15,9 +15,7 @@ use super::outbound::{Outbound, Stage};
 use super::{Completion, Connection, End};
 use crate::state::{Command, Message, Reply, Target};
 
-/// How long a node may take to apply a command the cluster committed before a
-/// connection that must read it gives up.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::timeouts;
 
 impl Connection {
     pub(super) fn handle_packet(&mut self, packet: Packet) {
@@ -142,9 +140,14 @@ impl Connection {
                     Ok(done) => done,
                     Err(e) => return Completion::Failed(e.to_string()),
                 };
-                if !shared.machine.applied_reached(applied, APPLY_TIMEOUT).await {
+                if !shared
+                    .machine
+                    .applied_reached(applied, timeouts::APPLY)
+                    .await
+                {
                     return Completion::Failed(format!(
-                        "this node did not apply its own command within {APPLY_TIMEOUT:?}"
+                        "this node did not apply its own command within {:?}",
+                        timeouts::APPLY
                     ));
                 }
                 then(reply)

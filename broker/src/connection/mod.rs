@@ -41,13 +41,10 @@ macro_rules! log {
 }
 pub(crate) use log;
 
-/// How long a new connection may take to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::timeouts;
 /// Answers a connection may owe its client (waiting on commits or on other
 /// nodes) before it stops reading from it.
 const MAX_OUTSTANDING: usize = 256;
-/// How long a closing connection waits for its Disconnect to be committed.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 4096;
 /// A write buffer that grew past this is given back after the write.
@@ -146,7 +143,7 @@ pub(crate) fn serve(
     ));
     shared
         .registry
-        .set_deadline(&mailbox, Some(Instant::now() + CONNECT_TIMEOUT));
+        .set_deadline(&mailbox, Some(Instant::now() + timeouts::CONNECT));
     shared.registry.open(conn, mailbox.clone());
     shared.metrics.connections.inc();
     shared.metrics.connections_total.inc();
@@ -630,12 +627,12 @@ impl Connection {
         self.mailbox.close();
         // Bounded like any write: a client that reads nothing keeps the
         // FIN's way blocked too.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(timeouts::CLOSE, self.stream.shutdown()).await;
         let shared = self.shared.clone();
         // Committed before the Disconnect, which ends this connection's right
         // to acknowledge anything for the session.
         if let Some(acks) = self.take_acks() {
-            match tokio::time::timeout(CLOSE_TIMEOUT, shared.propose(acks)).await {
+            match tokio::time::timeout(timeouts::CLOSE, shared.propose(acks)).await {
                 Ok(Ok(_)) => {}
                 _ => tracing::debug!("acknowledgements not committed at close"),
             }
@@ -652,7 +649,7 @@ impl Connection {
                     .map(|out| out.next_seq),
             };
             // The will, if any, is delivered by every node as it applies this.
-            match tokio::time::timeout(CLOSE_TIMEOUT, shared.propose(command)).await {
+            match tokio::time::timeout(timeouts::CLOSE, shared.propose(command)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => log!(self, warn, error = %e, "disconnect not committed"),
                 Err(_) => log!(self, warn, "disconnect not committed in time"),
