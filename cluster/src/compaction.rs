@@ -51,20 +51,15 @@ impl Compactor {
         };
         let keep = self.max_log_bytes / 2;
         if let Some(snapshot) = snapshot {
-            let storage = self.storage.clone();
-            let point =
-                tokio::task::spawn_blocking(move || storage.purge_point(snapshot, keep)).await;
-            match point {
-                Ok(Ok(Some(upto))) if Some(upto) > purged => {
+            match self.storage.purge_point(snapshot, keep) {
+                Some(upto) if Some(upto) > purged => {
                     debug!(bytes, upto, "raft log over its byte bound: purging");
                     if let Err(e) = self.core.raft.trigger().purge_log(upto).await {
                         warn!(error = %e, "cannot purge the raft log");
                     }
                     return;
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(error = %e, "cannot read the raft log's tail"),
-                Err(e) => warn!(error = %e, "raft log size task failed"),
+                _ => {}
             }
         }
         if applied > snapshot {

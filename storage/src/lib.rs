@@ -1,8 +1,10 @@
-//! Durable Raft storage on sled: the log store, the host of the replicated state
-//! machine, and the snapshot store. This crate knows Raft but not MQTT: it stores
+//! Durable Raft storage: the log store (segment files, with votes and marks in
+//! sled), the host of the replicated state machine, and the snapshot store. This crate knows Raft but not MQTT: it stores
 //! and applies opaque commands for a [`StateMachine`] supplied from above.
 
+mod legacy;
 mod log_store;
+mod segments;
 mod snapshot;
 mod state_machine;
 mod store;

@@ -1,9 +1,11 @@
-//! The Raft log on sled, with group commit.
+//! The Raft log store openraft drives, with group commit.
 //!
-//! `append` writes entries with one `apply_batch` (readable at once) and hands the
-//! completion callback to a flusher thread. The flusher takes every callback queued
-//! since its last fsync, runs ONE `db.flush()`, and completes them all: while an
-//! fsync runs, the appends that arrive meanwhile pile up and share the next one.
+//! Entries go to the segment files (`segments.rs`), votes and the commit and
+//! purge points to sled. `append` writes the entries (readable at once) and hands
+//! the completion callback to a flusher thread. The flusher takes every callback
+//! queued since its last fsync, fsyncs the log files written since then ONCE, and
+//! completes them all: while an fsync runs, the appends that arrive meanwhile
+//! pile up and share the next one.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -11,20 +13,25 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, StorageIOError, Vote};
 use tracing::{debug, warn};
 
 use crate::store::{
-    self, decode, encode, get, index_key, index_of_key, Shared, StoreError, KEY_COMMITTED,
-    KEY_LAST_PURGED, KEY_VOTE,
+    self, encode, get, Shared, StoreError, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE,
 };
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// Most bytes of entries one `limited_get_log_entries` returns: keeps an
 /// AppendEntries message well below the gRPC message limit.
-const MAX_READ_BYTES: usize = 2 * 1024 * 1024;
+const MAX_READ_BYTES: u64 = 2 * 1024 * 1024;
+
+/// How often at most the flusher also fsyncs sled for a new `committed`. That
+/// value only spares a restarting node re-learning how far its log is
+/// committed, so it need not cost an fsync per group commit.
+const COMMITTED_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 fn read_err(e: StoreError) -> StorageError {
     StorageIOError::read_logs(&e).into()
@@ -40,36 +47,10 @@ impl Shared {
         &self,
         start: Bound<u64>,
         end: Bound<u64>,
-        max_bytes: usize,
+        max_bytes: u64,
     ) -> Result<Vec<Entry>, StoreError> {
-        let start = match start {
-            Bound::Included(i) => Bound::Included(index_key(i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let end = match end {
-            Bound::Included(i) => Bound::Included(index_key(i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut entries = Vec::new();
-        let mut bytes = 0usize;
-        for item in self.log.range::<[u8; 8], _>((start, end)) {
-            let (key, value) = item?;
-            let entry: Entry = decode("log entry", &value)?;
-            if entry.log_id.index != index_of_key(&key)? {
-                return Err(StoreError::corrupt(
-                    "log entry",
-                    format!("entry {} stored under another index", entry.log_id),
-                ));
-            }
-            entries.push(entry);
-            bytes += value.len();
-            if bytes >= max_bytes {
-                break;
-            }
-        }
-        Ok(entries)
+        let positions = self.log().positions(start, end, max_bytes);
+        positions.iter().map(|pos| pos.read()).collect()
     }
 }
 
@@ -88,7 +69,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
             .read_entries(
                 range.start_bound().cloned(),
                 range.end_bound().cloned(),
-                usize::MAX,
+                u64::MAX,
             )
             .map_err(read_err)
     }
@@ -115,12 +96,6 @@ pub struct LogStore {
 
 impl LogStore {
     pub(crate) fn new(shared: Arc<Shared>) -> Result<LogStore, StoreError> {
-        // Counted once at open; the log is read again anyway by the replay.
-        let mut bytes = 0u64;
-        for value in shared.log.iter().values() {
-            bytes = bytes.saturating_add(value?.len() as u64);
-        }
-        shared.log_bytes.store(bytes, Ordering::Relaxed);
         let (flush_tx, flush_rx) = mpsc::channel();
         let flusher_shared = shared.clone();
         thread::Builder::new()
@@ -137,22 +112,20 @@ impl LogStore {
     }
 }
 
-/// Takes `bytes` of removed entries off the log's count.
-fn forget_bytes(shared: &Shared, bytes: u64) {
-    // Never below zero, even if a count at open raced an append.
-    let _ = shared
-        .log_bytes
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-            Some(b.saturating_sub(bytes))
-        });
-}
-
 /// Group commit: one fsync for every callback queued since the previous one.
 fn run_flusher(shared: &Shared, rx: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut meta_flushed = Instant::now();
     while let Ok(first) = rx.recv() {
         let mut callbacks = vec![first];
         callbacks.extend(rx.try_iter());
-        let result = shared.flush();
+        let mut result = shared.sync_log().map_err(StoreError::from);
+        if result.is_ok()
+            && shared.committed_dirty.load(Ordering::Relaxed)
+            && meta_flushed.elapsed() >= COMMITTED_FLUSH_EVERY
+        {
+            meta_flushed = Instant::now();
+            result = shared.flush_meta().map_err(StoreError::from);
+        }
         debug!(callbacks = callbacks.len(), "raft log flushed");
         match result {
             Ok(()) => callbacks
@@ -208,8 +181,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let shared = self.shared();
         let write = || -> Result<(), StoreError> {
             shared.meta.insert(KEY_VOTE, encode("vote", vote)?)?;
-            // A vote must survive a crash before openraft acts on it.
-            shared.flush()?;
+            // A vote must survive a crash before openraft acts on it. It is in
+            // sled alone: the log files need no fsync for it.
+            shared.flush_meta()?;
             Ok(())
         };
         write().map_err(|e| StorageIOError::write_vote(&e).into())
@@ -219,24 +193,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         get(&self.shared().meta, KEY_VOTE, "vote").map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
-    // Not flushed: the next log flush carries it. If a crash loses it, the node
-    // replays less at start and learns the rest from the leader (or, alone, by
-    // committing its own log again).
+    // Not flushed: the flusher carries it at most a second later, and any other
+    // flush sooner. If a crash loses it, the node replays less at start and
+    // learns the rest from the leader (or, alone, by committing its own log
+    // again).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let meta = &self.shared().meta;
+        let shared = self.shared();
         let write = || -> Result<(), StoreError> {
             match committed {
-                Some(id) => meta.insert(KEY_COMMITTED, encode("committed", &id)?)?,
-                None => meta.remove(KEY_COMMITTED)?,
+                Some(id) => shared
+                    .meta
+                    .insert(KEY_COMMITTED, encode("committed", &id)?)?,
+                None => shared.meta.remove(KEY_COMMITTED)?,
             };
+            shared.committed_dirty.store(true, Ordering::Relaxed);
             Ok(())
         };
         write().map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Write, &e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        get(&self.shared().meta, KEY_COMMITTED, "committed")
-            .map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Read, &e).into())
+        let shared = self.shared();
+        let read = || -> Result<Option<LogId>, StoreError> {
+            let committed: Option<LogId> = get(&shared.meta, KEY_COMMITTED, "committed")?;
+            // sled and the log files are fsynced apart: after a crash the stored
+            // value may name entries the log lost (they were never acknowledged).
+            // Only what the log holds can be applied.
+            let last = store::last_log_id(shared)?;
+            Ok(match (committed, last) {
+                (Some(c), Some(l)) if l.index < c.index => Some(l),
+                (Some(_), None) => None,
+                (committed, _) => committed,
+            })
+        };
+        read().map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Read, &e).into())
     }
 
     async fn append<I>(
@@ -248,18 +238,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        let mut bytes = 0u64;
-        for entry in entries {
-            let value = encode("log entry", &entry).map_err(write_err)?;
-            bytes += value.len() as u64;
-            batch.insert(&index_key(entry.log_id.index), value);
+        {
+            let shared = self.shared();
+            let mut log = shared.log();
+            log.append(entries).map_err(write_err)?;
+            shared.count_log_bytes(&log);
         }
-        self.shared()
-            .log
-            .apply_batch(batch)
-            .map_err(|e| write_err(e.into()))?;
-        self.shared().log_bytes.fetch_add(bytes, Ordering::Relaxed);
         if let Err(mpsc::SendError(callback)) = self.flush_tx.send(callback) {
             let e = std::io::Error::other("the raft log flusher has stopped");
             let err = StorageIOError::write_logs(AnyError::new(&e)).into();
@@ -272,42 +256,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         debug!(%log_id, "truncating raft log");
         let shared = self.shared();
-        let remove = || -> Result<(), StoreError> {
-            let mut batch = sled::Batch::default();
-            let mut bytes = 0u64;
-            for item in shared.log.range(index_key(log_id.index)..) {
-                let (key, value) = item?;
-                bytes += value.len() as u64;
-                batch.remove(key);
-            }
-            // Not flushed: until a later append's flush, a crash merely brings back
-            // the conflicting tail, which the leader truncates again.
-            shared.log.apply_batch(batch)?;
-            forget_bytes(shared, bytes);
-            Ok(())
-        };
-        remove().map_err(write_err)
+        let mut log = shared.log();
+        // fsynced before it returns: see `segments.rs`. Rare (a new leader
+        // overriding entries this node never committed), so the fsync is cheap.
+        log.truncate(log_id.index).map_err(write_err)?;
+        shared.count_log_bytes(&log);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         debug!(%log_id, "purging raft log");
         let shared = self.shared();
         let remove = || -> Result<(), StoreError> {
-            // The pointer first: entries left behind by a crash below it are ignored
-            // and removed by the next purge. Everything purged is covered by a
-            // snapshot that was flushed when it was stored, so no flush here.
+            // The pointer first, durably: once files are deleted, a log that came
+            // back without it would have a hole. Everything purged is covered by a
+            // snapshot that was made durable when it was stored.
             shared
                 .meta
                 .insert(KEY_LAST_PURGED, encode("last purged log id", &log_id)?)?;
-            let mut batch = sled::Batch::default();
-            let mut bytes = 0u64;
-            for item in shared.log.range(..=index_key(log_id.index)) {
-                let (key, value) = item?;
-                bytes += value.len() as u64;
-                batch.remove(key);
-            }
-            shared.log.apply_batch(batch)?;
-            forget_bytes(shared, bytes);
+            shared.flush_meta()?;
+            let mut log = shared.log();
+            log.purge(log_id.index)?;
+            shared.count_log_bytes(&log);
             Ok(())
         };
         remove().map_err(write_err)

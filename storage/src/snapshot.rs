@@ -11,17 +11,30 @@
 //! The header starts with its format number; format 1 had no replies of last
 //! batches and is still read.
 //!
-//! The last snapshot is kept in the `snapshot` tree: its metadata and bytes in one
-//! atomic batch, flushed before the snapshot is reported built or installed.
+//! The last snapshot is kept in the file `snapshot`: `[8-byte magic][u32 LE meta
+//! length][u32 LE crc32 of the rest][postcard SnapshotMeta][snapshot bytes]`,
+//! replaced atomically (a temporary file renamed over it) and fsynced before the
+//! snapshot is reported built or installed. Not in sled: sled keeps a value this
+//! large as a blob file, and did not delete the blob of a replaced snapshot.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
 use crate::state_machine::{LastBatch, Mark};
-use crate::store::{decode, encode, get, Shared, StoreError};
+use crate::store::{decode, encode, sync_dir, Shared, StoreError};
 use crate::types::{NodeId, SnapshotMeta};
 
-const KEY_META: &[u8] = b"meta";
-const KEY_DATA: &[u8] = b"data";
+/// The snapshot file, in the storage directory beside sled's files.
+const FILE: &str = "snapshot";
+const TMP_FILE: &str = "snapshot.tmp";
+/// The first bytes of the file; the last one is the format number.
+const FILE_MAGIC: &[u8; 8] = b"STRSNAP\x01";
+/// Magic, meta length, crc32.
+const FILE_HEADER: usize = 16;
 
 /// Bumped when the header changes incompatibly.
 const FORMAT: u32 = 2;
@@ -116,38 +129,89 @@ pub(crate) struct StoredSnapshot {
     pub(crate) body: Vec<u8>,
 }
 
-pub(crate) fn load(shared: &Shared) -> Result<Option<StoredSnapshot>, StoreError> {
-    let Some(meta) = get::<SnapshotMeta>(&shared.snapshot, KEY_META, "snapshot meta")? else {
-        return Ok(None);
+/// Reads the snapshot file, if there is one. Blocking.
+pub(crate) fn load(dir: &Path) -> Result<Option<StoredSnapshot>, StoreError> {
+    let mut file = match File::open(dir.join(FILE)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    let body = shared
-        .snapshot
-        .get(KEY_DATA)?
-        .ok_or_else(|| StoreError::corrupt("snapshot", "metadata without data"))?;
+    let file_len = file.metadata()?.len();
+    let truncated = || StoreError::corrupt("snapshot file", "truncated");
+    let mut header = [0u8; FILE_HEADER];
+    file.read_exact(&mut header).map_err(|_| truncated())?;
+    if header[..8] != FILE_MAGIC[..] {
+        return Err(StoreError::corrupt("snapshot file", "not a snapshot file"));
+    }
+    let word = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let (meta_len, crc) = (u64::from(word(8)), word(12));
+    if meta_len > file_len.saturating_sub(FILE_HEADER as u64) {
+        return Err(truncated());
+    }
+    let mut meta_bytes = vec![0; meta_len as usize];
+    file.read_exact(&mut meta_bytes).map_err(|_| truncated())?;
+    let mut body = Vec::new();
+    file.read_to_end(&mut body)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&meta_bytes);
+    hasher.update(&body);
+    if hasher.finalize() != crc {
+        return Err(StoreError::corrupt(
+            "snapshot file",
+            "does not match its checksum",
+        ));
+    }
     Ok(Some(StoredSnapshot {
-        meta,
-        body: body.to_vec(),
+        meta: decode("snapshot meta", &meta_bytes)?,
+        body,
     }))
 }
 
-/// Stores `meta` and `body` as the current snapshot and flushes, unless the stored
+/// Stores `meta` and `body` as the current snapshot, durably, unless the stored
 /// one is already newer. Returns whether it was stored. Blocking.
 pub(crate) fn store(shared: &Shared, meta: &SnapshotMeta, body: &[u8]) -> Result<bool, StoreError> {
+    // Held across the write, so that two snapshots never share the temporary
+    // file and an older one never replaces a newer one installed meanwhile.
+    let mut current = shared
+        .snapshot_write
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if current
+        .as_ref()
+        .is_some_and(|c| c.last_log_id > meta.last_log_id)
     {
-        let _guard = shared
-            .snapshot_write
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = get::<SnapshotMeta>(&shared.snapshot, KEY_META, "snapshot meta")?;
-        if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
-            return Ok(false);
-        }
-        let mut batch = sled::Batch::default();
-        batch.insert(KEY_META, encode("snapshot meta", meta)?);
-        batch.insert(KEY_DATA, body);
-        shared.snapshot.apply_batch(batch)?;
+        return Ok(false);
     }
-    // Logs up to this snapshot may be purged from now on: it must be durable first.
-    shared.flush()?;
+    // Logs up to this snapshot may be purged from now on: it is durable first.
+    write_file(&shared.dir, meta, body)?;
+    shared.flushes.fetch_add(1, Ordering::Relaxed);
+    *current = Some(meta.clone());
     Ok(true)
+}
+
+/// Writes the snapshot file atomically: a temporary file, fsynced, renamed over
+/// the old one, and the directory fsynced. Blocking.
+pub(crate) fn write_file(dir: &Path, meta: &SnapshotMeta, body: &[u8]) -> Result<(), StoreError> {
+    let meta_bytes = encode("snapshot meta", meta)?;
+    let meta_len = u32::try_from(meta_bytes.len())
+        .map_err(|_| StoreError::corrupt("snapshot meta", "longer than 4 GiB"))?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&meta_bytes);
+    hasher.update(body);
+    let mut header = [0u8; FILE_HEADER];
+    header[..8].copy_from_slice(FILE_MAGIC);
+    header[8..12].copy_from_slice(&meta_len.to_le_bytes());
+    header[12..].copy_from_slice(&hasher.finalize().to_le_bytes());
+    let tmp = dir.join(TMP_FILE);
+    let mut file = File::create(&tmp)?;
+    file.write_all(&header)?;
+    file.write_all(&meta_bytes)?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(FILE))?;
+    sync_dir(dir)?;
+    Ok(())
 }

@@ -238,8 +238,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let stored =
-            snapshot::load(&self.shared).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let dir = self.shared.dir.clone();
+        // Off the async threads: the file may be tens of megabytes.
+        let stored = tokio::task::spawn_blocking(move || snapshot::load(&dir))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))
+            .and_then(|loaded| loaded)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(stored.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.body)),

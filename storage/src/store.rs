@@ -1,14 +1,16 @@
-//! The sled database behind one node's Raft storage, and opening it.
+//! One node's Raft storage directory, and opening it.
 //!
-//! One `Db` holds three trees: `raft_log` (entries keyed by big-endian index, so
-//! sled's key order is log order), `raft_meta` (vote, committed, last purged,
-//! incarnation) and `snapshot` (the last snapshot's metadata and bytes). The
-//! application state itself lives in memory, in the [`StateMachine`]; it is made
-//! durable by the log and the snapshots, and rebuilt from them at open.
+//! sled holds only small values, in the tree `raft_meta` (vote, committed, last
+//! purged, incarnation). The log's entries are in segment files under `log/`
+//! (`segments.rs`) and the last snapshot in the file `snapshot` (`snapshot.rs`),
+//! both beside sled's files: sled keeps large values as blob files that it does
+//! not always delete. The application state itself lives in memory, in the
+//! [`StateMachine`]; it is made durable by the log and the snapshots, and
+//! rebuilt from them at open.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -17,10 +19,11 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::log_store::LogStore;
+use crate::segments::SegmentLog;
 use crate::snapshot::{self, StoredSnapshot};
 use crate::state_machine::{SmState, StateMachineStore};
-use crate::types::LogId;
-use crate::StateMachine;
+use crate::types::{LogId, SnapshotMeta};
+use crate::{legacy, StateMachine};
 
 /// sled's page cache. Its default (1 GiB) is far more than a Raft log needs, and
 /// sled's resident memory is known to grow to a multiple of it.
@@ -30,6 +33,8 @@ pub(crate) const KEY_VOTE: &[u8] = b"vote";
 pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_INCARNATION: &[u8] = b"incarnation";
+/// The directory of the log's segment files, inside the storage directory.
+const LOG_DIR: &str = "log";
 
 /// Errors of opening or using the store outside openraft's own calls.
 #[derive(Debug, thiserror::Error)]
@@ -63,29 +68,69 @@ impl StoreError {
 /// reference goes, the database is closed and [`ClosedWatch`] fires.
 pub(crate) struct Shared {
     pub(crate) db: sled::Db,
-    pub(crate) log: sled::Tree,
     pub(crate) meta: sled::Tree,
-    pub(crate) snapshot: sled::Tree,
+    /// The storage directory: sled's files, `log/` and `snapshot`.
+    pub(crate) dir: PathBuf,
+    /// The log's entries. The lock covers the index in memory and the writes of
+    /// one append, truncate or purge; readers copy positions out and read the
+    /// files without it, so replication never waits for disk behind it.
+    log: Mutex<SegmentLog>,
     pub(crate) flushes: Arc<AtomicU64>,
-    /// Bytes of the entries in `log`, as stored: counted at open, then kept up
-    /// to date by append, truncate and purge.
+    /// Bytes of the entries in the log, as stored; a copy of the log's own
+    /// count, updated after each change, so that reading it takes no lock.
     pub(crate) log_bytes: AtomicU64,
+    /// `committed` was written to sled since sled was last flushed.
+    pub(crate) committed_dirty: AtomicBool,
     pub(crate) incarnation: u64,
-    /// Held while a snapshot is written, so that a snapshot built from older state
-    /// never replaces a newer one installed meanwhile. Never held across `.await`.
-    pub(crate) snapshot_write: Mutex<()>,
+    /// The stored snapshot's metadata. Held while a snapshot is written, so that
+    /// a snapshot built from older state never replaces a newer one installed
+    /// meanwhile. Never held across `.await`.
+    pub(crate) snapshot_write: Mutex<Option<SnapshotMeta>>,
     /// Declared last, so it drops after the database and trees: its receivers learn
     /// that the store is gone.
     _closed: watch::Sender<()>,
 }
 
 impl Shared {
-    /// fsyncs the whole database (the trees share one page cache) and counts it.
-    pub(crate) fn flush(&self) -> Result<(), sled::Error> {
+    /// The log, for a short synchronous section.
+    pub(crate) fn log(&self) -> MutexGuard<'_, SegmentLog> {
+        // A panic under the lock leaves at worst an index that the next open
+        // rebuilds from the files; openraft stops the node on the error anyway.
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes the log's byte count after a change.
+    pub(crate) fn count_log_bytes(&self, log: &SegmentLog) {
+        self.log_bytes.store(log.bytes(), Ordering::Relaxed);
+    }
+
+    /// fsyncs every log file written since the last sync, and counts it.
+    pub(crate) fn sync_log(&self) -> std::io::Result<()> {
+        let targets = self.log().sync_targets();
+        targets.sync()?;
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// fsyncs sled, and counts it.
+    pub(crate) fn flush_meta(&self) -> Result<(), sled::Error> {
+        self.committed_dirty.store(false, Ordering::Relaxed);
         self.db.flush()?;
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    /// fsyncs the log, then sled: everything written so far is durable.
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        self.sync_log()?;
+        self.flush_meta()?;
+        Ok(())
+    }
+}
+
+/// fsyncs a directory, so that files created, renamed or deleted in it stay so.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
@@ -108,17 +153,6 @@ pub(crate) fn get<T: DeserializeOwned>(
         Some(bytes) => Ok(Some(decode(what, &bytes)?)),
         None => Ok(None),
     }
-}
-
-pub(crate) fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-pub(crate) fn index_of_key(key: &[u8]) -> Result<u64, StoreError> {
-    let bytes: [u8; 8] = key
-        .try_into()
-        .map_err(|_| StoreError::corrupt("log key", format!("{} bytes, expected 8", key.len())))?;
-    Ok(u64::from_be_bytes(bytes))
 }
 
 /// What [`Storage::open`] found on disk.
@@ -180,24 +214,11 @@ impl StorageHandle {
     /// The highest index that can be purged from the log while keeping at most
     /// `keep_bytes` of the entries up to `snapshot_index` (all of them covered
     /// by the snapshot): `None` if those entries fit in `keep_bytes` already.
-    /// Blocking: it reads the tail of the log.
-    pub fn purge_point(
-        &self,
-        snapshot_index: u64,
-        keep_bytes: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        let Some(shared) = self.shared.upgrade() else {
-            return Ok(None);
-        };
-        let mut kept = 0u64;
-        for item in shared.log.range(..=index_key(snapshot_index)).rev() {
-            let (key, value) = item?;
-            kept = kept.saturating_add(value.len() as u64);
-            if kept > keep_bytes {
-                return Ok(Some(index_of_key(&key)?));
-            }
-        }
-        Ok(None)
+    /// Reads the index in memory only (one walk over the entries).
+    pub fn purge_point(&self, snapshot_index: u64, keep_bytes: u64) -> Option<u64> {
+        let shared = self.shared.upgrade()?;
+        let point = shared.log().purge_point(snapshot_index, keep_bytes);
+        point
     }
 
     /// What was on disk at open.
@@ -209,7 +230,7 @@ impl StorageHandle {
     /// closing flushes nothing that was not already flushed by a Raft path.
     pub fn flush(&self) -> Result<(), StoreError> {
         match self.shared.upgrade() {
-            Some(shared) => Ok(shared.flush()?),
+            Some(shared) => shared.flush(),
             None => Ok(()),
         }
     }
@@ -232,29 +253,33 @@ impl Storage {
     pub fn open(dir: &Path, app: Arc<dyn StateMachine>) -> Result<Storage, StoreError> {
         std::fs::create_dir_all(dir)?;
         let db = open_db(dir)?;
-        let log = db.open_tree("raft_log")?;
         let meta = db.open_tree("raft_meta")?;
-        let snapshot_tree = db.open_tree("snapshot")?;
 
         let incarnation = bump_incarnation(&db, &meta)?;
+
+        let purged = get::<LogId>(&meta, KEY_LAST_PURGED, "last purged log id")?;
+        let mut log = SegmentLog::open(&dir.join(LOG_DIR), purged.map(|id| id.index))?;
+        legacy::migrate(&db, &mut log, dir, purged.map(|id| id.index))?;
+        let stored_snapshot = snapshot::load(dir)?;
 
         let (closed_tx, closed_rx) = watch::channel(());
         let flushes = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
             db,
-            log,
             meta,
-            snapshot: snapshot_tree,
+            dir: dir.to_owned(),
+            log_bytes: AtomicU64::new(log.bytes()),
+            log: Mutex::new(log),
             flushes: flushes.clone(),
-            log_bytes: AtomicU64::new(0),
+            committed_dirty: AtomicBool::new(false),
             incarnation,
-            snapshot_write: Mutex::new(()),
+            snapshot_write: Mutex::new(stored_snapshot.as_ref().map(|s| s.meta.clone())),
             _closed: closed_tx,
         });
 
         let mut sm_state = SmState::default();
         let mut recovery = Recovery::default();
-        if let Some(stored) = snapshot::load(&shared)? {
+        if let Some(stored) = stored_snapshot {
             let StoredSnapshot { meta, body } = stored;
             let parts = snapshot::Body::decode(&body)?;
             app.restore(parts.app).map_err(StoreError::Restore)?;
@@ -339,9 +364,6 @@ fn fmt_index(index: Option<u64>) -> String {
 /// The last log id present, or the last purged one when the log is empty.
 pub(crate) fn last_log_id(shared: &Shared) -> Result<Option<LogId>, StoreError> {
     let purged: Option<LogId> = get(&shared.meta, KEY_LAST_PURGED, "last purged log id")?;
-    let last = match shared.log.last()? {
-        Some((_, bytes)) => Some(decode::<crate::types::Entry>("log entry", &bytes)?.log_id),
-        None => None,
-    };
+    let last = shared.log().last_log_id();
     Ok(last.max(purged))
 }
