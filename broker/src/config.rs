@@ -75,9 +75,10 @@ pub struct ClusterConfig {
     /// How long a node may stay silent before it is declared down, in
     /// milliseconds: its clients' wills are then published by the others.
     pub node_down_after_ms: u64,
-    /// Bytes the Raft log may hold on disk before what a snapshot covers is
-    /// purged (about half of this is kept behind the snapshot, for followers a
-    /// little behind). Bounds disk use and restart time whatever the payloads.
+    /// Bytes the Raft log may hold on disk, about: a snapshot is built once half
+    /// of this came after the last one, and the log behind a snapshot is purged
+    /// down to a quarter of this (kept for followers a little behind). Bounds
+    /// disk use and restart time whatever the payloads.
     pub max_log_bytes: u64,
 }
 

@@ -1,12 +1,19 @@
-//! Compaction by bytes: keeps the Raft log within `Tuning::max_log_bytes`
+//! Compaction by bytes: keeps the Raft log within about `Tuning::max_log_bytes`
 //! whatever the size of its entries.
 //!
 //! openraft 0.9 snapshots and purges by entry count only, while one entry is a
 //! batch of up to megabytes of commands, so a count says nothing of the disk
-//! used or of how long a restart replays. This task looks at the log's size
-//! every second; past the bound it purges what the last snapshot covers,
-//! keeping about half the bound behind it for followers a little behind, or,
-//! when that snapshot covers too little, asks for a new one first.
+//! used or of how long a restart replays. This task looks at the log's bytes a
+//! few times a second and acts on two thresholds of the bound:
+//! - once the entries after the last snapshot hold half of it, it asks for a
+//!   new snapshot, ahead of the bound rather than at it, since building one takes
+//!   a while during which the log keeps growing;
+//! - once the entries that snapshot covers hold more than a quarter of it, it
+//!   purges the oldest of them, keeping that quarter for followers a little
+//!   behind.
+//!
+//! So the log holds about three quarters of the bound, plus what arrives while
+//! a snapshot is built. openraft's count policy still applies beside this.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +24,10 @@ use tracing::{debug, warn};
 
 use crate::node::Core;
 
-/// How often the log's size is looked at.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the log's bytes are looked at: a load and a compare while the log
+/// is small. At a few hundred MB/s of large messages, a second between looks let
+/// the log overshoot its bound by as much again.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
 
 pub(crate) struct Compactor {
     pub(crate) core: Arc<Core>,
@@ -39,9 +48,19 @@ impl Compactor {
         }
     }
 
+    /// Bytes of log after the last snapshot that call for a new one.
+    fn snapshot_after(&self) -> u64 {
+        self.max_log_bytes / 2
+    }
+
+    /// Bytes of log kept behind the last snapshot.
+    fn keep(&self) -> u64 {
+        self.max_log_bytes / 4
+    }
+
     async fn check(&self) {
         let bytes = self.storage.log_bytes();
-        if bytes <= self.max_log_bytes {
+        if bytes <= self.keep().min(self.snapshot_after()) {
             return;
         }
         let (applied, snapshot, purged) = {
@@ -49,21 +68,28 @@ impl Compactor {
             let index = |id: Option<openraft::LogId<u64>>| id.map(|id| id.index);
             (index(m.last_applied), index(m.snapshot), index(m.purged))
         };
-        let keep = self.max_log_bytes / 2;
-        if let Some(snapshot) = snapshot {
-            match self.storage.purge_point(snapshot, keep) {
+        let covered = snapshot.map_or(0, |s| self.storage.log_bytes_through(s));
+        if let Some(snapshot) = snapshot.filter(|_| covered > self.keep()) {
+            match self.storage.purge_point(snapshot, self.keep()) {
                 Some(upto) if Some(upto) > purged => {
-                    debug!(bytes, upto, "raft log over its byte bound: purging");
+                    debug!(
+                        bytes,
+                        covered, upto, "raft log over its byte bound: purging"
+                    );
                     if let Err(e) = self.core.raft.trigger().purge_log(upto).await {
                         warn!(error = %e, "cannot purge the raft log");
                     }
-                    return;
                 }
                 _ => {}
             }
         }
-        if applied > snapshot {
-            debug!(bytes, "raft log over its byte bound: building a snapshot");
+        let after = bytes.saturating_sub(covered);
+        // openraft ignores the request while a snapshot is being built.
+        if after >= self.snapshot_after() && applied > snapshot {
+            debug!(
+                bytes,
+                after, "raft log past its snapshot threshold: building a snapshot"
+            );
             if let Err(e) = self.core.raft.trigger().snapshot().await {
                 warn!(error = %e, "cannot build a snapshot");
             }

@@ -46,9 +46,10 @@ pub struct Tuning {
     /// Entries kept in the log behind a snapshot, so that a follower a little
     /// behind catches up from the log rather than by a snapshot transfer.
     pub entries_kept_after_snapshot: u64,
-    /// Bytes the log may hold: past them, what a snapshot covers is purged,
-    /// keeping about half of this behind it, and a snapshot is built first if
-    /// needed. Bounds disk use and replay time whatever the size of entries.
+    /// Bytes the log may hold, about: a snapshot is built once the entries after
+    /// the last one hold half of this, and what a snapshot covers is purged down
+    /// to a quarter of this. Bounds disk use and replay time whatever the size
+    /// of entries (`compaction.rs`).
     pub max_log_bytes: u64,
     /// Not used: the proposer keeps one entry in flight. A batch that fails over
     /// to a new leader is retried as it was, and no later batch of the same node

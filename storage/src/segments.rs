@@ -463,6 +463,14 @@ impl SegmentLog {
         None
     }
 
+    /// Record bytes of the entries up to `index`.
+    pub(crate) fn bytes_through(&self, index: u64) -> u64 {
+        self.entries
+            .range(..=index)
+            .map(|(_, p)| p.record_bytes())
+            .sum()
+    }
+
     /// Takes what must be fsynced for every append so far to be durable.
     pub(crate) fn sync_targets(&mut self) -> SyncTargets {
         let mut files = std::mem::take(&mut self.unsynced);

@@ -211,6 +211,14 @@ impl StorageHandle {
             .map_or(0, |shared| shared.log_bytes.load(Ordering::Relaxed))
     }
 
+    /// Bytes of the entries up to `index` that the log holds now (those a
+    /// snapshot at `index` covers). Reads the index in memory only.
+    pub fn log_bytes_through(&self, index: u64) -> u64 {
+        self.shared
+            .upgrade()
+            .map_or(0, |shared| shared.log().bytes_through(index))
+    }
+
     /// The highest index that can be purged from the log while keeping at most
     /// `keep_bytes` of the entries up to `snapshot_index` (all of them covered
     /// by the snapshot): `None` if those entries fit in `keep_bytes` already.

@@ -94,9 +94,10 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "cluster.max_log_bytes",
-        "Bytes the Raft log may hold on disk before what a snapshot covers is\n\
-         purged (about half of this is kept behind the snapshot, for followers a\n\
-         little behind). Bounds disk use and restart time whatever the payloads.",
+        "Bytes the Raft log may hold on disk, about: a snapshot is built once half\n\
+         of this came after the last one, and the log behind a snapshot is purged\n\
+         down to a quarter of this (kept for followers a little behind). Bounds\n\
+         disk use and restart time whatever the payloads.",
     ),
     ("http", "The HTTP server for health checks and metrics."),
     (
