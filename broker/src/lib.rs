@@ -10,6 +10,7 @@ mod listener;
 pub mod metrics;
 pub mod registry;
 mod router;
+mod session;
 pub mod state;
 mod timeouts;
 pub mod topic;
@@ -60,6 +61,8 @@ pub enum BrokerError {
     Cluster(#[from] starling_cluster::ClusterError),
     #[error("unreadable reply from the state machine: {0}")]
     BadReply(#[from] postcard::Error),
+    #[error("this node did not apply its own command within {0:?}")]
+    NotApplied(Duration),
 }
 
 /// The most commands one Raft entry carries.
@@ -110,6 +113,17 @@ impl Shared {
                 .dropped_many("queue_full", u64::from(queue_full));
         }
         Ok((applied, reply))
+    }
+
+    /// Commits `command` and returns once this node applied it too, for a
+    /// caller that then reads the replicated state.
+    async fn propose_applied(&self, command: Command) -> Result<Reply, BrokerError> {
+        let (applied, reply) = self.propose_counted(command).await?;
+        if self.machine.applied_reached(applied, timeouts::APPLY).await {
+            Ok(reply)
+        } else {
+            Err(BrokerError::NotApplied(timeouts::APPLY))
+        }
     }
 
     /// Commits `command` and returns once this node and every node it reaches

@@ -1,5 +1,5 @@
-//! What a connection sends to its client: deliveries, and at QoS 1/2 the in-flight
-//! window, packet ids, and the two sources of messages.
+//! The in-flight window of what a session sends at QoS 1/2: packet ids, stages,
+//! and the two sources of messages.
 //!
 //! - Queued: a persistent session's QoS 1/2 messages live in its replicated queue.
 //!   Their packet ids follow from their queue sequence numbers (lower half of the
@@ -10,11 +10,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use starling_proto::mqtt::{Packet, Publish, QoS};
+use starling_proto::mqtt::QoS;
 
-use super::Connection;
 use crate::registry::Delivery;
-use crate::state::Message;
 
 /// Packet ids 1..=QUEUE_IDS belong to queued messages.
 const QUEUE_IDS: u16 = 32_767;
@@ -41,7 +39,7 @@ pub enum Stage {
 
 /// The in-flight window of one connection.
 #[derive(Debug)]
-pub struct Outbound {
+pub struct Window {
     max_inflight: usize,
     max_pending: usize,
     /// Queued messages sent and not yet acknowledged: packet id -> (seq, stage).
@@ -58,9 +56,9 @@ pub struct Outbound {
     pub dup_below: u64,
 }
 
-impl Outbound {
-    pub fn new(max_inflight: u16, max_pending: usize) -> Outbound {
-        Outbound {
+impl Window {
+    pub fn new(max_inflight: u16, max_pending: usize) -> Window {
+        Window {
             max_inflight: usize::from(max_inflight.clamp(1, QUEUE_IDS / 2)),
             max_pending,
             queued: BTreeMap::new(),
@@ -140,99 +138,6 @@ impl Outbound {
     }
 }
 
-/// Sending to the client: the window, and what fills it.
-impl Connection {
-    /// The window, allocated on first use.
-    pub(super) fn out(&mut self) -> &mut Outbound {
-        let config = &self.shared.config;
-        self.out.get_or_insert_with(|| {
-            Box::new(Outbound::new(
-                config.max_inflight,
-                config.max_queued_messages,
-            ))
-        })
-    }
-
-    /// Moves deliveries from the mailbox into the window while it has room.
-    /// Nothing is sent to the client before its CONNACK.
-    pub(super) fn take_mail(&mut self) {
-        if !self.connacked {
-            return;
-        }
-        while self.out.as_ref().is_none_or(|out| out.can_park()) && self.end.is_none() {
-            let Some(delivery) = self.mailbox.pop() else {
-                break;
-            };
-            self.deliver(delivery);
-        }
-    }
-
-    /// A message for this client from the router.
-    pub(super) fn deliver(&mut self, delivery: Delivery) {
-        if delivery.qos == QoS::AtMostOnce {
-            self.send_publish(&delivery.message, QoS::AtMostOnce, 0, false);
-        } else {
-            self.out().park(delivery);
-            self.fill_window();
-        }
-    }
-
-    pub(super) fn send_publish(&mut self, message: &Message, qos: QoS, packet_id: u16, dup: bool) {
-        let publish = Publish {
-            dup,
-            qos,
-            retain: message.retain,
-            topic: message.topic.clone(),
-            packet_id,
-            payload: message.payload.clone(),
-        };
-        self.shared.metrics.sent(qos);
-        self.send(&Packet::Publish(publish));
-    }
-
-    /// Sends as many queued and parked messages as the window allows.
-    pub(super) fn fill_window(&mut self) {
-        // A connection asked to stop (its session taken over) sends nothing
-        // more: what it would send belongs to the new connection.
-        if self.mailbox.stopped().is_some() {
-            return;
-        }
-        if let (true, Some(client_id)) = (self.persistent, self.client_id.clone()) {
-            loop {
-                let out = self.out();
-                let (room, next_seq) = (out.room(), out.next_seq);
-                if room == 0 {
-                    break;
-                }
-                let batch = self.shared.machine.queued(&client_id, next_seq, room);
-                if batch.is_empty() {
-                    break;
-                }
-                for (seq, queued) in batch {
-                    let id = queue_packet_id(seq);
-                    let stage = match (queued.qos, queued.released) {
-                        (_, true) => Stage::AwaitComp,
-                        (QoS::ExactlyOnce, false) => Stage::AwaitRec,
-                        _ => Stage::AwaitAck,
-                    };
-                    if !self.out().send_queued(seq, stage) {
-                        return;
-                    }
-                    if queued.released {
-                        self.send(&Packet::PubRel(id));
-                    } else {
-                        let dup = seq < self.out().dup_below;
-                        self.send_publish(&queued.message, queued.qos, id, dup);
-                    }
-                }
-            }
-        }
-        while let Some((id, delivery)) = self.out.as_mut().and_then(|out| out.next_direct()) {
-            self.send_publish(&delivery.message, delivery.qos, id, false);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +160,7 @@ mod tests {
     fn queue_ids_stay_in_the_lower_half_and_never_zero() {
         for seq in [0, 1, 32_766, 32_767, 32_768, u64::MAX] {
             let id = queue_packet_id(seq);
-            assert!(Outbound::is_queue_id(id), "seq {seq} gave {id}");
+            assert!(Window::is_queue_id(id), "seq {seq} gave {id}");
         }
         assert_eq!(queue_packet_id(0), 1);
         assert_eq!(queue_packet_id(32_767), 1);
@@ -263,14 +168,14 @@ mod tests {
 
     #[test]
     fn window_limits_direct_messages_and_ids_are_upper_half() {
-        let mut out = Outbound::new(2, 10);
+        let mut out = Window::new(2, 10);
         for _ in 0..3 {
             out.park(delivery(QoS::AtLeastOnce));
         }
         let (a, _) = out.next_direct().expect("first fits");
         let (b, _) = out.next_direct().expect("second fits");
         assert!(out.next_direct().is_none(), "window of 2 is full");
-        assert!(!Outbound::is_queue_id(a) && !Outbound::is_queue_id(b));
+        assert!(!Window::is_queue_id(a) && !Window::is_queue_id(b));
         assert_ne!(a, b);
         out.direct.remove(&a);
         assert!(out.next_direct().is_some(), "an ack makes room");
@@ -278,7 +183,7 @@ mod tests {
 
     #[test]
     fn parking_reports_when_full() {
-        let mut out = Outbound::new(1, 2);
+        let mut out = Window::new(1, 2);
         assert!(out.can_park());
         out.park(delivery(QoS::AtLeastOnce));
         out.park(delivery(QoS::AtLeastOnce));
@@ -287,7 +192,7 @@ mod tests {
 
     #[test]
     fn queued_ids_in_use_are_not_reused() {
-        let mut out = Outbound::new(10, 10);
+        let mut out = Window::new(10, 10);
         assert!(out.send_queued(5, Stage::AwaitAck));
         assert!(!out.send_queued(5 + 32_767, Stage::AwaitAck));
         assert_eq!(out.next_seq, 6);

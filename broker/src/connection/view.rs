@@ -1,0 +1,50 @@
+//! The session's [`View`] of a live node: its replicated state, health,
+//! settings and metrics.
+
+use starling_proto::mqtt::QoS;
+
+use crate::config::MqttConfig;
+use crate::metrics::Metrics;
+use crate::session::View;
+use crate::state::{Message, Queued, Target};
+use crate::Shared;
+
+pub(super) struct Live<'a>(pub &'a Shared);
+
+impl View for Live<'_> {
+    fn has_quorum(&self) -> bool {
+        self.0.node.quorum_hint()
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.0.registry.is_fenced()
+    }
+
+    fn config(&self) -> &MqttConfig {
+        &self.0.config
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    fn targets(&self, topic: &str, qos: QoS) -> Vec<Target> {
+        self.0.machine.targets(topic, qos)
+    }
+
+    fn queue_head(&self, client_id: &str) -> Option<u64> {
+        self.0.machine.queue_head(client_id)
+    }
+
+    fn sent_below(&self, client_id: &str) -> u64 {
+        self.0.machine.sent_below(client_id)
+    }
+
+    fn queued(&self, client_id: &str, from: u64, max: usize) -> Vec<(u64, Queued)> {
+        self.0.machine.queued(client_id, from, max)
+    }
+
+    fn retained_matching(&self, filter: &str) -> Vec<Message> {
+        self.0.machine.retained_matching(filter)
+    }
+}

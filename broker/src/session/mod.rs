@@ -1,0 +1,532 @@
+//! One client's MQTT session on this node, as a state machine without IO.
+//!
+//! A [`Session`] takes events (bytes from the client, a delivery
+//! from its mailbox, the outcome of a proposal or a forward, a request to stop,
+//! a stalled write) and answers with bytes for the client (its transmit buffer)
+//! and [`Action`]s for the connection task: commit this command, route this
+//! message, expire me if the client stays silent this long. It reads the
+//! replicated state and the node's health through a [`View`], and never waits:
+//! everything that takes time comes back to it as an [`Event`], in the order it
+//! was asked for.
+//!
+//! `crate::connection` is the shell around it: the socket, the mailbox, the
+//! futures of proposals and forwards, the registry.
+
+mod inbound;
+mod outbound;
+#[cfg(test)]
+mod tests;
+mod window;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use starling_proto::mqtt::{self, Packet, ProtocolVersion, QoS, SubAckCode};
+
+use crate::config::MqttConfig;
+use crate::metrics::Metrics;
+use crate::registry::{Delivery, Stop};
+use crate::state::{Command, ConnId, Message, Owner, Queued, Reply, Target};
+use window::Window;
+
+/// An event about one connection, naming its peer and client id.
+macro_rules! log {
+    ($session:expr, $level:ident, $($rest:tt)+) => {
+        tracing::$level!(
+            peer = %$session.peer,
+            client_id = $session.client_id.as_deref().unwrap_or(""),
+            $($rest)+
+        )
+    };
+}
+use log;
+
+/// A transmit buffer that grew past this is given back once written.
+const KEEP_TRANSMIT_CAPACITY: usize = 4096;
+
+/// What a session reads of the node it runs on: the replicated state as this
+/// node has applied it, the node's health, its settings and its metrics.
+pub(crate) trait View {
+    /// Whether this node can commit now (it had a quorum recently).
+    fn has_quorum(&self) -> bool;
+    /// Whether this node is fenced: declared down and not yet rejoined.
+    fn is_fenced(&self) -> bool;
+    fn config(&self) -> &MqttConfig;
+    fn metrics(&self) -> &Metrics;
+    /// Who receives a message on `topic` published at `qos`.
+    fn targets(&self, topic: &str, qos: QoS) -> Vec<Target>;
+    /// The oldest sequence number queued for `client_id`.
+    fn queue_head(&self, client_id: &str) -> Option<u64>;
+    /// Queued messages below this were sent by an earlier connection.
+    fn sent_below(&self, client_id: &str) -> u64;
+    /// Up to `max` queued messages of `client_id` from sequence number `from`.
+    fn queued(&self, client_id: &str, from: u64, max: usize) -> Vec<(u64, Queued)>;
+    /// The retained messages whose topics match `filter`.
+    fn retained_matching(&self, filter: &str) -> Vec<Message>;
+}
+
+/// What the connection task does for its session.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Commit `command`; once `wait` is met, hand the reply back as
+    /// [`Event::Committed`] with `then`.
+    Propose {
+        command: Command,
+        wait: Wait,
+        then: Then,
+    },
+    /// Commit `command`; nobody waits for it (acknowledgements of queued
+    /// messages: if lost, they are sent again with DUP).
+    Commit(Command),
+    /// Deliver `message` to `targets` (those that read no queue), waiting for
+    /// nobody.
+    Route {
+        message: Message,
+        targets: Vec<Target>,
+    },
+    /// Deliver `message` to `targets`; hand back [`Event::Routed`] with
+    /// `answer` once every node that must deliver it accepted it or one did not.
+    RouteThenAnswer {
+        message: Message,
+        targets: Vec<Target>,
+        answer: Packet,
+    },
+    /// End the connection unless the client sends something within this long.
+    KeepAlive(Duration),
+}
+
+/// How long a proposal is waited for before its outcome comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Until the cluster committed it.
+    Committed,
+    /// Until this node and every node it reaches applied it: what a SUBACK and
+    /// the PUBACK of a retained message promise.
+    Synced,
+    /// Until this node applied it too, for an outcome that reads the state.
+    Applied,
+}
+
+/// What the session does with a proposal's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Then {
+    /// CONNECT: answer CONNACK and start sending.
+    Connected { clean_session: bool },
+    /// A session mutation: send `answer`, unless the session was lost.
+    Answer(Packet),
+    /// SUBSCRIBE: answer SUBACK with `codes`, then send the retained messages
+    /// of `accepted`; if nothing was committed, fail every filter.
+    Subscribed {
+        packet_id: u16,
+        codes: Vec<SubAckCode>,
+        accepted: Vec<(String, QoS)>,
+    },
+    /// The PUBREC of a queued QoS 2 message committed: send PUBREL.
+    Released(u16),
+    /// Nothing to send.
+    Quiet,
+}
+
+/// Something that happened to a session, besides bytes from its client
+/// ([`Session::input`]).
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A message for the client from the router.
+    Mail(Delivery),
+    /// The client's replicated queue may have grown.
+    QueueGrew,
+    /// The outcome of [`Action::Propose`].
+    Committed {
+        then: Then,
+        reply: Result<Reply, String>,
+    },
+    /// The outcome of [`Action::RouteThenAnswer`]: whether every node that must
+    /// deliver the message accepted it.
+    Routed { answer: Packet, accepted: bool },
+    /// The node asks the connection to end.
+    Stop(Stop),
+    /// The client read nothing of what was written to it for this long.
+    WriteStalled(Duration),
+    /// The socket closed or failed.
+    SocketClosed,
+}
+
+/// Why a connection ended, which decides what happens to the will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// DISCONNECT received: the will is discarded.
+    Graceful,
+    /// Socket closed, keepalive expired, protocol violation, node shutdown.
+    Lost,
+    /// The cluster ends the session, not this connection: another connection
+    /// took it over, or this node was cut off (declared down, or without a
+    /// quorum too long). Nothing is proposed; the will is the business of the
+    /// command that ended the session (a takeover, `NodeDown`).
+    TakenOver,
+}
+
+/// What a closing connection still commits, in this order.
+#[derive(Debug, Default)]
+pub(crate) struct Closing {
+    /// The acknowledgements gathered and not yet committed.
+    pub acks: Option<Command>,
+    /// The end of the session's connection in the replicated state.
+    pub disconnect: Option<Command>,
+}
+
+/// One connection's MQTT session.
+pub(crate) struct Session {
+    peer: SocketAddr,
+    conn: ConnId,
+    version: Option<ProtocolVersion>,
+    /// CONNACK was sent.
+    connacked: bool,
+    client_id: Option<Arc<str>>,
+    persistent: bool,
+    keep_alive: Option<Duration>,
+    /// The window of messages sent to the client; allocated when the first
+    /// QoS 1/2 message is (or, for a persistent session, at CONNECT).
+    out: Option<Box<Window>>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL, for publishers whose session is
+    /// clean (persistent publishers keep them in the replicated state).
+    inbound_qos2: BTreeSet<u16>,
+    /// Queued messages acknowledged since the last flush; committed in one command.
+    acked: Vec<u64>,
+    /// Bytes for the client.
+    transmit: BytesMut,
+    actions: VecDeque<Action>,
+    end: Option<End>,
+}
+
+impl Session {
+    pub fn new(conn: ConnId, peer: SocketAddr) -> Session {
+        Session {
+            peer,
+            conn,
+            version: None,
+            connacked: false,
+            client_id: None,
+            persistent: false,
+            keep_alive: None,
+            out: None,
+            inbound_qos2: BTreeSet::new(),
+            acked: Vec::new(),
+            transmit: BytesMut::new(),
+            actions: VecDeque::new(),
+            end: None,
+        }
+    }
+
+    /// Why the connection ends, once it must.
+    pub fn end(&self) -> Option<End> {
+        self.end
+    }
+
+    /// The connection this session runs on.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    pub fn client_id(&self) -> Option<&Arc<str>> {
+        self.client_id.as_ref()
+    }
+
+    /// Whether the session takes messages from its mailbox now: not before
+    /// CONNACK, not once ending, and not while its backlog is full (which makes
+    /// publishers to it wait).
+    pub fn wants_mail(&self) -> bool {
+        self.connacked && self.end.is_none() && self.out.as_ref().is_none_or(|out| out.can_park())
+    }
+
+    /// The next thing the connection task must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The bytes waiting for the client.
+    pub fn transmit(&self) -> &[u8] {
+        &self.transmit
+    }
+
+    /// Marks the transmit buffer written.
+    pub fn transmitted(&mut self) {
+        if self.transmit.capacity() > KEEP_TRANSMIT_CAPACITY {
+            self.transmit = BytesMut::new();
+        } else {
+            self.transmit.clear();
+        }
+        if self.actions.is_empty() && self.actions.capacity() > 0 {
+            // Idle sessions hold no action buffer.
+            self.actions = VecDeque::new();
+        }
+    }
+
+    /// Decodes and handles every complete packet in `input`. Returns how many
+    /// packets were handled.
+    pub fn input(&mut self, input: &mut BytesMut, view: &impl View) -> usize {
+        let mut handled = 0;
+        while self.end.is_none() {
+            match mqtt::decode(input, view.config().max_packet_size, self.version) {
+                Ok(Some(packet)) => {
+                    handled += 1;
+                    self.packet(packet, view);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.decode_failed(e, view);
+                    break;
+                }
+            }
+        }
+        if let (true, Some(keep_alive), true) = (handled > 0, self.keep_alive, self.connacked) {
+            self.actions.push_back(Action::KeepAlive(keep_alive));
+        }
+        handled
+    }
+
+    /// Handles one event.
+    pub fn handle(&mut self, event: Event, view: &impl View) {
+        match event {
+            Event::Mail(delivery) => self.deliver(delivery, view),
+            Event::QueueGrew => {
+                if self.connacked {
+                    self.fill_window(view);
+                }
+            }
+            Event::Committed { then, reply } => self.committed(then, reply, view),
+            Event::Routed { answer, accepted } => {
+                if accepted {
+                    self.send(&answer);
+                } else {
+                    self.close_lost(
+                        "forward_failed",
+                        "another node did not take a message in time; the client resends it",
+                        view,
+                    );
+                }
+            }
+            Event::Stop(why) => self.stop(why, view),
+            Event::WriteStalled(after) => self.close_lost(
+                "slow_subscriber",
+                &format!("the client read nothing for {after:?}"),
+                view,
+            ),
+            Event::SocketClosed => {
+                tracing::debug!("connection closed by the client");
+                self.end.get_or_insert(End::Lost);
+            }
+        }
+    }
+
+    /// Turns the acknowledgements gathered since the last flush into one
+    /// [`Action::Commit`]: called once per round of events.
+    pub fn flush(&mut self) {
+        if let Some(acks) = self.take_acks() {
+            self.actions.push_back(Action::Commit(acks));
+        }
+    }
+
+    /// What the ending connection must still commit.
+    pub fn closing(&mut self) -> Closing {
+        let end = self.end.unwrap_or(End::Lost);
+        let acks = self.take_acks();
+        let disconnect = match (&self.client_id, end) {
+            (_, End::TakenOver) | (None, _) => None,
+            (Some(client_id), _) => Some(Command::Disconnect {
+                client_id: client_id.clone(),
+                conn: self.conn,
+                publish_will: end == End::Lost,
+                sent_below: self
+                    .out
+                    .as_ref()
+                    .filter(|_| self.persistent && self.connacked)
+                    .map(|out| out.next_seq),
+            }),
+        };
+        Closing { acks, disconnect }
+    }
+
+    fn committed(&mut self, then: Then, reply: Result<Reply, String>, view: &impl View) {
+        let reply = match (then, reply) {
+            (
+                Then::Subscribed {
+                    packet_id, codes, ..
+                },
+                Err(e),
+            ) => {
+                log!(
+                    self,
+                    info,
+                    "SUBSCRIBE failed: subscription not committed: {e}"
+                );
+                let codes = vec![SubAckCode::Failure; codes.len()];
+                self.send(&Packet::SubAck(mqtt::SubAck { packet_id, codes }));
+                return;
+            }
+            (_, Err(e)) => return self.failed(&e),
+            (_, Ok(Reply::NotOwner | Reply::Fenced)) => {
+                log!(
+                    self,
+                    info,
+                    "session lost to another connection before a commit"
+                );
+                self.end = Some(End::TakenOver);
+                return;
+            }
+            (then, Ok(reply)) => (then, reply),
+        };
+        match reply {
+            (
+                Then::Connected { clean_session },
+                Reply::Connected {
+                    session_present, ..
+                },
+            ) => self.connected(session_present && !clean_session, view),
+            (
+                Then::Subscribed {
+                    packet_id,
+                    codes,
+                    accepted,
+                },
+                Reply::Done,
+            ) => {
+                self.send(&Packet::SubAck(mqtt::SubAck { packet_id, codes }));
+                self.send_retained(&accepted, view);
+            }
+            (Then::Answer(answer), _) => self.send(&answer),
+            (Then::Released(packet_id), _) => self.released(packet_id),
+            (Then::Quiet, _) => {}
+            (then, reply) => self.failed(&format!("unexpected reply {reply:?} to {then:?}")),
+        }
+    }
+
+    /// A proposal failed: this node cannot serve the client now.
+    fn failed(&mut self, error: &str) {
+        if !self.connacked {
+            self.send(&Packet::ConnAck(mqtt::ConnAck {
+                session_present: false,
+                code: mqtt::ConnectReturnCode::ServerUnavailable,
+            }));
+        }
+        log!(self, warn, error, "cannot commit, closing the connection");
+        self.end = Some(End::Lost);
+    }
+
+    /// Ends the connection as asked by the node.
+    fn stop(&mut self, why: Stop, view: &impl View) {
+        self.end = Some(match why {
+            Stop::TakenOver => {
+                log!(self, info, "session taken over by a new connection");
+                End::TakenOver
+            }
+            Stop::NodeStopping => {
+                tracing::debug!("node shutting down");
+                End::Lost
+            }
+            Stop::CutOff => {
+                log!(
+                    self,
+                    info,
+                    "closing: this node is cut off from the cluster; the client moves on"
+                );
+                End::TakenOver
+            }
+            Stop::SlowSubscriber => {
+                log!(
+                    self,
+                    info,
+                    "disconnecting a subscriber that reads too slowly: its mailbox stayed full"
+                );
+                view.metrics().disconnected("slow_subscriber");
+                End::Lost
+            }
+            Stop::Expired => {
+                if self.version.is_some() {
+                    log!(self, info, "keepalive expired [MQTT-3.1.2-24]");
+                } else {
+                    log!(self, info, "no CONNECT in time");
+                }
+                End::Lost
+            }
+        });
+    }
+
+    fn decode_failed(&mut self, e: mqtt::DecodeError, view: &impl View) {
+        if let (mqtt::DecodeError::UnsupportedProtocolLevel(level), None) = (&e, self.version) {
+            log!(
+                self,
+                info,
+                level,
+                "unsupported protocol level [MQTT-3.1.2-2]"
+            );
+            view.metrics().protocol_error("protocol_level");
+            self.send(&Packet::ConnAck(mqtt::ConnAck {
+                session_present: false,
+                code: mqtt::ConnectReturnCode::UnacceptableProtocolVersion,
+            }));
+            self.end = Some(End::Lost);
+            return;
+        }
+        let reason = match e {
+            mqtt::DecodeError::PacketTooLarge { .. } => "too_large",
+            _ => "malformed",
+        };
+        log!(self, info, error = %e, "closing connection: bad packet");
+        view.metrics().protocol_error(reason);
+        self.end = Some(End::Lost);
+    }
+
+    /// Encodes `packet` for the client.
+    fn send(&mut self, packet: &Packet) {
+        let version = self.version.unwrap_or(ProtocolVersion::V3_1_1);
+        if let Err(e) = mqtt::encode(packet, version, &mut self.transmit) {
+            // Only our own packets are encoded here; a failure is a broker bug.
+            log!(self, error, error = %e, "cannot encode an outgoing packet");
+            self.end = Some(End::Lost);
+        }
+    }
+
+    fn violation(&mut self, what: &'static str, view: &impl View) {
+        log!(self, info, "closing connection: protocol violation: {what}");
+        view.metrics().protocol_error("violation");
+        self.end = Some(End::Lost);
+    }
+
+    /// Ends the connection as lost (its will is due) for `reason`, counted in
+    /// `starling_client_disconnects_total`, with a line saying `why`.
+    fn close_lost(&mut self, reason: &'static str, why: &str, view: &impl View) {
+        log!(self, info, reason, "closing the connection: {why}");
+        view.metrics().disconnected(reason);
+        self.end = Some(End::Lost);
+    }
+
+    /// The session's owner as commands name it: this connection, once CONNECT
+    /// named the client.
+    fn owner(&self) -> Option<Owner> {
+        Some(Owner {
+            client_id: self.client_id.clone()?,
+            conn: self.conn,
+        })
+    }
+
+    /// The acknowledgements gathered since the last one, as one command.
+    fn take_acks(&mut self) -> Option<Command> {
+        if self.acked.is_empty() {
+            return None;
+        }
+        let from = self.owner()?;
+        let seqs = std::mem::take(&mut self.acked);
+        Some(Command::Ack { from, seqs })
+    }
+
+    fn propose(&mut self, command: Command, wait: Wait, then: Then) {
+        self.actions.push_back(Action::Propose {
+            command,
+            wait,
+            then,
+        });
+    }
+}
