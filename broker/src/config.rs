@@ -13,7 +13,9 @@ pub struct MqttConfig {
     /// Largest packet accepted from a client, in bytes (fixed header included).
     /// Bigger packets close the connection before their body is read.
     pub max_packet_size: usize,
-    /// QoS 1/2 messages sent to one client and not yet acknowledged, at most.
+    /// QoS 1/2 messages sent to one client and not yet acknowledged, at most. A
+    /// window this wide keeps a subscriber from waiting on round trips; the
+    /// messages in it are sent again (DUP) when a persistent session resumes.
     pub max_inflight: u16,
     /// QoS 1/2 messages kept for one persistent session; further ones are dropped
     /// and counted.
@@ -47,7 +49,7 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_packet_size: 1024 * 1024,
-            max_inflight: 32,
+            max_inflight: 1024,
             max_queued_messages: 1000,
             max_queued_bytes: 64 * 1024 * 1024,
             max_connections: 100_000,

@@ -32,7 +32,9 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "mqtt.max_inflight",
-        "QoS 1/2 messages sent to one client and not yet acknowledged, at most.",
+        "QoS 1/2 messages sent to one client and not yet acknowledged, at most. A\n\
+         window this wide keeps a subscriber from waiting on round trips; the\n\
+         messages in it are sent again (DUP) when a persistent session resumes.",
     ),
     (
         "mqtt.max_queued_messages",
