@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use starling_cluster::{ForwardError, ForwardHandler, Forwarder, Node};
+use starling_cluster::{ForwardError, ForwardHandler, Forwarder, Hold, Node};
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -44,35 +44,46 @@ pub struct Inbound {
 }
 
 impl ForwardHandler for Inbound {
-    fn handle(&self, from: u64, frame: Bytes) {
+    fn handle(&self, from: u64, frame: Bytes) -> Option<Hold> {
         match postcard::from_bytes::<Frame>(&frame) {
             Ok(Frame::Publish(message)) => {
                 // The sender already chose the nodes: deliver here only.
-                // The frame counts as accepted once the message is in the
-                // mailboxes here; a subscriber that keeps its mailbox over its
-                // bound is disconnected by this node's sweep.
                 let targets = self.machine.targets(&message.topic, message.qos);
-                router::deliver_here(&self.registry, &self.metrics, &message, targets);
+                // A subscriber whose mailbox just filled (a burst, or a
+                // connection task not yet scheduled) gets a moment before a
+                // QoS 0 message to it is dropped: the stream waits, and its
+                // sender with it. One that stays full is not waited for again;
+                // it is disconnected by this node's sweep.
+                let full = self
+                    .registry
+                    .freshly_full(&targets, timeouts::FORWARD_BURST);
+                if full.is_empty() {
+                    router::deliver_here(&self.registry, &self.metrics, &message, targets);
+                    return None;
+                }
+                let (registry, metrics) = (self.registry.clone(), self.metrics.clone());
+                Some(Box::pin(async move {
+                    for (mailbox, left) in full {
+                        mailbox.wait_for_room(left).await;
+                    }
+                    router::deliver_here(&registry, &metrics, &message, targets);
+                }))
             }
             Ok(Frame::Sync(target)) => {
-                let machine = &self.machine;
-                let reached = match tokio::runtime::Handle::try_current() {
-                    Ok(handle)
-                        if handle.runtime_flavor()
-                            == tokio::runtime::RuntimeFlavor::MultiThread =>
-                    {
-                        tokio::task::block_in_place(|| machine.wait_applied(target, timeouts::SYNC))
+                // Acknowledged once applied here: the frames behind it wait,
+                // and no thread does.
+                let machine = self.machine.clone();
+                Some(Box::pin(async move {
+                    if !machine.applied_reached(target, timeouts::SYNC).await {
+                        tracing::warn!(from, target, "sync point not reached in time");
                     }
-                    _ => machine.wait_applied(target, timeouts::SYNC),
-                };
-                if !reached {
-                    tracing::warn!(from, target, "sync point not reached in time");
-                }
+                }))
             }
             Err(e) => {
                 // Peers run our own code; an unreadable frame means a version skew.
                 tracing::warn!(from, error = %e, "unreadable forwarded frame dropped");
                 self.metrics.dropped("forward_unreadable");
+                None
             }
         }
     }

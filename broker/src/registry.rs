@@ -360,6 +360,35 @@ impl Registry {
         }
     }
 
+    /// The mailboxes here of those of `targets` that read no queue and are over
+    /// their bound since less than `fresh`, each with how much of `fresh` is
+    /// left: a burst worth waiting for, not a subscriber that stays slow.
+    pub fn freshly_full(
+        &self,
+        targets: &[crate::state::Target],
+        fresh: Duration,
+    ) -> Vec<(Arc<Mailbox>, Duration)> {
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        let now = self.millis(Instant::now());
+        let fresh_ms = u64::try_from(fresh.as_millis()).unwrap_or(u64::MAX);
+        let mut full = Vec::new();
+        for target in targets.iter().filter(|t| !t.queued) {
+            let Some(handle) = clients.get(&target.client_id) else {
+                continue;
+            };
+            let mailbox = &handle.mailbox;
+            if mailbox.has_room() {
+                continue;
+            }
+            let over = mailbox.over_since_ms.load(Ordering::Acquire);
+            let since = now.saturating_sub(over.saturating_sub(1));
+            if over > 0 && since < fresh_ms {
+                full.push((mailbox.clone(), Duration::from_millis(fresh_ms - since)));
+            }
+        }
+        full
+    }
+
     fn millis(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
@@ -460,4 +489,83 @@ impl Registry {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Target;
+
+    fn delivery() -> Delivery {
+        Delivery {
+            message: Message {
+                topic: Arc::from("t"),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+            },
+            qos: QoS::AtMostOnce,
+        }
+    }
+
+    fn target(client_id: &str) -> Target {
+        Target {
+            client_id: Arc::from(client_id),
+            qos: QoS::AtMostOnce,
+            queued: false,
+        }
+    }
+
+    /// A registry with client "c" attached to a mailbox of capacity 2.
+    fn registry() -> (Registry, Arc<Mailbox>) {
+        let registry = Registry::new(1, 1);
+        let mailbox = Arc::new(Mailbox::new(2, 1 << 20));
+        let conn = ConnId {
+            node: 1,
+            incarnation: 1,
+            local: 1,
+        };
+        registry.open(conn, mailbox.clone());
+        registry.attach(Arc::from("c"), conn);
+        (registry, mailbox)
+    }
+
+    #[test]
+    fn a_mailbox_that_just_filled_is_a_burst_and_one_that_stays_full_is_not() {
+        let (registry, mailbox) = registry();
+        let metrics = Metrics::unregistered();
+        let fresh = Duration::from_millis(200);
+        assert!(registry.freshly_full(&[target("c")], fresh).is_empty());
+        for _ in 0..3 {
+            let undelivered = registry.deliver([(Arc::from("c"), delivery())], &metrics);
+            assert!(undelivered.elsewhere.is_empty());
+        }
+        let full = registry.freshly_full(&[target("c"), target("elsewhere")], fresh);
+        assert_eq!(full.len(), 1, "over its bound since just now");
+        assert!(full[0].1 <= fresh);
+        // A queued target reads no mailbox.
+        let queued = Target {
+            queued: true,
+            ..target("c")
+        };
+        assert!(registry.freshly_full(&[queued], fresh).is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            registry
+                .freshly_full(&[target("c")], Duration::from_millis(20))
+                .is_empty(),
+            "full for longer than that: not waited for again"
+        );
+        // Drained, then over again: a new episode.
+        while mailbox.pop().is_some() {}
+        for _ in 0..3 {
+            registry.deliver([(Arc::from("c"), delivery())], &metrics);
+        }
+        assert_eq!(
+            registry
+                .freshly_full(&[target("c")], Duration::from_millis(20))
+                .len(),
+            1
+        );
+    }
 }

@@ -19,6 +19,11 @@ pub(crate) const APPLY: Duration = Duration::from_secs(5);
 /// to the default `node_down_after`: longer, and a dead peer's routes are gone
 /// before it times out anyway.
 pub(crate) const FORWARD: Duration = Duration::from_secs(3);
+/// How long a forwarding stream waits for room in a subscriber's mailbox that
+/// has just filled before a QoS 0 message to it is dropped: long enough for a
+/// connection task to be scheduled and drain a burst, short enough that a
+/// stuck subscriber costs its stream this once per episode.
+pub(crate) const FORWARD_BURST: Duration = Duration::from_millis(100);
 /// How long a sync point (SUBACK, the PUBACK of a retained message) waits for
 /// each node to apply what was committed; a node that misses it is not waited
 /// for again until it answers.

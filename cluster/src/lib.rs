@@ -23,7 +23,7 @@ mod server;
 mod wire;
 
 pub use forward::{
-    forward_service, ForwardError, ForwardHandler, ForwardStats, Forwarder, PeerStats,
+    forward_service, ForwardError, ForwardHandler, ForwardStats, Forwarder, Hold, PeerStats,
     DEFAULT_BUFFER_BYTES, MAX_FRAME_BYTES,
 };
 pub use network::source_for;

@@ -10,7 +10,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use starling_cluster::{forward_service, ForwardError, ForwardHandler, Forwarder, MAX_FRAME_BYTES};
+use starling_cluster::{
+    forward_service, ForwardError, ForwardHandler, Forwarder, Hold, MAX_FRAME_BYTES,
+};
 use starling_proto::cluster::forward_server::{Forward, ForwardServer};
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -49,12 +51,19 @@ impl Recorder {
     }
 }
 
-impl ForwardHandler for Recorder {
-    fn handle(&self, from: u64, frame: Bytes) {
+impl Recorder {
+    fn record(&self, from: u64, frame: &Bytes) {
         let index = u64::from_be_bytes(frame[..8].try_into().expect("frame index"));
         let mut frames = self.frames.lock().expect("recorder lock");
         frames.push((from, index));
         self.count.send_replace(frames.len());
+    }
+}
+
+impl ForwardHandler for Recorder {
+    fn handle(&self, from: u64, frame: Bytes) -> Option<Hold> {
+        self.record(from, &frame);
+        None
     }
 }
 
@@ -481,14 +490,17 @@ struct Gated {
 }
 
 impl ForwardHandler for Gated {
-    fn handle(&self, from: u64, frame: Bytes) {
-        let mut open = self.open.clone();
-        // The handler runs on the server's runtime thread; blocking it is what
-        // a slow peer looks like.
-        while !*open.borrow_and_update() {
-            std::thread::sleep(Duration::from_millis(5));
+    fn handle(&self, from: u64, frame: Bytes) -> Option<Hold> {
+        if *self.open.borrow() {
+            return self.inner.handle(from, frame);
         }
-        self.inner.handle(from, frame);
+        // Held until the gate opens: the stream takes nothing more meanwhile.
+        let mut open = self.open.clone();
+        let inner = self.inner.clone();
+        Some(Box::pin(async move {
+            let _ = open.wait_for(|open| *open).await;
+            inner.record(from, &frame);
+        }))
     }
 }
 
@@ -528,7 +540,15 @@ async fn a_connected_peer_that_falls_behind_congests_until_it_catches_up() {
         }
     }
     let stats = forwarder.stats();
-    assert!(stats.peers[0].queued >= BUFFER / 2, "{stats:?}");
+    // Frames move from the queue to the stream task's window meanwhile; none
+    // is acknowledged while the peer holds one.
+    let held_back = stats.peers[0].queued + stats.peers[0].unacked;
+    assert!(held_back >= BUFFER / 2, "{stats:?}");
+    assert_eq!(
+        recorder.frames().len(),
+        1,
+        "a held frame stops its stream: nothing after it is handled"
+    );
     let relieved = forwarder.relieved();
     let mut relieved = pin!(relieved);
     assert!(poll_once(relieved.as_mut()).is_pending());

@@ -14,8 +14,8 @@ pub mod command;
 mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use starling_proto::mqtt::QoS;
@@ -245,8 +245,6 @@ pub trait Dispatch: Send + Sync + 'static {
 pub struct MqttMachine {
     /// The replicated state. Locked by apply and by short reads of connections.
     state: Mutex<State>,
-    /// Signalled after every apply, for [`MqttMachine::wait_applied`].
-    applied_changed: Condvar,
     /// The applied count again, for tasks that wait for it without blocking a
     /// thread ([`MqttMachine::applied_reached`]). Sent to under the `state` lock.
     applied_watch: watch::Sender<u64>,
@@ -259,7 +257,6 @@ impl MqttMachine {
     pub fn new(dispatch: Arc<dyn Dispatch>) -> Self {
         MqttMachine {
             state: Mutex::new(State::default()),
-            applied_changed: Condvar::new(),
             applied_watch: watch::Sender::new(0),
             index: Index::default(),
             dispatch,
@@ -360,25 +357,6 @@ impl MqttMachine {
         matches!(reached, Ok(Ok(_)))
     }
 
-    /// Blocks until this node has applied `target` commands, or `timeout` passed.
-    /// Returns whether it got there. Call it off the async executor's hot path
-    /// (`block_in_place`): it waits on a condition variable.
-    pub fn wait_applied(&self, target: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
-        while state.applied < target {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            state = match self.applied_changed.wait_timeout(state, left) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        true
-    }
-
     pub fn summary(&self) -> Recovered {
         let state = self.lock();
         Recovered {
@@ -392,7 +370,6 @@ impl MqttMachine {
     /// Marks one more command applied and wakes whoever waits for that.
     fn count_applied(&self, state: &mut State) -> u64 {
         state.applied += 1;
-        self.applied_changed.notify_all();
         self.applied_watch.send_replace(state.applied);
         state.applied
     }
@@ -461,7 +438,6 @@ impl StateMachine for MqttMachine {
             .locations
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
-        self.applied_changed.notify_all();
         self.applied_watch.send_replace(state.applied);
         Ok(())
     }

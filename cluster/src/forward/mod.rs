@@ -17,6 +17,8 @@
 mod receive;
 mod send;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,10 +55,17 @@ const RUN_BYTES: usize = 256 << 10;
 
 /// Receives frames forwarded by peers. Supplied by the user of the cluster crate.
 pub trait ForwardHandler: Send + Sync + 'static {
-    /// Handles one frame from node `from`. When this returns, the frame counts as
-    /// accepted (the peer's sender gets its ack).
-    fn handle(&self, from: u64, frame: Bytes);
+    /// Handles one frame from node `from`. It counts as accepted (the peer's
+    /// sender gets its ack) when this returns `None`, or once the returned
+    /// future resolves. Until then the stream from `from` takes no further
+    /// frame: the acks it withholds are the sender's credit, so a receiver
+    /// that needs time (room for a burst, a sync point) slows the sender down
+    /// instead of blocking a thread or losing order.
+    fn handle(&self, from: u64, frame: Bytes) -> Option<Hold>;
 }
+
+/// What a [`ForwardHandler`] returns to hold its stream until it resolves.
+pub type Hold = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// Why a frame was not acknowledged.
 #[derive(Debug, thiserror::Error)]

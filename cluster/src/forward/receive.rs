@@ -1,5 +1,7 @@
 //! The receiving side: the gRPC service that takes the frames peers forward,
 //! hands them to the [`ForwardHandler`] in order, once each, and acknowledges.
+//! A frame the handler holds ([`Hold`]) stops the stream until it resolves: no
+//! later frame is read or acknowledged meanwhile, which is the sender's credit.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -13,8 +15,11 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use bytes::Bytes;
+
 use super::{
-    ForwardHandler, ACK_EVERY, FRAMES_PER_BUDGET_UNIT, MAX_FRAME_BYTES, NODE_HEADER, STREAM_HEADER,
+    ForwardHandler, Hold, ACK_EVERY, FRAMES_PER_BUDGET_UNIT, MAX_FRAME_BYTES, NODE_HEADER,
+    STREAM_HEADER,
 };
 
 /// The gRPC service side: one long-lived bidirectional stream per peer. The peer's
@@ -78,6 +83,7 @@ impl Forward for ForwardService {
             handler: self.handler.clone(),
             inbound: request.into_inner(),
             ack: None,
+            held: None,
             done: false,
         }))
     }
@@ -101,12 +107,26 @@ struct AckStream {
     inbound: Streaming<ForwardFrame>,
     /// The highest seq accepted and not yet acknowledged.
     ack: Option<u64>,
+    /// A frame the handler holds, with the rest of its run.
+    held: Option<Held>,
     done: bool,
+}
+
+/// Frame `seq`, accepted once `until` resolves; `rest` follow it from `seq + 1`.
+struct Held {
+    until: Hold,
+    seq: u64,
+    rest: std::vec::IntoIter<Bytes>,
 }
 
 impl AckStream {
     /// Handles the frames of one gRPC message, `run.seq` onwards.
     fn accept(&mut self, run: ForwardFrame) {
+        self.handle_run(run.seq, run.frames.into_iter());
+    }
+
+    /// Handles `frames`, numbered from `first`, until one is held.
+    fn handle_run(&mut self, first: u64, mut frames: std::vec::IntoIter<Bytes>) {
         // The lock is held while the handler runs; see `SenderStream::handled`.
         let mut handled = self
             .sender
@@ -114,16 +134,20 @@ impl AckStream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut last = None;
-        for (i, frame) in run.frames.into_iter().enumerate() {
+        let mut next = Some(first);
+        while let Some(frame) = frames.next() {
             // The numbers come from the peer: a run that would pass the
             // largest seq is cut there rather than wrapping around.
-            let Some(seq) = u64::try_from(i).ok().and_then(|i| run.seq.checked_add(i)) else {
+            let Some(seq) = next else {
                 warn!(from = self.from, "forward run past the largest seq, cut");
                 break;
             };
-            last = Some(seq);
+            next = seq.checked_add(1);
             match *handled {
-                Some(h) if seq <= h => continue,
+                Some(h) if seq <= h => {
+                    last = Some(seq);
+                    continue;
+                }
                 Some(h) if Some(seq) != h.checked_add(1) => warn!(
                     from = self.from,
                     after = h,
@@ -132,11 +156,51 @@ impl AckStream {
                 ),
                 _ => {}
             }
-            self.handler.handle(self.from, frame);
+            let hold = self.handler.handle(self.from, frame);
             *handled = Some(seq);
+            if let Some(until) = hold {
+                self.held = Some(Held {
+                    until,
+                    seq,
+                    rest: frames,
+                });
+                break;
+            }
+            last = Some(seq);
         }
         if let Some(seq) = last {
             self.ack = Some(self.ack.map_or(seq, |a| a.max(seq)));
+        }
+    }
+
+    /// Polls the held frame; true once it is accepted and the rest of its run
+    /// handled (or held again).
+    fn release(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(held) = self.held.as_mut() else {
+            return true;
+        };
+        if held.until.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let Some(held) = self.held.take() else {
+            return true;
+        };
+        self.ack = Some(self.ack.map_or(held.seq, |a| a.max(held.seq)));
+        if let Some(next) = held.seq.checked_add(1) {
+            self.handle_run(next, held.rest);
+        }
+        self.held.is_none()
+    }
+}
+
+impl Drop for AckStream {
+    fn drop(&mut self) {
+        // The held frame counts as handled (a resend of it is skipped), so it
+        // must finish even though its stream is gone; the frames after it were
+        // not handled, and come again on the sender's next stream.
+        if let (Some(held), Ok(runtime)) = (self.held.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(held.until);
         }
     }
 }
@@ -149,6 +213,9 @@ impl Stream for AckStream {
         let mut error = None;
         let mut taken = 0;
         while !this.done && taken < ACK_EVERY {
+            if !this.release(cx) {
+                break;
+            }
             // Handling frames delivers to local connections: each few frames
             // cost this task some of its budget, so that a busy stream yields
             // its worker to the connections it feeds.
