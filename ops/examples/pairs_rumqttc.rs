@@ -65,9 +65,7 @@ struct Seen {
 }
 
 fn options(id: String, host_port: &str) -> MqttOptions {
-    let (host, port) = host_port
-        .rsplit_once(':')
-        .expect("host:port expected");
+    let (host, port) = host_port.rsplit_once(':').expect("host:port expected");
     let port: u16 = port.parse().expect("a port number");
     let mut options = MqttOptions::new(id, host, port);
     options.set_keep_alive(Duration::from_secs(30));
@@ -201,7 +199,11 @@ async fn main() {
     // Drain: wait until every subscriber has what was sent, or the drain ends.
     let total_sent = sent.load(Ordering::Relaxed);
     let drain_end = Instant::now() + Duration::from_secs(args.drain);
-    let received = || -> u64 { seen.iter().map(|s| s.received.load(Ordering::Relaxed)).sum() };
+    let received = || -> u64 {
+        seen.iter()
+            .map(|s| s.received.load(Ordering::Relaxed))
+            .sum()
+    };
     while received() < total_sent && Instant::now() < drain_end {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

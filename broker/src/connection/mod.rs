@@ -122,12 +122,17 @@ impl Outcomes {
     }
 }
 
+/// Outcomes handed to the session in one wake-up, at most: the answers they
+/// produce go out in one write.
+const OUTCOMES_PER_WAKEUP: usize = 256;
+
 /// What woke a connection task; several at once where several were ready.
 #[derive(Default)]
 struct Wakeup {
     readable: bool,
     attention: bool,
-    outcome: Option<Event>,
+    /// Outcomes that were ready, in order, up to `OUTCOMES_PER_WAKEUP`.
+    outcomes: Vec<Event>,
 }
 
 impl Connection {
@@ -180,7 +185,7 @@ impl Connection {
             self.handle(Event::Stop(why));
             return 0;
         }
-        if let Some(outcome) = woken.outcome {
+        for outcome in woken.outcomes {
             self.handle(outcome);
         }
         if woken.attention {
@@ -210,12 +215,17 @@ impl Connection {
             }
         }
         woken.attention = self.mailbox.poll_attention(cx).is_ready();
-        woken.outcome = self.outcomes.poll_next(cx);
+        while woken.outcomes.len() < OUTCOMES_PER_WAKEUP {
+            let Some(outcome) = self.outcomes.poll_next(cx) else {
+                break;
+            };
+            woken.outcomes.push(outcome);
+        }
         let relieved = match self.relief.as_mut() {
             Some(relief) => relief.as_mut().poll(cx).is_ready(),
             None => false,
         };
-        if woken.readable || woken.attention || woken.outcome.is_some() || relieved {
+        if woken.readable || woken.attention || !woken.outcomes.is_empty() || relieved {
             Poll::Ready(woken)
         } else {
             Poll::Pending
