@@ -28,7 +28,7 @@ pub use forward::{
 };
 pub use network::source_for;
 pub use node::{Node, NodeBuilder, RaftStatus, Tuning};
-pub use starling_storage::StateMachine;
+pub use starling_storage::{SnapshotEncoder, StateMachine};
 
 /// The cluster gRPC port of [`NodeConfig::default`].
 pub const DEFAULT_CLUSTER_PORT: u16 = 7946;

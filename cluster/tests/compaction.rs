@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use starling_cluster::{Node, StateMachine, Tuning};
+use starling_cluster::{Node, SnapshotEncoder, StateMachine, Tuning};
 use tempfile::TempDir;
 
 /// Keeps the length and a hash of every command applied: like a broker's, its
@@ -43,8 +43,9 @@ impl StateMachine for Digests {
         Vec::new()
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        postcard::to_stdvec(&*self.applied.lock().expect("digests lock")).map_err(|e| e.to_string())
+    fn snapshot(&self) -> SnapshotEncoder {
+        let copy = self.applied.lock().expect("digests lock").clone();
+        Box::new(move || postcard::to_stdvec(&copy).map_err(|e| e.to_string()))
     }
 
     fn restore(&self, snapshot: &[u8]) -> Result<(), String> {

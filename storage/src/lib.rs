@@ -15,6 +15,9 @@ pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use store::{Recovery, Storage, StorageHandle, StoreError};
 pub use types::{NodeId, PeerNode, Request, Response, TypeConfig};
 
+/// Serializes a copy of the state taken by [`StateMachine::snapshot`].
+pub type SnapshotEncoder = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send + Sync + 'static>;
+
 /// The application state that Raft replicates. `storage` hosts it; `broker`
 /// implements it. Every method is called from one task at a time, in log order.
 pub trait StateMachine: Send + Sync + 'static {
@@ -26,10 +29,12 @@ pub trait StateMachine: Send + Sync + 'static {
     /// node is silent") can compare the two, so that a retry that a later
     /// leader appended on a deposed leader's behalf does nothing.
     fn apply(&self, term: u64, command: &[u8]) -> Vec<u8>;
-    /// Serializes the whole state, consistent with the last applied command.
-    /// An error fails the snapshot (it is tried again later); it never stands
-    /// for an empty state.
-    fn snapshot(&self) -> Result<Vec<u8>, String>;
+    /// Takes what a snapshot needs, consistent with the last applied command,
+    /// and returns the work that serializes it. The work runs on a blocking
+    /// thread while commands go on being applied, so this should only copy
+    /// (cheaply: shared payloads stay shared). An error of the work fails the
+    /// snapshot (it is tried again later); it never stands for an empty state.
+    fn snapshot(&self) -> SnapshotEncoder;
     /// Replaces the whole state with a snapshot made by [`StateMachine::snapshot`].
     fn restore(&self, snapshot: &[u8]) -> Result<(), String>;
 }

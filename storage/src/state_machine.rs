@@ -198,15 +198,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .iter()
             .map(|(o, b)| (*o, b.clone()))
             .collect();
-        let body = self
-            .app
-            .snapshot()
-            .map_err(StoreError::Snapshot)
-            .and_then(|app| Body::encode(marks, last_batches, &app));
+        let encode = self.app.snapshot();
+        let work: Encode = Box::new(move || {
+            Body::encode(
+                marks,
+                last_batches,
+                &encode().map_err(StoreError::Snapshot)?,
+            )
+        });
         SnapshotBuilder {
             shared: self.shared.clone(),
             meta,
-            body: Some(body),
+            work: Some(work),
         }
     }
 
@@ -265,12 +268,16 @@ async fn store_blocking(
         .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
-/// Builds a snapshot from the copy taken by `get_snapshot_builder`.
+/// Serializes the copy taken by `get_snapshot_builder`, with this layer's header.
+type Encode = Box<dyn FnOnce() -> Result<Vec<u8>, StoreError> + Send + Sync>;
+
+/// Builds a snapshot from the copy taken by `get_snapshot_builder`, encoding
+/// it on a blocking thread while commands go on being applied.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     meta: SnapshotMeta,
-    /// The encoded copy; `None` once built.
-    body: Option<Result<Vec<u8>, StoreError>>,
+    /// The encoding still to do; `None` once built.
+    work: Option<Encode>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -279,10 +286,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let err = |e: StoreError| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         };
-        let body = self
-            .body
+        let work = self
+            .work
             .take()
-            .unwrap_or_else(|| Err(StoreError::Task("snapshot already built".into())))
+            .ok_or_else(|| err(StoreError::Task("snapshot already built".into())))?;
+        let body = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))
+            .and_then(|encoded| encoded)
             .map_err(err)?;
         let body = store_blocking(&self.shared, &meta, body)
             .await

@@ -428,3 +428,37 @@ async fn sequence_numbers_that_would_overflow_are_skipped_not_panicked_on() {
     );
     assert_eq!(app.applied(), vec![b"x".to_vec(), b"y".to_vec()]);
 }
+
+#[tokio::test]
+async fn a_snapshot_is_the_state_when_it_was_taken_while_apply_goes_on() {
+    const SNAP: u64 = 10;
+    const N: u64 = 20;
+    let dir = TempDir::new().expect("temp dir");
+    let (mut s, app) = open(dir.path());
+    s.log_store
+        .blocking_append(entries(0, N))
+        .await
+        .expect("append");
+    s.state_machine
+        .apply(entries(0, SNAP))
+        .await
+        .expect("apply");
+    // Taken here; encoded only when built.
+    let mut builder = s.state_machine.get_snapshot_builder().await;
+    s.state_machine
+        .apply(entries(SNAP + 1, N))
+        .await
+        .expect("apply goes on before the snapshot is encoded");
+    assert_eq!(app.applied(), expected_journal(N));
+    let snap = builder.build_snapshot().await.expect("snapshot");
+    assert_eq!(snap.meta.last_log_id, Some(log_id(SNAP)));
+    drop(builder);
+    close(s).await;
+
+    let (_s, app) = open(dir.path());
+    assert_eq!(
+        app.applied(),
+        expected_journal(SNAP),
+        "the snapshot holds the state it was taken at, not what was applied after"
+    );
+}

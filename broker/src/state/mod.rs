@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use starling_proto::mqtt::QoS;
-use starling_storage::StateMachine;
+use starling_storage::{SnapshotEncoder, StateMachine};
 use tokio::sync::watch;
 
 use crate::topic::{filter_matches, SubscriptionTrie};
@@ -134,7 +134,7 @@ struct NodeRecord {
 }
 
 /// The replicated state. Ordered maps keep apply deterministic where it iterates.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct State {
     /// Boxed: a map node holds eleven entries, and its room for the ones it
     /// does not hold costs far less as pointers.
@@ -414,9 +414,14 @@ impl StateMachine for MqttMachine {
         postcard::to_allocvec(&envelope).unwrap_or_default()
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        let state = self.lock();
-        snapshot::encode(&state)
+    fn snapshot(&self) -> SnapshotEncoder {
+        // Copied under the lock, encoded later on another thread: apply and the
+        // readers of connections wait for the copy, not for the encoding. The
+        // copy shares payloads with the state (`Arc`, `Bytes`), so what it
+        // costs is the maps, and the message table still finds each payload
+        // once.
+        let copy = self.lock().clone();
+        Box::new(move || snapshot::encode(&copy))
     }
 
     fn restore(&self, bytes: &[u8]) -> Result<(), String> {

@@ -412,7 +412,7 @@ fn snapshot_restore_round_trip_rebuilds_routes() {
     subscribe(&m, "sub", conn(1), &[("a/#", QoS::AtLeastOnce)]);
     publish(&m, msg("a/b", QoS::AtLeastOnce, false, b"q"));
     publish(&m, msg("r", QoS::AtMostOnce, true, b"kept"));
-    let snapshot = m.snapshot().expect("snapshot");
+    let snapshot = m.snapshot()().expect("snapshot");
 
     let restored = machine(10);
     restored.restore(&snapshot).expect("restore");
@@ -441,7 +441,7 @@ fn applied_count_grows_with_every_command_and_survives_a_snapshot() {
     assert_eq!(m.applied(), 3);
     let restored = machine(10);
     restored
-        .restore(&m.snapshot().expect("snapshot"))
+        .restore(&m.snapshot()().expect("snapshot"))
         .expect("restore");
     assert_eq!(restored.applied(), 3);
 }
@@ -574,7 +574,7 @@ async fn applied_reached_waits_for_this_node_to_apply() {
     assert!(!m.applied_reached(4, Duration::from_millis(20)).await);
     let restored = machine(10);
     restored
-        .restore(&m.snapshot().expect("snapshot"))
+        .restore(&m.snapshot()().expect("snapshot"))
         .expect("restore");
     assert!(restored.applied_reached(3, Duration::ZERO).await);
 }
@@ -672,8 +672,8 @@ fn the_same_log_gives_byte_identical_snapshots_on_every_node() {
     let replies_b = run(&b, &log);
     assert_eq!(replies_a, replies_b, "same replies");
     assert_eq!(a.effects(), b.effects(), "same effects");
-    let snapshot = a.snapshot().expect("snapshot");
-    assert_eq!(snapshot, b.snapshot().expect("snapshot"));
+    let snapshot = a.snapshot()().expect("snapshot");
+    assert_eq!(snapshot, b.snapshot()().expect("snapshot"));
     // The queue limit that applied is the one the Connect carried (4), on both.
     // 4 of 6 queued, 1 acked, then p's will.
     assert_eq!(a.queued("s", 0, 100).len(), 4);
@@ -691,8 +691,8 @@ fn the_same_log_gives_byte_identical_snapshots_on_every_node() {
     run(&a, &more);
     run(&c, &more);
     assert_eq!(
-        a.snapshot().expect("snapshot"),
-        c.snapshot().expect("snapshot")
+        a.snapshot()().expect("snapshot"),
+        c.snapshot()().expect("snapshot")
     );
 }
 
@@ -910,7 +910,7 @@ fn a_late_node_down_never_fences_a_restarted_node() {
 fn restore_refuses_a_snapshot_of_another_format_with_a_clear_error() {
     let m = machine(10);
     connect(&m, "a", conn(1), false, None);
-    let current = m.snapshot().expect("snapshot");
+    let current = m.snapshot()().expect("snapshot");
     // What the first version wrote: the state alone, with no header.
     let previous = current[14..].to_vec();
     let err = machine(10).restore(&previous).expect_err("refused");
@@ -973,7 +973,7 @@ fn a_payload_queued_for_many_sessions_is_stored_once() {
     }
     let payload: &'static [u8] = Box::leak(vec![7u8; PAYLOAD].into_boxed_slice());
     publish(&m, msg("t", QoS::AtLeastOnce, false, payload));
-    let snapshot = m.snapshot().expect("snapshot");
+    let snapshot = m.snapshot()().expect("snapshot");
     assert!(
         snapshot.len() < 2 * PAYLOAD,
         "{} bytes for one payload of {PAYLOAD} queued {SESSIONS} times",
@@ -985,7 +985,7 @@ fn a_payload_queued_for_many_sessions_is_stored_once() {
     let first = restored.queued("s0", 0, 1);
     let last = restored.queued(&format!("s{}", SESSIONS - 1), 0, 1);
     assert!(Arc::ptr_eq(&first[0].1.message, &last[0].1.message));
-    assert_eq!(restored.snapshot().expect("snapshot"), snapshot);
+    assert_eq!(restored.snapshot()().expect("snapshot"), snapshot);
 }
 
 /// A leader deposed while it was cut off finds every peer silent when it wakes

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use starling_cluster::{Node, NodeConfig, StateMachine, Tuning};
+use starling_cluster::{Node, NodeConfig, SnapshotEncoder, StateMachine, Tuning};
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -30,8 +30,9 @@ impl StateMachine for Journal {
         reply
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        postcard::to_stdvec(&*self.applied.lock().expect("journal lock")).map_err(|e| e.to_string())
+    fn snapshot(&self) -> SnapshotEncoder {
+        let copy = self.applied.lock().expect("journal lock").clone();
+        Box::new(move || postcard::to_stdvec(&copy).map_err(|e| e.to_string()))
     }
 
     fn restore(&self, snapshot: &[u8]) -> Result<(), String> {

@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use starling_storage::StateMachine;
+use starling_storage::{SnapshotEncoder, StateMachine};
 
 #[derive(Default)]
 pub struct Journal {
@@ -26,8 +26,9 @@ impl StateMachine for Journal {
         (applied.len() as u64).to_be_bytes().to_vec()
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        postcard::to_stdvec(&*self.applied.lock().expect("journal lock")).map_err(|e| e.to_string())
+    fn snapshot(&self) -> SnapshotEncoder {
+        let copy = self.applied.lock().expect("journal lock").clone();
+        Box::new(move || postcard::to_stdvec(&copy).map_err(|e| e.to_string()))
     }
 
     fn restore(&self, snapshot: &[u8]) -> Result<(), String> {
