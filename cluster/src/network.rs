@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
     StreamingError, Timeout, Unreachable,
@@ -30,6 +30,7 @@ use starling_proto::cluster::{
     MembershipReply, MembershipRequest, ProposeRequest, RaftReply, RaftRequest, SnapshotChunk,
 };
 use starling_storage::{NodeId, PeerNode, Request, TypeConfig};
+use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -42,6 +43,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const KEEPALIVE: Duration = Duration::from_secs(2);
 /// Snapshot bytes per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Chunks read ahead of the stream sending a snapshot.
+const SNAPSHOT_CHUNKS_AHEAD: usize = 4;
 /// A snapshot transfer may take this long, plus a second per 8 MiB.
 const SNAPSHOT_BASE_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -380,26 +383,41 @@ impl PeerClient {
             meta: snapshot.meta,
         };
         let header = wire::encode(&header).map_err(|e| NetworkError::new(&self.failure(e)))?;
-        let data = Bytes::from(snapshot.snapshot.into_inner());
-        let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK_BYTES + 1);
-        let mut offset = 0;
-        loop {
-            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
-            chunks.push(SnapshotChunk {
-                version: VERSION,
-                header: if offset == 0 {
-                    header.clone()
-                } else {
-                    Bytes::new()
-                },
-                data: data.slice(offset..end),
-            });
-            offset = end;
-            if offset >= data.len() {
-                break;
+        // Read from the snapshot's file a chunk at a time as the stream takes
+        // them: a few chunks in memory, whatever the snapshot's size.
+        let (chunks, to_send) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
+        let mut data = snapshot.snapshot;
+        let target = self.target;
+        let reader = tokio::spawn(async move {
+            let mut header = Some(header);
+            loop {
+                let mut chunk = BytesMut::with_capacity(SNAPSHOT_CHUNK_BYTES);
+                while chunk.len() < SNAPSHOT_CHUNK_BYTES {
+                    match data.read_buf(&mut chunk).await {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(target, error = %e, "cannot read the snapshot to send");
+                            return;
+                        }
+                    }
+                }
+                let last = chunk.len() < SNAPSHOT_CHUNK_BYTES;
+                let first = header.take();
+                if chunk.is_empty() && first.is_none() {
+                    return;
+                }
+                let message = SnapshotChunk {
+                    version: VERSION,
+                    header: first.unwrap_or_default(),
+                    data: chunk.freeze(),
+                };
+                if chunks.send(message).await.is_err() || last {
+                    return;
+                }
             }
-        }
-        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        });
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(to_send));
         request.set_timeout(ttl);
         let reply = match tokio::time::timeout(ttl, client.install_snapshot(request)).await {
             Ok(Ok(reply)) => reply.into_inner(),
@@ -412,6 +430,7 @@ impl PeerClient {
             }
             Err(_) => return Err(self.timeout(RPCTypes::InstallSnapshot, ttl).into()),
         };
+        reader.abort();
         let result: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
             wire::decode(reply.version, &reply.data)
                 .map_err(|e| NetworkError::new(&self.failure(e)))?;
@@ -466,12 +485,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     async fn full_snapshot(
         &mut self,
         vote: Vote<NodeId>,
-        snapshot: Snapshot<TypeConfig>,
+        mut snapshot: Snapshot<TypeConfig>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        // openraft sets no deadline of its own around a snapshot transfer.
-        let bytes = snapshot.snapshot.get_ref().len() as u64;
+        // openraft sets no deadline of its own around a snapshot transfer. The
+        // data is positioned at the snapshot's first byte; what follows is it.
+        let bytes = snapshot_len(&mut snapshot.snapshot)
+            .await
+            .map_err(|e| NetworkError::new(&self.failure(e)))?;
         let ttl = option
             .hard_ttl()
             .max(SNAPSHOT_BASE_DEADLINE + Duration::from_secs(bytes / (8 << 20)));
@@ -480,4 +502,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             closed = cancel => Err(StreamingError::Closed(closed)),
         }
     }
+}
+
+/// The bytes from `data`'s position to its end; the position is kept.
+async fn snapshot_len(data: &mut tokio::fs::File) -> std::io::Result<u64> {
+    use tokio::io::AsyncSeekExt;
+    let at = data.stream_position().await?;
+    let end = data.seek(std::io::SeekFrom::End(0)).await?;
+    data.seek(std::io::SeekFrom::Start(at)).await?;
+    Ok(end.saturating_sub(at))
 }

@@ -16,9 +16,13 @@
 //! replaced atomically (a temporary file renamed over it) and fsynced before the
 //! snapshot is reported built or installed. Not in sled: sled keeps a value this
 //! large as a blob file, and did not delete the blob of a replaced snapshot.
+//!
+//! openraft sees a snapshot as a file positioned at its first byte: this file
+//! past its header when sending ([`open_body`]), and an unlinked spool file
+//! while receiving ([`spool`]), so neither end holds a transfer in memory.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -31,6 +35,8 @@ use crate::types::{NodeId, SnapshotMeta};
 /// The snapshot file, in the storage directory beside sled's files.
 const FILE: &str = "snapshot";
 const TMP_FILE: &str = "snapshot.tmp";
+/// A snapshot being received; unlinked as soon as it is created.
+const SPOOL_FILE: &str = "snapshot.recv";
 /// The first bytes of the file; the last one is the format number.
 const FILE_MAGIC: &[u8; 8] = b"STRSNAP\x01";
 /// Magic, meta length, crc32.
@@ -121,6 +127,67 @@ impl<'a> Body<'a> {
             app: bytes.get(header_end..).ok_or_else(too_short)?,
         })
     }
+}
+
+/// Opens the snapshot file, if there is one, checks it against its checksum
+/// (reading it once, a buffer at a time) and returns its metadata with the file
+/// positioned at the start of the snapshot bytes: what a leader streams to a
+/// follower, never held whole in memory. Blocking.
+pub(crate) fn open_body(dir: &Path) -> Result<Option<(SnapshotMeta, File)>, StoreError> {
+    let mut file = match File::open(dir.join(FILE)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file_len = file.metadata()?.len();
+    let truncated = || StoreError::corrupt("snapshot file", "truncated");
+    let mut header = [0u8; FILE_HEADER];
+    file.read_exact(&mut header).map_err(|_| truncated())?;
+    if header[..8] != FILE_MAGIC[..] {
+        return Err(StoreError::corrupt("snapshot file", "not a snapshot file"));
+    }
+    let word = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let (meta_len, crc) = (u64::from(word(8)), word(12));
+    if meta_len > file_len.saturating_sub(FILE_HEADER as u64) {
+        return Err(truncated());
+    }
+    let mut meta_bytes = vec![0; meta_len as usize];
+    file.read_exact(&mut meta_bytes).map_err(|_| truncated())?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&meta_bytes);
+    let mut buf = vec![0; 256 << 10];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    if hasher.finalize() != crc {
+        return Err(StoreError::corrupt(
+            "snapshot file",
+            "does not match its checksum",
+        ));
+    }
+    file.seek(SeekFrom::Start(FILE_HEADER as u64 + meta_len))?;
+    Ok(Some((decode("snapshot meta", &meta_bytes)?, file)))
+}
+
+/// A file for a snapshot being received: written as its chunks arrive, read
+/// back once to install it. Unlinked at once, so that nothing is left behind
+/// whatever becomes of the transfer. Blocking.
+pub(crate) fn spool(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(SPOOL_FILE);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    fs::remove_file(&path)?;
+    Ok(file)
 }
 
 /// The snapshot kept on disk.

@@ -6,7 +6,7 @@
 //! log id as applied, and openraft re-applies the committed log after it.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -213,24 +213,36 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let dir = self.shared.dir.clone();
+        let file = blocking(move || snapshot::spool(&dir))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         let err = |e: StoreError| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         };
-        let body = snapshot.into_inner();
-        // Refuse bytes we cannot read before they replace the stored snapshot.
-        Body::decode(&body).map_err(err)?;
-        let body = store_blocking(&self.shared, meta, body)
-            .await
-            .map_err(err)?;
+        let mut file = snapshot.into_std().await;
+        let (shared, stored_meta) = (self.shared.clone(), meta.clone());
+        // The received bytes are on disk, from the file's position on; read
+        // once, checked, stored, restored.
+        let body = blocking(move || {
+            let mut body = Vec::new();
+            file.read_to_end(&mut body)?;
+            // Refuse bytes we cannot read before they replace the stored snapshot.
+            Body::decode(&body)?;
+            snapshot::store(&shared, &stored_meta, &body)?;
+            Ok(body)
+        })
+        .await
+        .map_err(err)?;
         let parts = Body::decode(&body).map_err(err)?;
         self.app
             .restore(parts.app)
@@ -242,28 +254,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let dir = self.shared.dir.clone();
-        // Off the async threads: the file may be tens of megabytes.
-        let stored = tokio::task::spawn_blocking(move || snapshot::load(&dir))
+        let stored = blocking(move || snapshot::open_body(&dir))
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))
-            .and_then(|loaded| loaded)
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.body)),
+        Ok(stored.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
     }
 }
 
-/// Persists a snapshot off the async threads (it fsyncs) and hands the bytes back.
-async fn store_blocking(
-    shared: &Arc<Shared>,
-    meta: &SnapshotMeta,
-    body: Vec<u8>,
-) -> Result<Vec<u8>, StoreError> {
-    let shared = shared.clone();
-    let meta = meta.clone();
-    tokio::task::spawn_blocking(move || snapshot::store(&shared, &meta, &body).map(|_| body))
+/// Runs blocking file work (reads, writes, fsyncs) off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
 }
@@ -290,18 +295,30 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .work
             .take()
             .ok_or_else(|| err(StoreError::Task("snapshot already built".into())))?;
-        let body = tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))
-            .and_then(|encoded| encoded)
-            .map_err(err)?;
-        let body = store_blocking(&self.shared, &meta, body)
-            .await
-            .map_err(err)?;
-        info!(snapshot = %meta, bytes = body.len(), "built snapshot");
+        let (shared, built) = (self.shared.clone(), meta.clone());
+        let file = blocking(move || {
+            let body = work()?;
+            let bytes = body.len();
+            if snapshot::store(&shared, &built, &body)? {
+                if let Some((stored, file)) = snapshot::open_body(&shared.dir)? {
+                    if stored == built {
+                        info!(snapshot = %built, bytes, "built snapshot");
+                        return Ok(file);
+                    }
+                }
+            }
+            // A newer snapshot was installed meanwhile: this one is handed
+            // out from a file of its own.
+            let mut file = snapshot::spool(&shared.dir)?;
+            file.write_all(&body)?;
+            file.seek(SeekFrom::Start(0))?;
+            Ok(file)
+        })
+        .await
+        .map_err(err)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(body)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }

@@ -4,10 +4,8 @@
 //! These types are openraft's vocabulary. They stay inside `storage` and `cluster`;
 //! the broker only ever sees opaque command bytes and replies.
 
-use std::fmt;
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// Raft node ids are plain integers, unique in a cluster.
 pub type NodeId = u64;
@@ -177,7 +175,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 /// A log entry of [`TypeConfig`].

@@ -16,6 +16,7 @@ use openraft::{
 };
 use starling_storage::{Request, Storage, StorageHandle, TypeConfig};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 const NODE: u64 = 1;
 
@@ -309,7 +310,12 @@ async fn a_corrupt_snapshot_is_refused_without_replacing_the_stored_one() {
         .expect("snapshot");
     let mut meta = snap.meta.clone();
     meta.last_log_id = Some(log_id(9));
-    let garbage = Box::new(std::io::Cursor::new(vec![0xff; 3]));
+    let mut garbage = s
+        .state_machine
+        .begin_receiving_snapshot()
+        .await
+        .expect("spool");
+    garbage.write_all(&[0xff; 3]).await.expect("write");
     assert!(s
         .state_machine
         .install_snapshot(&meta, garbage)
@@ -461,4 +467,72 @@ async fn a_snapshot_is_the_state_when_it_was_taken_while_apply_goes_on() {
         expected_journal(SNAP),
         "the snapshot holds the state it was taken at, not what was applied after"
     );
+}
+
+#[tokio::test]
+async fn a_snapshot_streams_from_one_store_into_another_through_files() {
+    const SNAP: u64 = 40;
+    let leader_dir = TempDir::new().expect("temp dir");
+    let (mut leader, _app) = open(leader_dir.path());
+    leader
+        .state_machine
+        .apply(entries(0, SNAP))
+        .await
+        .expect("apply");
+    let built = leader
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+    let mut sent = leader
+        .state_machine
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(sent.meta, built.meta);
+
+    // What a follower does with the chunks: into its spool file as they come.
+    let follower_dir = TempDir::new().expect("temp dir");
+    let (mut follower, app) = open(follower_dir.path());
+    let mut spool = follower
+        .state_machine
+        .begin_receiving_snapshot()
+        .await
+        .expect("spool");
+    let mut chunk = vec![0; 7];
+    let mut bytes = 0;
+    loop {
+        let n = sent.snapshot.read(&mut chunk).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        bytes += n;
+        spool.write_all(&chunk[..n]).await.expect("write");
+    }
+    assert!(bytes > 0);
+    spool.flush().await.expect("flush");
+    spool.seek(std::io::SeekFrom::Start(0)).await.expect("seek");
+    follower
+        .state_machine
+        .install_snapshot(&sent.meta, spool)
+        .await
+        .expect("install");
+    assert_eq!(app.applied(), expected_journal(SNAP));
+    let names: Vec<_> = std::fs::read_dir(follower_dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(
+        names.iter().all(|n| n != "snapshot.recv"),
+        "the spool leaves nothing behind: {names:?}"
+    );
+    drop((sent, built));
+    close(follower).await;
+    close(leader).await;
+
+    let (_again, app) = open(follower_dir.path());
+    assert_eq!(app.applied(), expected_journal(SNAP), "stored as well");
 }
