@@ -90,20 +90,29 @@ fn refresh_metrics(shared: &Shared) {
     }
 }
 
-/// Closes this node's connections if it is still without quorum after
-/// `node_down_after`, so that clients reconnect to the majority, where their
-/// sessions are. An election alone (a leader stepping down when a returning node
-/// asks for votes) must not throw every client out.
+/// Closes this node's connections once it has been without quorum for
+/// `node_down_after` and cannot reach a majority of the voters, so that clients
+/// reconnect to the majority, where their sessions are. An election alone (a
+/// leader stepping down when a returning node asks for votes, or split votes
+/// after a leader died) must not throw every client out: a node that hears from
+/// a majority is taking part in it, and is looked at again a period later.
 fn drop_clients_if_still_cut_off(shared: &Arc<Shared>) {
     tracing::info!("no quorum");
     let shared = shared.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(shared.down_after).await;
-        if !shared.node.has_quorum() {
-            tracing::warn!(
-                "still no quorum: closing client connections so they move to the majority"
-            );
-            shared.registry.kick_all();
+        loop {
+            tokio::time::sleep(shared.down_after).await;
+            if shared.node.has_quorum() {
+                return;
+            }
+            if !shared.node.reaches_majority() {
+                tracing::warn!(
+                    "still no quorum: closing client connections so they move to the majority"
+                );
+                shared.registry.kick_all();
+                return;
+            }
+            tracing::info!("still no quorum, but a majority is reachable: an election is going on");
         }
     });
 }

@@ -43,6 +43,25 @@ pub(crate) fn has_quorum(core: &Core, m: &RaftMetrics<NodeId, PeerNode>) -> bool
     }
 }
 
+/// True when this node heard from enough voters within `node_down_after`,
+/// itself included, to make a majority (see [`Node::reaches_majority`]).
+///
+/// [`Node::reaches_majority`]: crate::Node::reaches_majority
+pub(crate) fn reaches_majority(core: &Core, m: &RaftMetrics<NodeId, PeerNode>) -> bool {
+    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    let heard = voters
+        .iter()
+        .filter(|&&v| {
+            v == core.id
+                || core
+                    .peers
+                    .heard_from(v)
+                    .is_some_and(|t| t.elapsed() <= core.node_down_after)
+        })
+        .count();
+    heard * 2 > voters.len()
+}
+
 /// True when this node has been out of touch with a quorum for longer than an
 /// election can explain: a leader whose last quorum acknowledgement is older than
 /// `node_down_after`, or another member that last heard a leader more than

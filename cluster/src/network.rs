@@ -61,6 +61,9 @@ pub(crate) struct Peers {
     /// When a leader's AppendEntries last reached this node. Locked only to stamp
     /// or read.
     heard_leader: Mutex<Option<Instant>>,
+    /// When each peer last asked this node for its vote. Apart from `last_ok`,
+    /// which tells the leader which followers answer it.
+    asked_vote: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Peers {
@@ -71,6 +74,7 @@ impl Peers {
             channels: Mutex::default(),
             last_ok: Mutex::default(),
             heard_leader: Mutex::default(),
+            asked_vote: Mutex::default(),
         }
     }
 
@@ -107,6 +111,26 @@ impl Peers {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&peer)
             .copied()
+    }
+
+    /// Called by the server when `peer` asked for this node's vote.
+    pub(crate) fn stamp_candidate(&self, peer: NodeId) {
+        self.asked_vote
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, Instant::now());
+    }
+
+    /// When `peer` was last heard from: its last successful reply to a Raft
+    /// call, or its last vote request, whichever is later.
+    pub(crate) fn heard_from(&self, peer: NodeId) -> Option<Instant> {
+        let asked = self
+            .asked_vote
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .copied();
+        self.last_ok(peer).max(asked)
     }
 
     /// Called by the server when a leader's AppendEntries was accepted.

@@ -301,6 +301,16 @@ impl Node {
         quorum
     }
 
+    /// Whether this node heard, within `node_down_after`, from enough voters to
+    /// form a majority with itself (a reply to one of its Raft calls, or a vote
+    /// request): true for a member of a majority that is electing a leader,
+    /// false for a node cut off from it.
+    pub fn reaches_majority(&self) -> bool {
+        let metrics = self.inner.core.raft.metrics();
+        let reaches = liveness::reaches_majority(&self.inner.core, &metrics.borrow());
+        reaches
+    }
+
     /// [`Node::has_quorum`] as the liveness monitor last saw it, at most 100 ms
     /// ago. Cheap enough for every publish, and what every decision to serve
     /// uses ([`Node::is_ready`] included), so that they all agree.

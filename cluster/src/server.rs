@@ -4,7 +4,6 @@
 //! It is stopped together with Raft: a server left running would answer with a
 //! stopped Raft, and a peer would not notice this node is gone.
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use starling_proto::cluster::{
     SnapshotChunk,
 };
 use starling_storage::{NodeId, Request, TypeConfig};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -112,6 +112,9 @@ impl RaftRpc for RaftService {
     ) -> Result<tonic::Response<RaftReply>, Status> {
         let request = request.into_inner();
         let rpc: VoteRequest<NodeId> = wire::decode(request.version, &request.data)?;
+        if let Some(candidate) = rpc.vote.leader_id().voted_for() {
+            self.core.peers.stamp_candidate(candidate);
+        }
         raft_reply(&self.core.raft.vote(rpc).await)
     }
 
@@ -125,24 +128,33 @@ impl RaftRpc for RaftService {
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let header: SnapshotHeader = wire::decode(first.version, &first.header)?;
-        let mut data = Vec::from(first.data);
+        // Written to storage's file as it streams, never held whole here.
+        let mut data = self
+            .core
+            .raft
+            .begin_receiving_snapshot()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let io = |e: std::io::Error| Status::internal(format!("cannot spool the snapshot: {e}"));
+        data.write_all(&first.data).await.map_err(io)?;
+        let mut received = first.data.len();
         while let Some(chunk) = chunks.message().await? {
             if chunk.version != VERSION {
                 return Err(wire::WireError::Version(chunk.version).into());
             }
-            if data.len().saturating_add(chunk.data.len()) > MAX_SNAPSHOT_BYTES {
-                warn!(
-                    bytes = data.len(),
-                    "snapshot stream over its bound, refused"
-                );
+            received = received.saturating_add(chunk.data.len());
+            if received > MAX_SNAPSHOT_BYTES {
+                warn!(bytes = received, "snapshot stream over its bound, refused");
                 return Err(Status::resource_exhausted("snapshot larger than allowed"));
             }
-            data.extend_from_slice(&chunk.data);
+            data.write_all(&chunk.data).await.map_err(io)?;
         }
-        debug!(snapshot = %header.meta, bytes = data.len(), "received snapshot");
+        data.flush().await.map_err(io)?;
+        data.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+        debug!(snapshot = %header.meta, bytes = received, "received snapshot");
         let snapshot = Snapshot {
             meta: header.meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: data,
         };
         let result = self
             .core
