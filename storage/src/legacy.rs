@@ -9,9 +9,9 @@ use std::path::Path;
 
 use tracing::info;
 
+use crate::error::{decode, get, StoreError};
 use crate::segments::SegmentLog;
 use crate::snapshot;
-use crate::store::{decode, get, StoreError};
 use crate::types::{Entry, SnapshotMeta};
 
 const LOG_TREE: &[u8] = b"raft_log";
@@ -115,7 +115,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
-    use crate::store::encode;
+    use crate::error::encode;
     use crate::types::{LogId, Request, StoredMembership};
 
     fn entry(index: u64) -> Entry {

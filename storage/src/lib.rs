@@ -2,17 +2,21 @@
 //! sled), the host of the replicated state machine, and the snapshot store. This crate knows Raft but not MQTT: it stores
 //! and applies opaque commands for a [`StateMachine`] supplied from above.
 
+mod error;
 mod legacy;
 mod log_store;
+mod marks;
 mod segments;
+mod shared;
 mod snapshot;
 mod state_machine;
 mod store;
 pub mod types;
 
+pub use error::StoreError;
 pub use log_store::{LogReader, LogStore};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
-pub use store::{Recovery, Storage, StorageHandle, StoreError};
+pub use store::{Recovery, Storage, StorageHandle};
 pub use types::{NodeId, PeerNode, Request, Response, TypeConfig};
 
 /// Serializes a copy of the state taken by [`StateMachine::snapshot`].

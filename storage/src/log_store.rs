@@ -19,9 +19,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, StorageIOError, Vote};
 use tracing::{debug, warn};
 
-use crate::store::{
-    self, encode, get, Shared, StoreError, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE,
-};
+use crate::error::{encode, get, StoreError};
+use crate::shared::{self, Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// Most bytes of entries one `limited_get_log_entries` returns: keeps an
@@ -166,7 +165,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let shared = self.shared();
         let last_purged_log_id =
             get::<LogId>(&shared.meta, KEY_LAST_PURGED, "last purged log id").map_err(read_err)?;
-        let last_log_id = store::last_log_id(shared).map_err(read_err)?;
+        let last_log_id = shared::last_log_id(shared).map_err(read_err)?;
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -219,7 +218,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // sled and the log files are fsynced apart: after a crash the stored
             // value may name entries the log lost (they were never acknowledged).
             // Only what the log holds can be applied.
-            let last = store::last_log_id(shared)?;
+            let last = shared::last_log_id(shared)?;
             Ok(match (committed, last) {
                 (Some(c), Some(l)) if l.index < c.index => Some(l),
                 (Some(_), None) => None,

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::store::{encode, StoreError};
+use crate::error::{encode, StoreError};
 use crate::types::{Entry, LogId};
 
 /// The first bytes of every segment file; the last one is the format number.
@@ -74,7 +74,7 @@ impl Pos {
                 format!("entry {} does not match its checksum", self.log_id),
             ));
         }
-        let entry: Entry = crate::store::decode("log entry", body)?;
+        let entry: Entry = crate::error::decode("log entry", body)?;
         if entry.log_id != self.log_id {
             return Err(StoreError::corrupt(
                 "log entry",

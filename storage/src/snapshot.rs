@@ -28,8 +28,9 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state_machine::{LastBatch, Mark};
-use crate::store::{decode, encode, sync_dir, Shared, StoreError};
+use crate::error::{decode, encode, sync_dir, StoreError};
+use crate::marks::{LastBatch, Mark};
+use crate::shared::Shared;
 use crate::types::{NodeId, SnapshotMeta};
 
 /// The snapshot file, in the storage directory beside sled's files.
@@ -129,50 +130,85 @@ impl<'a> Body<'a> {
     }
 }
 
+/// The snapshot file opened and its header read: the file is positioned at
+/// the snapshot's first byte.
+struct Opened {
+    file: File,
+    meta_bytes: Vec<u8>,
+    crc: u32,
+}
+
+impl Opened {
+    /// Opens the snapshot file, if there is one, and reads its header. Blocking.
+    fn open(dir: &Path) -> Result<Option<Opened>, StoreError> {
+        let mut file = match File::open(dir.join(FILE)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let file_len = file.metadata()?.len();
+        let truncated = || StoreError::corrupt("snapshot file", "truncated");
+        let mut header = [0u8; FILE_HEADER];
+        file.read_exact(&mut header).map_err(|_| truncated())?;
+        if header[..8] != FILE_MAGIC[..] {
+            return Err(StoreError::corrupt("snapshot file", "not a snapshot file"));
+        }
+        let word = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
+        let (meta_len, crc) = (u64::from(word(8)), word(12));
+        if meta_len > file_len.saturating_sub(FILE_HEADER as u64) {
+            return Err(truncated());
+        }
+        let mut meta_bytes = vec![0; meta_len as usize];
+        file.read_exact(&mut meta_bytes).map_err(|_| truncated())?;
+        Ok(Some(Opened {
+            file,
+            meta_bytes,
+            crc,
+        }))
+    }
+
+    /// The metadata, once the snapshot bytes `hasher` saw (after the
+    /// metadata) match the file's checksum.
+    fn checked_meta(&self, hasher: crc32fast::Hasher) -> Result<SnapshotMeta, StoreError> {
+        if hasher.finalize() != self.crc {
+            return Err(StoreError::corrupt(
+                "snapshot file",
+                "does not match its checksum",
+            ));
+        }
+        decode("snapshot meta", &self.meta_bytes)
+    }
+
+    fn hasher(&self) -> crc32fast::Hasher {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&self.meta_bytes);
+        hasher
+    }
+}
+
 /// Opens the snapshot file, if there is one, checks it against its checksum
 /// (reading it once, a buffer at a time) and returns its metadata with the file
 /// positioned at the start of the snapshot bytes: what a leader streams to a
 /// follower, never held whole in memory. Blocking.
 pub(crate) fn open_body(dir: &Path) -> Result<Option<(SnapshotMeta, File)>, StoreError> {
-    let mut file = match File::open(dir.join(FILE)) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(mut opened) = Opened::open(dir)? else {
+        return Ok(None);
     };
-    let file_len = file.metadata()?.len();
-    let truncated = || StoreError::corrupt("snapshot file", "truncated");
-    let mut header = [0u8; FILE_HEADER];
-    file.read_exact(&mut header).map_err(|_| truncated())?;
-    if header[..8] != FILE_MAGIC[..] {
-        return Err(StoreError::corrupt("snapshot file", "not a snapshot file"));
-    }
-    let word = |at: usize| {
-        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let (meta_len, crc) = (u64::from(word(8)), word(12));
-    if meta_len > file_len.saturating_sub(FILE_HEADER as u64) {
-        return Err(truncated());
-    }
-    let mut meta_bytes = vec![0; meta_len as usize];
-    file.read_exact(&mut meta_bytes).map_err(|_| truncated())?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&meta_bytes);
+    let body_start = opened.file.stream_position()?;
+    let mut hasher = opened.hasher();
     let mut buf = vec![0; 256 << 10];
     loop {
-        let n = file.read(&mut buf)?;
+        let n = opened.file.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    if hasher.finalize() != crc {
-        return Err(StoreError::corrupt(
-            "snapshot file",
-            "does not match its checksum",
-        ));
-    }
-    file.seek(SeekFrom::Start(FILE_HEADER as u64 + meta_len))?;
-    Ok(Some((decode("snapshot meta", &meta_bytes)?, file)))
+    let meta = opened.checked_meta(hasher)?;
+    opened.file.seek(SeekFrom::Start(body_start))?;
+    Ok(Some((meta, opened.file)))
 }
 
 /// A file for a snapshot being received: written as its chunks arrive, read
@@ -198,40 +234,15 @@ pub(crate) struct StoredSnapshot {
 
 /// Reads the snapshot file, if there is one. Blocking.
 pub(crate) fn load(dir: &Path) -> Result<Option<StoredSnapshot>, StoreError> {
-    let mut file = match File::open(dir.join(FILE)) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(mut opened) = Opened::open(dir)? else {
+        return Ok(None);
     };
-    let file_len = file.metadata()?.len();
-    let truncated = || StoreError::corrupt("snapshot file", "truncated");
-    let mut header = [0u8; FILE_HEADER];
-    file.read_exact(&mut header).map_err(|_| truncated())?;
-    if header[..8] != FILE_MAGIC[..] {
-        return Err(StoreError::corrupt("snapshot file", "not a snapshot file"));
-    }
-    let word = |at: usize| {
-        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let (meta_len, crc) = (u64::from(word(8)), word(12));
-    if meta_len > file_len.saturating_sub(FILE_HEADER as u64) {
-        return Err(truncated());
-    }
-    let mut meta_bytes = vec![0; meta_len as usize];
-    file.read_exact(&mut meta_bytes).map_err(|_| truncated())?;
     let mut body = Vec::new();
-    file.read_to_end(&mut body)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&meta_bytes);
+    opened.file.read_to_end(&mut body)?;
+    let mut hasher = opened.hasher();
     hasher.update(&body);
-    if hasher.finalize() != crc {
-        return Err(StoreError::corrupt(
-            "snapshot file",
-            "does not match its checksum",
-        ));
-    }
     Ok(Some(StoredSnapshot {
-        meta: decode("snapshot meta", &meta_bytes)?,
+        meta: opened.checked_meta(hasher)?,
         body,
     }))
 }

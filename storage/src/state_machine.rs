@@ -11,35 +11,17 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use crate::error::StoreError;
+use crate::marks::{LastBatch, Mark};
+use crate::shared::Shared;
 use crate::snapshot::{self, Body};
-use crate::store::{Shared, StoreError};
 use crate::types::{
     Entry, LogId, NodeId, Request, Response, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
 use crate::StateMachine;
-
-/// The newest command applied from one origin; anything at or below it is a
-/// duplicate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub(crate) struct Mark {
-    pub(crate) incarnation: u64,
-    pub(crate) seq: u64,
-}
-
-/// The replies to the last batch applied from one origin. A proposer that retries
-/// a batch after a leader change (it cannot know whether the first attempt
-/// committed) gets these replies again rather than empty ones; it has only one
-/// batch in flight, so the last one is the only one it can retry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct LastBatch {
-    pub(crate) incarnation: u64,
-    pub(crate) first_seq: u64,
-    pub(crate) replies: Vec<Vec<u8>>,
-}
 
 /// What this layer tracks beside the application state. Part of every snapshot.
 #[derive(Debug, Default)]

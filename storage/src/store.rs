@@ -8,153 +8,32 @@
 //! [`StateMachine`]; it is made durable by the log and the snapshots, and
 //! rebuilt from them at open.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::error::{encode, get, StoreError};
 use crate::log_store::LogStore;
 use crate::segments::SegmentLog;
+use crate::shared::{last_log_id, Shared, KEY_LAST_PURGED};
 use crate::snapshot::{self, StoredSnapshot};
 use crate::state_machine::{SmState, StateMachineStore};
-use crate::types::{LogId, SnapshotMeta};
+use crate::types::LogId;
 use crate::{legacy, StateMachine};
 
 /// sled's page cache. Its default (1 GiB) is far more than a Raft log needs, and
 /// sled's resident memory is known to grow to a multiple of it.
 const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
-pub(crate) const KEY_VOTE: &[u8] = b"vote";
-pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
-pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_INCARNATION: &[u8] = b"incarnation";
 /// The directory of the log's segment files, inside the storage directory.
 const LOG_DIR: &str = "log";
 
 /// Errors of opening or using the store outside openraft's own calls.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("corrupt {what}: {detail}")]
-    Corrupt { what: &'static str, detail: String },
-    #[error("the state machine refused the snapshot: {0}")]
-    Restore(String),
-    #[error("the state machine could not encode a snapshot: {0}")]
-    Snapshot(String),
-    #[error("a blocking storage task failed: {0}")]
-    Task(String),
-    #[error("the store is closed")]
-    Closed,
-}
-
-impl StoreError {
-    pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> Self {
-        StoreError::Corrupt {
-            what,
-            detail: detail.to_string(),
-        }
-    }
-}
-
-/// Everything that reads or writes the database shares this. When the last
-/// reference goes, the database is closed and [`ClosedWatch`] fires.
-pub(crate) struct Shared {
-    pub(crate) db: sled::Db,
-    pub(crate) meta: sled::Tree,
-    /// The storage directory: sled's files, `log/` and `snapshot`.
-    pub(crate) dir: PathBuf,
-    /// The log's entries. The lock covers the index in memory and the writes of
-    /// one append, truncate or purge; readers copy positions out and read the
-    /// files without it, so replication never waits for disk behind it.
-    log: Mutex<SegmentLog>,
-    pub(crate) flushes: Arc<AtomicU64>,
-    /// Bytes of the entries in the log, as stored; a copy of the log's own
-    /// count, updated after each change, so that reading it takes no lock.
-    pub(crate) log_bytes: AtomicU64,
-    /// `committed` was written to sled since sled was last flushed.
-    pub(crate) committed_dirty: AtomicBool,
-    pub(crate) incarnation: u64,
-    /// The stored snapshot's metadata. Held while a snapshot is written, so that
-    /// a snapshot built from older state never replaces a newer one installed
-    /// meanwhile. Never held across `.await`.
-    pub(crate) snapshot_write: Mutex<Option<SnapshotMeta>>,
-    /// Declared last, so it drops after the database and trees: its receivers learn
-    /// that the store is gone.
-    _closed: watch::Sender<()>,
-}
-
-impl Shared {
-    /// The log, for a short synchronous section.
-    pub(crate) fn log(&self) -> MutexGuard<'_, SegmentLog> {
-        // A panic under the lock leaves at worst an index that the next open
-        // rebuilds from the files; openraft stops the node on the error anyway.
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Publishes the log's byte count after a change.
-    pub(crate) fn count_log_bytes(&self, log: &SegmentLog) {
-        self.log_bytes.store(log.bytes(), Ordering::Relaxed);
-    }
-
-    /// fsyncs every log file written since the last sync, and counts it.
-    pub(crate) fn sync_log(&self) -> std::io::Result<()> {
-        let targets = self.log().sync_targets();
-        targets.sync()?;
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// fsyncs sled, and counts it.
-    pub(crate) fn flush_meta(&self) -> Result<(), sled::Error> {
-        self.committed_dirty.store(false, Ordering::Relaxed);
-        self.db.flush()?;
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// fsyncs the log, then sled: everything written so far is durable.
-    pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        self.sync_log()?;
-        self.flush_meta()?;
-        Ok(())
-    }
-}
-
-/// fsyncs a directory, so that files created, renamed or deleted in it stay so.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(|e| StoreError::corrupt(what, e))
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::corrupt(what, e))
-}
-
-pub(crate) fn get<T: DeserializeOwned>(
-    tree: &sled::Tree,
-    key: &[u8],
-    what: &'static str,
-) -> Result<Option<T>, StoreError> {
-    match tree.get(key)? {
-        Some(bytes) => Ok(Some(decode(what, &bytes)?)),
-        None => Ok(None),
-    }
-}
-
 /// What [`Storage::open`] found on disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -367,11 +246,4 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
 
 fn fmt_index(index: Option<u64>) -> String {
     index.map_or_else(|| "none".to_owned(), |i| i.to_string())
-}
-
-/// The last log id present, or the last purged one when the log is empty.
-pub(crate) fn last_log_id(shared: &Shared) -> Result<Option<LogId>, StoreError> {
-    let purged: Option<LogId> = get(&shared.meta, KEY_LAST_PURGED, "last purged log id")?;
-    let last = shared.log().last_log_id();
-    Ok(last.max(purged))
 }
