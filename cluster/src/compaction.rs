@@ -16,18 +16,13 @@
 //! a snapshot is built. openraft's count policy still applies beside this.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use starling_storage::StorageHandle;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::node::Core;
-
-/// How often the log's bytes are looked at: a load and a compare while the log
-/// is small. At a few hundred MB/s of large messages, a second between looks let
-/// the log overshoot its bound by as much again.
-const CHECK_EVERY: Duration = Duration::from_millis(200);
+use crate::shared::Core;
+use crate::timeouts;
 
 pub(crate) struct Compactor {
     pub(crate) core: Arc<Core>,
@@ -37,7 +32,7 @@ pub(crate) struct Compactor {
 
 impl Compactor {
     pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(CHECK_EVERY);
+        let mut tick = tokio::time::interval(timeouts::COMPACTION_CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -20,6 +20,8 @@ mod network;
 mod node;
 mod proposer;
 mod server;
+mod shared;
+mod timeouts;
 mod wire;
 
 pub use forward::{

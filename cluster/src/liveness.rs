@@ -1,6 +1,6 @@
 //! Liveness and quorum, as the broker needs them to act on a dead node.
 //!
-//! The monitor task looks every [`CHECK_EVERY`] at Raft's metrics and at the
+//! The monitor task looks every [`timeouts::LIVENESS_CHECK_EVERY`] at Raft's metrics and at the
 //! stamps the transport leaves (a peer's last successful Raft reply; the last
 //! AppendEntries from a leader) and turns them into [`ClusterEvent`]s.
 
@@ -13,11 +13,9 @@ use starling_storage::{NodeId, PeerNode};
 use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::node::Core;
+use crate::shared::Core;
+use crate::timeouts;
 use crate::ClusterEvent;
-
-/// How often the monitor looks.
-pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Whether this node is in touch with a quorum: a leader that a quorum acknowledged
 /// within `node_down_after` (or that is the only voter), or a follower or learner
@@ -121,7 +119,7 @@ impl Monitor {
     }
 
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(CHECK_EVERY);
+        let mut tick = tokio::time::interval(timeouts::LIVENESS_CHECK_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -6,7 +6,6 @@
 //! there is no leader or a change is in progress.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -15,17 +14,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::network::CallError;
-use crate::node::Core;
+use crate::shared::Core;
+use crate::timeouts;
 use crate::wire::{JoinRequest, LeaveRequest, MembershipResult, Refused};
 use crate::ClusterError;
-
-/// How long the leader may spend on one step of a membership change: a new learner
-/// catching up, or committing a change.
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-/// A relayed request waits for the leader's steps.
-const RELAY_TIMEOUT: Duration = Duration::from_secs(65);
-/// Pause between attempts while there is no leader or a change is in progress.
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Initializes the cluster if this node is the one to do it and its storage is
 /// new: a node alone (no peers, no join), or the lowest id of `peers`. Any other
@@ -128,7 +120,7 @@ pub(crate) async fn on_join(core: &Core, request: JoinRequest) -> MembershipResu
                 ..request
             };
             core.peers
-                .join(&addr, &relayed, RELAY_TIMEOUT)
+                .join(&addr, &relayed, timeouts::MEMBERSHIP_RELAY)
                 .await
                 .unwrap_or_else(|e| Err(relay_failed(e)))
         }
@@ -146,7 +138,7 @@ pub(crate) async fn on_leave(core: &Core, request: LeaveRequest) -> MembershipRe
                 ..request
             };
             core.peers
-                .leave(&addr, &relayed, RELAY_TIMEOUT)
+                .leave(&addr, &relayed, timeouts::MEMBERSHIP_RELAY)
                 .await
                 .unwrap_or_else(|e| Err(relay_failed(e)))
         }
@@ -172,7 +164,7 @@ async fn join_here(core: &Core, id: NodeId, addr: &str) -> MembershipResult {
     }
     info!(node = id, addr, "adding a node as learner");
     match tokio::time::timeout(
-        STEP_TIMEOUT,
+        timeouts::MEMBERSHIP_STEP,
         core.raft.add_learner(id, peer_node(addr), true),
     )
     .await
@@ -183,7 +175,12 @@ async fn join_here(core: &Core, id: NodeId, addr: &str) -> MembershipResult {
     }
     info!(node = id, "promoting the learner to voter");
     let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-    match tokio::time::timeout(STEP_TIMEOUT, core.raft.change_membership(change, true)).await {
+    match tokio::time::timeout(
+        timeouts::MEMBERSHIP_STEP,
+        core.raft.change_membership(change, true),
+    )
+    .await
+    {
         Ok(Ok(_)) => {
             info!(node = id, "node joined as a voter");
             Ok(())
@@ -209,7 +206,12 @@ async fn leave_here(core: &Core, id: NodeId) -> MembershipResult {
         ChangeMembers::RemoveNodes(ids)
     };
     info!(node = id, "removing a node from the cluster");
-    match tokio::time::timeout(STEP_TIMEOUT, core.raft.change_membership(change, false)).await {
+    match tokio::time::timeout(
+        timeouts::MEMBERSHIP_STEP,
+        core.raft.change_membership(change, false),
+    )
+    .await
+    {
         Ok(Ok(_)) => {
             info!(node = id, "node removed");
             Ok(())
@@ -241,7 +243,11 @@ pub(crate) async fn join(
         }
         let why = match core
             .peers
-            .join(seed, &request, remaining.min(RELAY_TIMEOUT + RETRY_PAUSE))
+            .join(
+                seed,
+                &request,
+                remaining.min(timeouts::MEMBERSHIP_RELAY + timeouts::MEMBERSHIP_RETRY_PAUSE),
+            )
             .await
         {
             Ok(Ok(())) => {
@@ -253,7 +259,8 @@ pub(crate) async fn join(
             Err(e) => e.to_string(),
         };
         debug!(seed, why, "join not done yet; retrying");
-        tokio::time::sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
+        tokio::time::sleep_until((Instant::now() + timeouts::MEMBERSHIP_RETRY_PAUSE).min(deadline))
+            .await;
     }
 }
 
@@ -274,7 +281,7 @@ pub(crate) async fn leave(core: &Core, deadline: Instant) -> Result<(), ClusterE
                     relayed: true,
                 };
                 core.peers
-                    .leave(&addr, &request, remaining.min(RELAY_TIMEOUT))
+                    .leave(&addr, &request, remaining.min(timeouts::MEMBERSHIP_RELAY))
                     .await
                     .unwrap_or_else(|e| Err(relay_failed(e)))
             }
@@ -288,6 +295,7 @@ pub(crate) async fn leave(core: &Core, deadline: Instant) -> Result<(), ClusterE
             }
             Err(why) => debug!(%why, "leave not done yet; retrying"),
         }
-        tokio::time::sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
+        tokio::time::sleep_until((Instant::now() + timeouts::MEMBERSHIP_RETRY_PAUSE).min(deadline))
+            .await;
     }
 }

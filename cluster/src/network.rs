@@ -34,19 +34,16 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::timeouts;
 use crate::wire::{
     self, JoinRequest, LeaveRequest, MembershipResult, ProposeResult, SnapshotHeader, WireError,
     MAX_MESSAGE_BYTES, VERSION,
 };
 
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-const KEEPALIVE: Duration = Duration::from_secs(2);
 /// Snapshot bytes per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Chunks read ahead of the stream sending a snapshot.
 const SNAPSHOT_CHUNKS_AHEAD: usize = 4;
-/// A snapshot transfer may take this long, plus a second per 8 MiB.
-const SNAPSHOT_BASE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What this node knows of the others: a channel per address, and when each peer
 /// last answered.
@@ -228,9 +225,9 @@ pub(crate) fn endpoint(
     };
     Ok(Endpoint::from_shared(uri)?
         .tcp_nodelay(true)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE)
+        .connect_timeout(timeouts::CONNECT)
+        .http2_keep_alive_interval(timeouts::H2_KEEPALIVE)
+        .keep_alive_timeout(timeouts::H2_KEEPALIVE)
         .keep_alive_while_idle(true)
         .local_address(source))
 }
@@ -520,7 +517,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .map_err(|e| NetworkError::new(&self.failure(e)))?;
         let ttl = option
             .hard_ttl()
-            .max(SNAPSHOT_BASE_DEADLINE + Duration::from_secs(bytes / (8 << 20)));
+            .max(timeouts::SNAPSHOT_BASE + Duration::from_secs(bytes / (8 << 20)));
         tokio::select! {
             result = self.send_snapshot(vote, snapshot, ttl) => result,
             closed = cancel => Err(StreamingError::Closed(closed)),

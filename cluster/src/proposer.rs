@@ -19,7 +19,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::ServerState;
@@ -29,13 +28,10 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::network::CallError;
-use crate::node::Core;
+use crate::shared::Core;
+use crate::timeouts;
 use crate::wire::Refused;
 use crate::ClusterError;
-
-/// The longest pause between two attempts while no leader is known; a leader
-/// change seen in the metrics ends it early.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// One proposed command and where its reply goes.
 pub(crate) struct Proposal {
@@ -196,7 +192,7 @@ async fn write(core: &Core, request: &Request) -> Result<Response, ClusterError>
             changed = metrics.changed() => if changed.is_err() {
                 return Err(ClusterError::ShuttingDown);
             },
-            _ = tokio::time::sleep(RETRY_PAUSE) => {}
+            _ = tokio::time::sleep(timeouts::PROPOSE_RETRY_PAUSE) => {}
             _ = tokio::time::sleep_until(deadline) => return Err(ClusterError::Unavailable),
         }
     }

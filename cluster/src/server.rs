@@ -5,7 +5,6 @@
 //! stopped Raft, and a peer would not notice this node is gone.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
@@ -28,10 +27,9 @@ use tracing::{debug, warn, Instrument};
 
 use crate::forward::{forward_service, ForwardHandler};
 use crate::membership;
-use crate::node::Core;
+use crate::shared::Core;
+use crate::timeouts;
 use crate::wire::{self, Refused, SnapshotHeader, MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES, VERSION};
-
-const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// Serves on `listener` until `stop` turns true.
 pub(crate) fn spawn(
@@ -44,8 +42,8 @@ pub(crate) fn spawn(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(KEEPALIVE))
+        .http2_keepalive_interval(Some(timeouts::H2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(timeouts::H2_KEEPALIVE))
         .add_service(raft)
         .add_optional_service(forward.map(forward_service));
     let incoming = TcpListenerStream::new(listener).map(|conn| {

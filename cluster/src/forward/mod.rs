@@ -19,7 +19,6 @@ mod send;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -37,10 +36,6 @@ const NODE_HEADER: &str = "x-starling-node";
 /// restarts (and numbers its frames from 1 again) is not taken for a duplicate.
 const STREAM_HEADER: &str = "x-starling-stream";
 
-/// How long opening a stream may take before the attempt counts as failed.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Frames handed to the gRPC stream but not yet encoded. The window, not this,
 /// bounds what is in flight; this only lets the encoder take several at once.
 const STAGED_FRAMES: usize = 128;

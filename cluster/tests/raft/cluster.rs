@@ -2,17 +2,13 @@
 //! elections, forwarding proposals to the leader, catch-up after restarts (from the
 //! log and by snapshot), liveness events, quorum loss, join and leave.
 
-// Shared with the one-node tests, which use the rest of it.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{command, position_in_reply, Journal};
+use crate::common::{command, position_in_reply, Journal};
 use starling_cluster::{ClusterError, ClusterEvent, Node, NodeConfig, Tuning};
 use tempfile::TempDir;
 use tokio::sync::broadcast;

@@ -1,10 +1,8 @@
 //! A one-member cluster end to end: proposals, batching, shutdown and restart.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{command, position_in_reply, propose_concurrently, start};
+use crate::common::{command, position_in_reply, propose_concurrently, start};
 use starling_cluster::{ClusterError, Tuning};
 use tempfile::TempDir;
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
-use starling_storage::{NodeId, PeerNode, Storage, StorageHandle, TypeConfig};
+use starling_storage::{NodeId, PeerNode, Storage, StorageHandle};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, OnceCell};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -24,16 +24,14 @@ use crate::liveness::{self, Monitor};
 use crate::membership;
 use crate::network::{NetworkFactory, Peers};
 use crate::proposer::{Counters, Proposal, Proposer};
+use crate::shared::Core;
+use crate::timeouts;
 use crate::{ClusterError, ClusterEvent, NodeConfig, ProposalStats, StateMachine};
 
-/// How long shutdown waits for the store's files to close.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for the server's open connections to finish.
-const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a new node keeps asking to join before [`Node::start`] fails.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long [`Node::leave`] keeps trying.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
+mod start;
+
+use start::start;
+
 /// Events a receiver of [`Node::events`] may fall behind by before it loses the
 /// oldest.
 const EVENT_CAPACITY: usize = 256;
@@ -102,22 +100,6 @@ pub struct RaftStatus {
     /// Whether this node initialized the cluster when it started (its storage was
     /// new and it was alone, or the lowest id of the bootstrap peers).
     pub initialized_here: bool,
-}
-
-/// What the server, the proposer, the monitor and the membership code share.
-pub(crate) struct Core {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) peers: Arc<Peers>,
-    pub(crate) node_down_after: Duration,
-    /// True once shutdown began.
-    pub(crate) stopping: watch::Receiver<bool>,
-    /// The members this node, as leader, finds silent for `node_down_after`;
-    /// empty while it does not lead. Written by the liveness monitor at every
-    /// look; the lock only guards the swap of a short list.
-    pub(crate) silent: Mutex<Vec<NodeId>>,
-    /// `has_quorum` as of the monitor's last look, for hot paths.
-    pub(crate) quorum: std::sync::atomic::AtomicBool,
 }
 
 /// A running Raft node. Cheap to clone.
@@ -353,7 +335,7 @@ impl Node {
                 changed = metrics.changed() => if changed.is_err() {
                     return Err(ClusterError::ShuttingDown);
                 },
-                _ = tokio::time::sleep(liveness::CHECK_EVERY) => {}
+                _ = tokio::time::sleep(timeouts::LIVENESS_CHECK_EVERY) => {}
                 _ = tokio::time::sleep_until(deadline) => return Err(ClusterError::Unavailable),
             }
         }
@@ -387,7 +369,7 @@ impl Node {
     /// refuses (the last voter cannot leave). The node keeps running: shut it down
     /// afterwards.
     pub async fn leave(&self) -> Result<(), ClusterError> {
-        membership::leave(&self.inner.core, Instant::now() + LEAVE_TIMEOUT).await
+        membership::leave(&self.inner.core, Instant::now() + timeouts::LEAVE).await
     }
 
     /// Counters of the proposal path since this node started.
@@ -480,7 +462,7 @@ impl Inner {
         }
         let server = tasks.server;
         let abort = server.abort_handle();
-        match tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await {
+        match tokio::time::timeout(timeouts::SERVER_STOP, server).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.is_cancelled() => {}
             Ok(Err(e)) => warn!(error = %e, "cluster server task failed"),
@@ -494,7 +476,7 @@ impl Inner {
         }
         // openraft drops the stores as its tasks end; wait for the files to close
         // so that the same directory can be opened again at once.
-        if tokio::time::timeout(CLOSE_TIMEOUT, self.storage.closed())
+        if tokio::time::timeout(timeouts::CLOSE, self.storage.closed())
             .await
             .is_err()
         {
@@ -502,205 +484,4 @@ impl Inner {
         }
         info!("raft node stopped");
     }
-}
-
-fn raft_config(tuning: &Tuning) -> Result<Arc<openraft::Config>, ClusterError> {
-    let config = openraft::Config {
-        cluster_name: "starling".into(),
-        // Also the timeout of every AppendEntries: a full batch plus the follower's
-        // fsync must fit.
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
-        // Entries per AppendEntries; the log store also caps the bytes of one read.
-        max_payload_entries: 512,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_after_entries),
-        // Never 0: a leader with a fully purged log could not catch a follower up.
-        max_in_snapshot_log_to_keep: tuning.entries_kept_after_snapshot.max(1),
-        // Purging waits for this many entries; never more than a snapshot interval,
-        // or a small interval would never purge.
-        purge_batch_size: tuning.snapshot_after_entries.clamp(1, 256),
-        install_snapshot_timeout: 5_000,
-        ..Default::default()
-    };
-    config
-        .validate()
-        .map(Arc::new)
-        .map_err(|e| ClusterError::Raft(e.to_string()))
-}
-
-fn validate(config: &NodeConfig) -> Result<(), ClusterError> {
-    let bad = |s: &str| Err(ClusterError::Config(s.to_owned()));
-    if !config.peers.is_empty() && !config.peers.contains_key(&config.node_id) {
-        return bad("`peers` must include this node's own id");
-    }
-    if !config.peers.is_empty() && config.join.is_some() {
-        return bad("set `peers` (bootstrap) or `join`, not both");
-    }
-    if config.node_down_after < Duration::from_millis(500) {
-        return bad("`node_down_after` must be at least 500 ms (the election timeout)");
-    }
-    Ok(())
-}
-
-async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
-    let NodeBuilder {
-        config,
-        tuning,
-        state_machine,
-        forward,
-    } = builder;
-    validate(&config)?;
-    let storage_error = |e: &dyn std::fmt::Display| ClusterError::Storage(e.to_string());
-    let raft_error = |e: &dyn std::fmt::Display| ClusterError::Raft(e.to_string());
-    let id = config.node_id;
-
-    // Bound first: a port in use fails the start before anything is opened.
-    let listen_error = |source| ClusterError::Listen {
-        addr: config.listen,
-        source,
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(listen_error)?;
-    let cluster_addr = listener.local_addr().map_err(listen_error)?;
-    let advertise = config
-        .advertise
-        .clone()
-        .or_else(|| config.peers.get(&id).cloned())
-        .unwrap_or_else(|| cluster_addr.to_string());
-
-    let dir = config.data_dir.clone();
-    let Storage {
-        log_store,
-        state_machine,
-        handle: storage,
-    } = tokio::task::spawn_blocking(move || Storage::open(&dir, state_machine))
-        .await
-        .map_err(|e| storage_error(&e))?
-        .map_err(|e| storage_error(&e))?;
-    let recovery = storage.recovery();
-
-    let peers = Arc::new(Peers::new(id, crate::network::source_for(config.listen)));
-    let raft = Raft::new(
-        id,
-        raft_config(&tuning)?,
-        NetworkFactory {
-            peers: peers.clone(),
-        },
-        log_store,
-        state_machine,
-    )
-    .await
-    .map_err(|e| raft_error(&e))?;
-    let was_initialized = raft.is_initialized().await.map_err(|e| raft_error(&e))?;
-
-    let (stop, stop_rx) = watch::channel(false);
-    let (stop_server, stop_server_rx) = watch::channel(false);
-    let core = Arc::new(Core {
-        id,
-        raft,
-        peers,
-        node_down_after: config.node_down_after,
-        stopping: stop_rx.clone(),
-        silent: Mutex::new(Vec::new()),
-        quorum: std::sync::atomic::AtomicBool::new(false),
-    });
-    let server = crate::server::spawn(listener, core.clone(), forward, stop_server_rx);
-
-    let alone = config.peers.is_empty() && config.join.is_none();
-    let started = async {
-        let initialized = membership::bootstrap(&core, &config.peers, alone, &advertise).await?;
-        match &config.join {
-            // A node that was a member already serves at once; asking again only
-            // makes sure it is a voter.
-            Some(seed) if was_initialized => {
-                let (core, seed, advertise) = (core.clone(), seed.clone(), advertise.clone());
-                let mut stop = stop_rx.clone();
-                tokio::spawn(
-                    async move {
-                        let join = membership::join(
-                            &core,
-                            &seed,
-                            &advertise,
-                            Instant::now() + JOIN_TIMEOUT,
-                        );
-                        tokio::select! {
-                            _ = stop.wait_for(|stop| *stop) => {}
-                            result = join => if let Err(e) = result {
-                                error!(error = %e, seed, "could not rejoin as a voter");
-                            }
-                        }
-                    }
-                    .in_current_span(),
-                );
-            }
-            Some(seed) => {
-                info!(seed, "asking to join the cluster");
-                membership::join(&core, seed, &advertise, Instant::now() + JOIN_TIMEOUT).await?;
-            }
-            None => {}
-        }
-        Ok(initialized)
-    };
-    let initialized_here = match started.await {
-        Ok(initialized) => initialized,
-        Err(e) => {
-            stop_server.send_replace(true);
-            let _ = core.raft.shutdown().await;
-            let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
-            return Err(e);
-        }
-    };
-
-    let counters = Arc::new(Counters::default());
-    let (queue, queue_rx) = mpsc::channel(tuning.queue_capacity.max(1));
-    let proposer = Proposer {
-        core: core.clone(),
-        incarnation: storage.incarnation(),
-        max_batch: config.max_batch,
-        max_batch_bytes: tuning.max_batch_bytes,
-        counters: counters.clone(),
-    };
-    let proposer = tokio::spawn(proposer.run(queue_rx, stop_rx.clone()).in_current_span());
-    let (events, _) = broadcast::channel(EVENT_CAPACITY);
-    let monitor = Monitor::new(core.clone(), events.clone());
-    let monitor = tokio::spawn(monitor.run(stop_rx.clone()).in_current_span());
-    let compactor = crate::compaction::Compactor {
-        core: core.clone(),
-        storage: storage.clone(),
-        max_log_bytes: tuning.max_log_bytes.max(1),
-    };
-    let compactor = tokio::spawn(compactor.run(stop_rx).in_current_span());
-
-    info!(
-        incarnation = storage.incarnation(),
-        %cluster_addr,
-        advertise,
-        snapshot_index = ?recovery.snapshot_index,
-        last_log_index = ?recovery.last_log_index,
-        "raft node started"
-    );
-    Ok(Node {
-        inner: Arc::new(Inner {
-            core,
-            queue,
-            counters,
-            storage,
-            replay_to: recovery.last_log_index,
-            initialized_here,
-            cluster_addr,
-            advertise,
-            stop,
-            stop_server,
-            events,
-            tasks: Mutex::new(Some(Tasks {
-                proposer,
-                monitor,
-                compactor,
-                server,
-            })),
-            stopped: OnceCell::new(),
-        }),
-    })
 }

@@ -1,9 +1,6 @@
 //! Compaction by bytes, measured on disk: a log of large entries keeps the data
 //! directory within the log's byte bound, and a restart recovers everything.
 
-#[allow(dead_code)]
-mod common;
-
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -57,10 +54,10 @@ impl StateMachine for Digests {
 
 async fn start(dir: &Path, tuning: Tuning) -> (Node, Arc<Digests>) {
     let app = Arc::new(Digests::default());
-    let node = Node::start_tuned(common::config(dir), tuning, app.clone())
+    let node = Node::start_tuned(crate::common::config(dir), tuning, app.clone())
         .await
         .expect("node starts");
-    node.wait_ready(common::READY_TIMEOUT)
+    node.wait_ready(crate::common::READY_TIMEOUT)
         .await
         .expect("node becomes ready");
     (node, app)
