@@ -11,13 +11,14 @@ pub mod metrics;
 pub mod registry;
 mod router;
 mod session;
+mod shared;
 pub mod state;
 mod timeouts;
 pub mod topic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,8 @@ use tokio::task::JoinHandle;
 pub use config::{ClusterConfig, MqttConfig};
 use metrics::Metrics;
 use registry::Registry;
-use state::{Command, ConnId, Envelope, Message, MqttMachine, Reply};
+use shared::Shared;
+use state::{Command, MqttMachine, Reply};
 
 /// Everything a broker node needs to start.
 #[derive(Debug, Clone)]
@@ -71,140 +73,6 @@ const MAX_BATCH: usize = 4096;
 const FORWARD_BUFFER: usize = 16 * 1024;
 /// The same bound in bytes: frames queued or awaiting their ack, per peer.
 const FORWARD_BUFFER_BYTES: usize = 64 * 1024 * 1024;
-
-/// What every connection task shares.
-pub(crate) struct Shared {
-    node: Node,
-    machine: Arc<MqttMachine>,
-    registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
-    config: MqttConfig,
-    forwarder: starling_cluster::Forwarder,
-    /// Peers not waited for at sync points until they answer one again.
-    laggards: Arc<forward::Laggards>,
-    /// How long a node may be silent, or without quorum, before others act.
-    down_after: Duration,
-    next_conn: AtomicU64,
-}
-
-impl Shared {
-    fn next_conn_id(&self) -> ConnId {
-        ConnId {
-            node: self.registry.node(),
-            incarnation: self.registry.incarnation(),
-            local: self.next_conn.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-
-    /// Commits `command` through Raft and returns the state machine's reply.
-    async fn propose(&self, command: Command) -> Result<Reply, BrokerError> {
-        Ok(self.propose_counted(command).await?.1)
-    }
-
-    /// Commits `command` and returns its reply with the number of commands applied
-    /// once it was.
-    async fn propose_counted(&self, command: Command) -> Result<(u64, Reply), BrokerError> {
-        let bytes = postcard::to_allocvec(&command)?;
-        let reply = self.node.propose(bytes).await?;
-        let (applied, queue_full, reply): Envelope = postcard::from_bytes(&reply)?;
-        if queue_full > 0 {
-            // Counted once, here, by the node that proposed the command.
-            self.metrics
-                .dropped_many("queue_full", u64::from(queue_full));
-        }
-        Ok((applied, reply))
-    }
-
-    /// Commits `command` and returns once this node applied it too, for a
-    /// caller that then reads the replicated state.
-    async fn propose_applied(&self, command: Command) -> Result<Reply, BrokerError> {
-        let (applied, reply) = self.propose_counted(command).await?;
-        if self.machine.applied_reached(applied, timeouts::APPLY).await {
-            Ok(reply)
-        } else {
-            Err(BrokerError::NotApplied(timeouts::APPLY))
-        }
-    }
-
-    /// Commits `command` and returns once this node and every node it reaches
-    /// have applied it: what a SUBACK or the PUBACK of a retained message promises.
-    async fn propose_synced(&self, command: Command) -> Result<Reply, BrokerError> {
-        let (applied, reply) = self.propose_counted(command).await?;
-        let here = self.machine.applied_reached(applied, timeouts::SYNC);
-        let others = forward::sync(&self.forwarder, &self.machine, applied, &self.laggards);
-        let (here, ()) = futures::join!(here, others);
-        if !here {
-            tracing::warn!(
-                applied,
-                "this node did not apply a committed command in time"
-            );
-        }
-        Ok(reply)
-    }
-
-    /// Delivers `message` to `targets` (its matched subscribers) that do not
-    /// read a queue: those here at once, those on other nodes through the
-    /// forwarding streams. The future (if any node is involved, or a local
-    /// mailbox is over its capacity) resolves when every such node accepted it
-    /// (true) or one did not (false).
-    fn route_to(
-        &self,
-        message: &Message,
-        targets: Vec<state::Target>,
-    ) -> Option<futures::future::BoxFuture<'static, bool>> {
-        let routed = router::route(
-            &self.machine,
-            &self.registry,
-            &self.metrics,
-            message,
-            targets,
-        );
-        if routed.nodes.is_empty() && routed.blocked.is_empty() {
-            return None;
-        }
-        let forwarded = (!routed.nodes.is_empty()).then(|| {
-            forward::send(
-                &self.node,
-                &self.forwarder,
-                &self.metrics,
-                message,
-                routed.nodes,
-            )
-        });
-        let local = router::wait_for_room(routed.blocked, self.config.slow_subscriber_after());
-        Some(Box::pin(async move {
-            match forwarded {
-                Some(forwarded) => futures::join!(forwarded, local).0,
-                None => {
-                    local.await;
-                    true
-                }
-            }
-        }))
-    }
-
-    /// Delivers `message` to `targets` (its matched subscribers) that read no
-    /// queue, here and on other nodes, for a caller that does not wait: nobody
-    /// waits for the other nodes' acks, the message is only queued towards them.
-    fn route_detached_to(&self, message: &Message, targets: Vec<state::Target>) {
-        let routed = router::route(
-            &self.machine,
-            &self.registry,
-            &self.metrics,
-            message,
-            targets,
-        );
-        if !routed.nodes.is_empty() {
-            forward::send_detached(
-                &self.node,
-                &self.forwarder,
-                &self.metrics,
-                message,
-                &routed.nodes,
-            );
-        }
-    }
-}
 
 /// A running broker node.
 pub struct Broker {

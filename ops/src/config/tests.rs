@@ -1,0 +1,318 @@
+use super::*;
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn from_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    apply_env(Config::default(), env(vars))
+}
+
+#[test]
+fn defaults_are_a_working_single_node() {
+    let config = Config::default();
+    assert_eq!(config.node_id, 1);
+    assert_eq!(config.data_dir, PathBuf::from("./data"));
+    assert_eq!(config.mqtt.listen, "127.0.0.1:1883".parse().unwrap());
+    assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.cluster, ClusterConfig::default());
+    assert!(config.cluster.peers.is_empty() && config.cluster.join.is_empty());
+    assert_eq!(config.log.level, "info,openraft=warn");
+    assert_eq!(config.log.format, LogFormat::Text);
+}
+
+#[test]
+fn an_empty_file_gives_the_defaults() {
+    let config: Config = toml::from_str("").unwrap();
+    assert_eq!(config, Config::default());
+}
+
+#[test]
+fn a_partial_file_keeps_the_other_defaults() {
+    let config: Config = toml::from_str("node_id = 7\n[mqtt]\nmax_inflight = 5\n").unwrap();
+    assert_eq!(config.node_id, 7);
+    assert_eq!(config.mqtt.max_inflight, 5);
+    assert_eq!(
+        config.mqtt.max_packet_size,
+        MqttConfig::default().max_packet_size
+    );
+    assert_eq!(config.http, HttpConfig::default());
+}
+
+#[test]
+fn unknown_keys_in_the_file_are_refused() {
+    assert!(toml::from_str::<Config>("nodeid = 2").is_err());
+    assert!(toml::from_str::<Config>("[mqtt]\nlisten_addr = \"0.0.0.0:1\"").is_err());
+    assert!(toml::from_str::<Config>("[metrics]\nenabled = true").is_err());
+}
+
+#[test]
+fn env_names_map_to_key_paths() {
+    assert_eq!(env_path("STARLING_NODE_ID").unwrap(), ["node_id"]);
+    assert_eq!(
+        env_path("STARLING_MQTT__MAX_INFLIGHT").unwrap(),
+        ["mqtt", "max_inflight"]
+    );
+    assert_eq!(env_path("STARLING_"), None);
+    assert_eq!(env_path("STARLING_MQTT__"), None);
+    assert_eq!(env_path("OTHER_NODE_ID"), None);
+}
+
+#[test]
+fn env_overrides_top_level_and_section_keys() {
+    let config = from_env(&[
+        ("STARLING_NODE_ID", "2"),
+        ("STARLING_DATA_DIR", "/var/lib/starling"),
+        ("STARLING_MQTT__LISTEN", "0.0.0.0:1883"),
+        ("STARLING_MQTT__MAX_INFLIGHT", "64"),
+        ("STARLING_HTTP__LISTEN", "[::1]:9000"),
+        ("STARLING_LOG__LEVEL", "debug,sled=warn"),
+        ("STARLING_LOG__FORMAT", "json"),
+    ])
+    .unwrap();
+    assert_eq!(config.node_id, 2);
+    assert_eq!(config.data_dir, PathBuf::from("/var/lib/starling"));
+    assert_eq!(config.mqtt.listen, "0.0.0.0:1883".parse().unwrap());
+    assert_eq!(config.mqtt.max_inflight, 64);
+    assert_eq!(config.http.listen, "[::1]:9000".parse().unwrap());
+    assert_eq!(config.log.level, "debug,sled=warn");
+    assert_eq!(config.log.format, LogFormat::Json);
+}
+
+#[test]
+fn env_values_are_toml_when_they_parse() {
+    assert_eq!(parse_value("64"), toml::Value::Integer(64));
+    assert_eq!(parse_value("true"), toml::Value::Boolean(true));
+    assert_eq!(parse_value("\"json\""), toml::Value::String("json".into()));
+    assert_eq!(
+        parse_value("0.0.0.0:1883"),
+        toml::Value::String("0.0.0.0:1883".into())
+    );
+    assert_eq!(parse_value("json"), toml::Value::String("json".into()));
+    // Only the value itself is taken, never further keys smuggled in after it.
+    assert_eq!(parse_value("1\nother = 2"), toml::Value::Integer(1));
+}
+
+#[test]
+fn env_keeps_text_for_string_keys() {
+    let config = from_env(&[("STARLING_DATA_DIR", "2024"), ("STARLING_LOG__LEVEL", "1")]).unwrap();
+    assert_eq!(config.data_dir, PathBuf::from("2024"));
+    assert_eq!(config.log.level, "1");
+}
+
+#[test]
+fn env_ignores_other_variables() {
+    let config = from_env(&[("PATH", "/bin"), ("RUST_LOG", "trace"), ("STARLINGX", "1")]).unwrap();
+    assert_eq!(config, Config::default());
+}
+
+#[test]
+fn env_refuses_unknown_keys_and_sections() {
+    for var in [
+        "STARLING_MQTT_LISTEN",
+        "STARLING_NODEID",
+        "STARLING_MQTT__NOPE",
+        "STARLING_NODE_ID__X",
+        "STARLING_",
+    ] {
+        let err = from_env(&[(var, "1")]).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::UnknownEnvKey { var: v } if v == var),
+            "{var}: {err}"
+        );
+    }
+    let err = from_env(&[("STARLING_MQTT", "1")]).unwrap_err();
+    assert!(matches!(err, ConfigError::EnvSection { .. }), "{err}");
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    let err = from_env(&[
+        ("STARLING_NODE_ID", "3"),
+        ("STARLING_MQTT__MAX_INFLIGHT", "lots"),
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::EnvValue { var, .. } if var == "STARLING_MQTT__MAX_INFLIGHT"),
+        "{err}"
+    );
+    let err = from_env(&[("STARLING_LOG__FORMAT", "xml")]).unwrap_err();
+    assert!(err.to_string().contains("STARLING_LOG__FORMAT"), "{err}");
+}
+
+#[test]
+fn env_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("starling.toml");
+    std::fs::write(
+        &path,
+        "node_id = 5\ndata_dir = \"/srv/a\"\n[mqtt]\nmax_inflight = 9\nlisten = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let config = load(
+        Some(&path),
+        env(&[
+            ("STARLING_NODE_ID", "6"),
+            ("STARLING_MQTT__MAX_INFLIGHT", "10"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.node_id, 6);
+    assert_eq!(config.data_dir, PathBuf::from("/srv/a"));
+    assert_eq!(config.mqtt.max_inflight, 10);
+    assert_eq!(config.mqtt.listen, "127.0.0.1:1".parse().unwrap());
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let err = load(Some(&missing), env(&[])).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("missing.toml"), "{err}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[mqtt]\nmax_inflight = \"many\"\n").unwrap();
+    let err = load(Some(&bad), env(&[])).unwrap_err();
+    assert!(matches!(err, ConfigError::File { .. }));
+    assert!(err.to_string().contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn env_sets_the_cluster_keys() {
+    let config = from_env(&[
+        ("STARLING_CLUSTER__LISTEN", "0.0.0.0:7000"),
+        ("STARLING_CLUSTER__ADVERTISE", "n1.example:7000"),
+        ("STARLING_CLUSTER__JOIN", "n2.example:7000"),
+        ("STARLING_CLUSTER__NODE_DOWN_AFTER_MS", "1500"),
+    ])
+    .unwrap();
+    assert_eq!(config.cluster.listen, "0.0.0.0:7000".parse().unwrap());
+    assert_eq!(config.cluster.advertise, "n1.example:7000");
+    assert_eq!(config.cluster.join, "n2.example:7000");
+    assert_eq!(config.cluster.node_down_after_ms, 1500);
+}
+
+#[test]
+fn env_lists_are_comma_separated_or_toml() {
+    let config = from_env(&[("STARLING_CLUSTER__PEERS", "1=a:1, 2=b:2,3=[::1]:3")]).unwrap();
+    assert_eq!(config.cluster.peers, ["1=a:1", "2=b:2", "3=[::1]:3"]);
+    let config = from_env(&[("STARLING_CLUSTER__PEERS", "1=a:1")]).unwrap();
+    assert_eq!(config.cluster.peers, ["1=a:1"]);
+    let config = from_env(&[("STARLING_CLUSTER__PEERS", r#"["1=a:1", "2=b,c:2"]"#)]).unwrap();
+    assert_eq!(config.cluster.peers, ["1=a:1", "2=b,c:2"]);
+    // An empty variable clears a list the file set.
+    let mut base = Config::default();
+    base.cluster.peers = vec!["1=a:1".into()];
+    let config = apply_env(base, env(&[("STARLING_CLUSTER__PEERS", "")])).unwrap();
+    assert!(config.cluster.peers.is_empty());
+}
+
+#[test]
+fn list_splitting() {
+    let strings = |list: toml::Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(strings(split_list("a, b,,c ,")), ["a", "b", "c"]);
+    assert!(strings(split_list("")).is_empty());
+    assert!(strings(split_list(" , ")).is_empty());
+}
+
+fn with_cluster(node_id: u64, peers: &[&str], advertise: &str, join: &str) -> Config {
+    Config {
+        node_id,
+        cluster: ClusterConfig {
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+            advertise: advertise.to_owned(),
+            join: join.to_owned(),
+            ..ClusterConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+#[test]
+fn valid_cluster_settings_pass() {
+    Config::default().validate().unwrap();
+    with_cluster(
+        2,
+        &["1=a:7946", "2=[::1]:7946", "3=10.0.0.3:7946"],
+        "b:1",
+        "",
+    )
+    .validate()
+    .unwrap();
+    with_cluster(4, &[], "10.0.0.4:7946", " a:7946 ")
+        .validate()
+        .unwrap();
+}
+
+#[test]
+fn invalid_cluster_settings_are_named() {
+    for (config, key, needle) in [
+        (
+            with_cluster(1, &["1=a:1", "b:2"], "", ""),
+            "cluster.peers",
+            "\"b:2\"",
+        ),
+        (
+            with_cluster(1, &["x=a:1"], "", ""),
+            "cluster.peers",
+            "x=a:1",
+        ),
+        (
+            with_cluster(1, &["1=a:1", "1=b:1"], "", ""),
+            "cluster.peers",
+            "same id",
+        ),
+        (with_cluster(1, &["1=a"], "", ""), "cluster.peers", "\"a\""),
+        (
+            with_cluster(1, &["1=a:99999"], "", ""),
+            "cluster.peers",
+            "a:99999",
+        ),
+        (
+            with_cluster(3, &["1=a:1", "2=b:1"], "", ""),
+            "cluster.peers",
+            "node_id 3",
+        ),
+        (with_cluster(1, &[], "a", ""), "cluster.advertise", "\"a\""),
+        (
+            with_cluster(1, &[], "", ":7946"),
+            "cluster.join",
+            "\":7946\"",
+        ),
+    ] {
+        let err = config.validate().unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key: k, .. } if *k == key),
+            "{text}"
+        );
+        assert!(text.contains(needle), "{text}");
+    }
+    let text = with_cluster(1, &["nope"], "", "")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("--peers"), "{text}");
+    assert!(text.contains("STARLING_CLUSTER__PEERS"), "{text}");
+}
+
+#[test]
+fn to_toml_round_trips() {
+    let mut config = Config {
+        node_id: 3,
+        ..Config::default()
+    };
+    config.log.format = LogFormat::Json;
+    config.cluster.peers = vec!["1=a:1".into(), "3=b:1".into()];
+    let text = config.to_toml().unwrap();
+    assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+}
