@@ -3,8 +3,8 @@
 //! to it with an independent client (rumqttc), raw sockets, or Debian's
 //! mosquitto clients. One test binary, so the harness is linked once.
 
-mod harness;
-
+#[path = "bench_smoke.rs"]
+mod bench_smoke;
 #[path = "cli_clients.rs"]
 mod cli_clients;
 #[path = "connect.rs"]

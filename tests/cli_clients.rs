@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::harness::Broker;
+use starling_testkit::Broker;
 use tokio::sync::mpsc;
 
 const INSTALL_HINT: &str = "mosquitto_pub / mosquitto_sub not found on PATH: \

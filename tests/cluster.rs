@@ -4,17 +4,8 @@
 //! a cluster exists to survive: kill -9, restarts, SIGSTOP, network partitions,
 //! joins and leaves.
 //!
-//! Clusters run one at a time (see `nodes`), so this binary takes a few minutes.
-
-#[allow(dead_code)]
-mod harness;
-
-#[path = "cluster/nodes.rs"]
-mod nodes;
-#[path = "cluster/subscribers.rs"]
-mod subscribers;
-#[path = "cluster/traffic.rs"]
-mod traffic;
+//! Clusters run one at a time (see `starling_testkit::cluster`), so this
+//! binary takes a few minutes.
 
 #[path = "cluster/consistency.rs"]
 mod consistency;

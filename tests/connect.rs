@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, kind, Connect, Raw, Read};
-use crate::harness::Broker;
 use rumqttc::QoS;
+use starling_testkit::client::{self, Client};
+use starling_testkit::raw::{self, kind, Connect, Raw, Read};
+use starling_testkit::Broker;
 
 #[tokio::test]
 async fn mqtt_3_1_2_1_protocol_level_3_mqisdp_accepted() {

@@ -7,10 +7,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, kind, Connect, Raw, Read};
-use crate::harness::Broker;
 use rumqttc::QoS;
+use starling_testkit::client::{self, Client};
+use starling_testkit::raw::{self, kind, Connect, Raw, Read};
+use starling_testkit::Broker;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::watch;
 

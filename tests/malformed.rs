@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, Connect, Raw};
-use crate::harness::Broker;
 use rumqttc::QoS;
+use starling_testkit::client::{self, Client};
+use starling_testkit::raw::{self, Connect, Raw};
+use starling_testkit::Broker;
 
 const CONFIG: &str = "[mqtt]\nmax_packet_size = 1024\n";
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, kind, Connect, Raw};
-use crate::harness::Broker;
 use rumqttc::QoS;
+use starling_testkit::client::{self, Client};
+use starling_testkit::raw::{self, kind, Connect, Raw};
+use starling_testkit::Broker;
 
 #[tokio::test]
 async fn mqtt_3_8_4_6_delivered_at_the_minimum_of_publish_and_subscription_qos() {

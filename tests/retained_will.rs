@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, Connect, Raw};
-use crate::harness::Broker;
 use rumqttc::QoS;
+use starling_testkit::client::{self, Client};
+use starling_testkit::raw::{self, Connect, Raw};
+use starling_testkit::Broker;
 
 #[tokio::test]
 async fn mqtt_3_3_1_6_retained_message_sent_to_new_subscriber_with_retain_1() {

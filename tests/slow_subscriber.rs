@@ -9,9 +9,9 @@ use rumqttc::QoS;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, kind, Connect, Raw, Read};
-use crate::harness::{http_get, rss_kib, Broker};
+use starling_testkit::client::{self, Client};
+use starling_testkit::raw::{self, kind, Connect, Raw, Read};
+use starling_testkit::{http_get, rss_kib, Broker};
 
 const SLOW_AFTER: Duration = Duration::from_secs(2);
 /// Enough that a publisher held to the stuck subscriber's pace (a few

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use rumqttc::QoS;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw;
-use crate::nodes::Cluster;
+use starling_testkit::client::{self, Client};
+use starling_testkit::cluster::Cluster;
+use starling_testkit::raw;
 
 /// Each ordered pair of distinct nodes of a three-node cluster.
 const PAIRS: [(u64, u64); 6] = [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)];

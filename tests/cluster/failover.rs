@@ -9,11 +9,11 @@ use std::time::Duration;
 use rumqttc::QoS;
 use tokio::time::Instant;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, kind, Connect, Raw};
-use crate::nodes::Cluster;
-use crate::subscribers::Subscriber;
-use crate::traffic::{
+use starling_testkit::client::{self, Client};
+use starling_testkit::cluster::Cluster;
+use starling_testkit::raw::{self, kind, Connect, Raw};
+use starling_testkit::subscribers::Subscriber;
+use starling_testkit::traffic::{
     self, assert_delivered_in_order, connect_retry, parse_seq, payload, summary, wait_until, Live,
     Publisher,
 };

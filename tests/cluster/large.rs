@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::harness::raw::{self, kind, Connect, Raw, Read};
-use crate::nodes::Cluster;
+use starling_testkit::cluster::Cluster;
+use starling_testkit::raw::{self, kind, Connect, Raw, Read};
 
 const PUBLISHERS: usize = 4;
 const PER_PUBLISHER: usize = 16;

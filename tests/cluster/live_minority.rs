@@ -11,11 +11,11 @@ use std::time::Duration;
 use rumqttc::QoS;
 use tokio::time::Instant;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, kind, Connect, Raw, Read};
-use crate::nodes::Cluster;
 use crate::partitions::{collect, publish_acked};
-use crate::traffic::{connect_retry, watcher};
+use starling_testkit::client::{self, Client};
+use starling_testkit::cluster::Cluster;
+use starling_testkit::raw::{self, kind, Connect, Raw, Read};
+use starling_testkit::traffic::{connect_retry, watcher};
 
 /// Reads until the broker closes `conn`; any packet but those `allowed` fails.
 async fn expect_closed_without(conn: &mut Raw, what: &str, by: Instant, allowed: &[u8]) {

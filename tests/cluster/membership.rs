@@ -7,10 +7,10 @@ use std::time::Duration;
 use rumqttc::QoS;
 use tokio::time::Instant;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw;
-use crate::nodes::Cluster;
-use crate::traffic::connect_retry;
+use starling_testkit::client::{self, Client};
+use starling_testkit::cluster::Cluster;
+use starling_testkit::raw;
+use starling_testkit::traffic::connect_retry;
 
 #[tokio::test]
 async fn join_and_leave() {

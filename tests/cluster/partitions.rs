@@ -11,11 +11,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::harness::client::{self, Client};
-use crate::harness::http_status;
-use crate::harness::raw::{self, Connect, Raw, Read};
-use crate::nodes::Cluster;
-use crate::traffic::{connect_retry, parse_seq, payload, summary, watcher};
+use starling_testkit::client::{self, Client};
+use starling_testkit::cluster::Cluster;
+use starling_testkit::http_status;
+use starling_testkit::raw::{self, Connect, Raw, Read};
+use starling_testkit::traffic::{connect_retry, parse_seq, payload, summary, watcher};
 
 /// The first byte of a SUBACK.
 const SUBACK: u8 = 0x90;
@@ -293,7 +293,7 @@ async fn no_puback_for_a_message_a_live_subscriber_node_did_not_accept() {
             "the resent message was never acknowledged"
         );
         let (mut again, present) =
-            crate::traffic::raw_connect_retry(cluster.mqtt(1), &connect).await;
+            starling_testkit::traffic::raw_connect_retry(cluster.mqtt(1), &connect).await;
         assert!(present, "the publisher's session survived");
         again
             .send(&raw::publish(b"n/t", 1, false, true, 7, b"frozen"))

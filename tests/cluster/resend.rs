@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use crate::nodes::Cluster;
-use crate::subscribers::Subscriber;
-use crate::traffic::{assert_delivered_in_order, wait_until, Live, Publisher};
+use starling_testkit::cluster::Cluster;
+use starling_testkit::subscribers::Subscriber;
+use starling_testkit::traffic::{assert_delivered_in_order, wait_until, Live, Publisher};
 
 const TOPIC: &str = "r/q2";
 /// Longest wait for a publisher to get a given number of new acks.

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use rumqttc::QoS;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, Connect, Raw};
-use crate::nodes::Cluster;
-use crate::traffic::{parse_seq, payload};
+use starling_testkit::client::{self, Client};
+use starling_testkit::cluster::Cluster;
+use starling_testkit::raw::{self, Connect, Raw};
+use starling_testkit::traffic::{parse_seq, payload};
 
 #[tokio::test]
 async fn persistent_session_resumes_on_another_node_with_queued_messages() {

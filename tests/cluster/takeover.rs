@@ -8,9 +8,9 @@ use std::time::Duration;
 use rumqttc::QoS;
 use tokio::time::Instant;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, Connect, Raw, Read};
-use crate::nodes::Cluster;
+use starling_testkit::client::{self, Client};
+use starling_testkit::cluster::Cluster;
+use starling_testkit::raw::{self, Connect, Raw, Read};
 
 const ROUNDS: u64 = 100;
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use rumqttc::QoS;
 use tokio::time::Instant;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, kind, Connect, Raw};
-use crate::nodes::Cluster;
-use crate::traffic::watcher;
+use starling_testkit::client::{self, Client};
+use starling_testkit::cluster::Cluster;
+use starling_testkit::raw::{self, kind, Connect, Raw};
+use starling_testkit::traffic::watcher;
 
 /// Waits for the will on `watcher` and returns when it came, counted from
 /// `since`. Waits a little past `bound` so that a late will fails as late,

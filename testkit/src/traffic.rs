@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, kind, Connect, Raw, Read};
+use crate::client::{self, Client};
+use crate::raw::{self, kind, Connect, Raw, Read};
 
 /// How long a client keeps trying to find a node that takes it.
 pub const RECONNECT_DEADLINE: Duration = Duration::from_secs(20);

@@ -383,8 +383,6 @@ impl Raw {
     /// Like `connect_with`, but a refused TCP connection, a connection closed
     /// before the CONNACK, or no CONNACK within `WAIT` is an `Err` instead of a
     /// panic: for clients that look for a node that will take them.
-    // Only the cluster tests move between nodes; the single-node binary has no use for it.
-    #[allow(dead_code)]
     pub async fn try_connect_with(port: u16, connect: &Connect) -> Result<(Raw, bool, u8), String> {
         let stream = match tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port))).await
         {

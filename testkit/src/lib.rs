@@ -1,26 +1,33 @@
-//! Black-box test harness: starts real `starling` processes and talks to them.
+//! What Starling's black-box tests stand on: real `starling` processes and the
+//! means to talk to them and hurt them.
 //!
-//! Every test gets its own broker with its own temp dir, config, OS-chosen ports
-//! and log file; the log is printed when the test fails. `client` wraps rumqttc
-//! for well-behaved traffic, `raw` speaks hand-encoded bytes over a socket for
-//! everything a library would refuse to send.
+//! Every test gets its own broker ([`Broker`]) or cluster ([`cluster::Cluster`])
+//! with its own temp dirs, configs, OS-chosen ports and log files, all started
+//! by one launcher ([`process::Process`]); the logs are printed when the test
+//! fails. `client` wraps rumqttc for well-behaved traffic, `raw` speaks
+//! hand-encoded bytes over a socket for everything a library would refuse to
+//! send, and `subscribers` and `traffic` are the clients of the cluster tests.
 //!
-//! Each test binary uses a different part of this module, hence the
-//! `#[allow(dead_code)]` on its `mod harness;` line.
+//! A library of its own, so that each test binary links what it uses and
+//! nothing here is dead code in any of them.
 
 pub mod client;
+pub mod cluster;
+pub mod process;
 pub mod raw;
+pub mod subscribers;
+pub mod traffic;
+
+pub use process::Process;
 
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
-use std::io::Write as _;
+use std::fs;
 use std::net::TcpListener as StdTcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -47,18 +54,13 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// One `starling` process with its data dir, ports and log file.
+/// One single-node `starling` process.
 pub struct Broker {
-    child: Option<Child>,
-    dir: TempDir,
-    config: Option<PathBuf>,
-    log: PathBuf,
+    process: Process,
     /// MQTT over TCP.
     pub port: u16,
     /// HTTP: `/healthz`, `/readyz`.
     pub http_port: u16,
-    /// The cluster gRPC port: a single node still listens for peers.
-    pub cluster_port: u16,
 }
 
 impl Broker {
@@ -73,24 +75,11 @@ impl Broker {
     }
 
     async fn launch(config_toml: Option<&str>) -> Broker {
-        let dir = tempfile::Builder::new()
-            .prefix("starling-test-")
-            .tempdir()
-            .expect("temp dir");
-        let config = config_toml.map(|toml| {
-            let path = dir.path().join("starling.toml");
-            fs::write(&path, toml).expect("write config");
-            path
-        });
-        let log = dir.path().join("starling.log");
+        let process = Process::new("starling", "starling-test-", config_toml);
         let mut broker = Broker {
-            child: None,
-            config,
-            log,
-            port: free_port(),
-            http_port: free_port(),
-            cluster_port: free_port(),
-            dir,
+            port: process.mqtt,
+            http_port: process.http,
+            process,
         };
         broker.spawn_and_wait_ready().await;
         broker
@@ -98,41 +87,14 @@ impl Broker {
 
     /// The data directory, kept across restarts.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "broker already running");
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open log file");
-        writeln!(log, "===== harness: starting starling =====").expect("write log");
-        let stderr = log.try_clone().expect("clone log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_starling"));
-        cmd.arg("--data-dir")
-            .arg(self.data_dir())
-            .arg("--mqtt-listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{}", self.http_port))
-            .arg("--cluster-listen")
-            .arg(format!("127.0.0.1:{}", self.cluster_port));
-        if let Some(config) = &self.config {
-            cmd.arg("--config").arg(config);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(stderr));
-        self.child = Some(cmd.spawn().expect("spawn the starling binary"));
+        self.process.data_dir()
     }
 
     async fn spawn_and_wait_ready(&mut self) {
-        self.spawn();
+        self.process.spawn("127.0.0.1", &[]);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
+            if let Some(status) = self.process.exited() {
                 panic!("starling exited before it was ready: {status}");
             }
             if http_status(self.http_port, "/readyz").await == Some(200) {
@@ -146,43 +108,19 @@ impl Broker {
         }
     }
 
-    fn child_mut(&mut self) -> &mut Child {
-        self.child.as_mut().expect("broker is not running")
-    }
-
     /// The process id of the running broker.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("broker is not running").id()
+        self.process.pid()
     }
 
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
-        let mut child = self.child.take().expect("broker is not running");
-        child.kill().expect("SIGKILL starling");
-        child.wait().expect("wait for starling");
+        self.process.kill9();
     }
 
     /// SIGTERM, then waits for the process to exit and returns its status.
     pub async fn terminate(&mut self) -> ExitStatus {
-        let pid = self.pid();
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM {pid} failed: {status}");
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        loop {
-            if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "starling still running {SHUTDOWN_TIMEOUT:?} after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.process.terminate(SHUTDOWN_TIMEOUT).await
     }
 
     /// Starts the broker again with the same data dir, ports and config.
@@ -192,43 +130,12 @@ impl Broker {
 
     /// Panics unless the process is still running and answers `/healthz`.
     pub async fn assert_alive(&mut self) {
-        if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
-            panic!("starling exited: {status}");
-        }
+        self.process.assert_running();
         assert_eq!(
             http_status(self.http_port, "/healthz").await,
             Some(200),
             "/healthz"
         );
-    }
-
-    fn print_log(&self) {
-        match fs::read(&self.log) {
-            Ok(bytes) => {
-                // The tail is what explains a failure; a long run must not drown it.
-                const TAIL: usize = 256 * 1024;
-                let start = bytes.len().saturating_sub(TAIL);
-                eprintln!(
-                    "----- starling log ({} bytes, last {}) -----\n{}\n----- end of starling log -----",
-                    bytes.len(),
-                    bytes.len() - start,
-                    String::from_utf8_lossy(&bytes[start..])
-                );
-            }
-            Err(e) => eprintln!("cannot read starling log {}: {e}", self.log.display()),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            self.print_log();
-        }
     }
 }
 

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::harness::client::{self, Client};
-use crate::harness::raw::{self, kind, Connect, Raw, Read};
+use crate::client::{self, Client};
+use crate::raw::{self, kind, Connect, Raw, Read};
 use crate::traffic::{Deliveries, Live, RECONNECT_DEADLINE, RETRY_PAUSE};
 
 /// A persistent-session subscriber that follows the live nodes: rumqttc for

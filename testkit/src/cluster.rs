@@ -12,19 +12,15 @@
 //! already fill a small machine, and the tests measure how long failover takes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, OpenOptions};
 use std::hash::BuildHasher;
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::harness::{free_port, http_status};
+use crate::{http_status, Process};
 
 /// How long a starting cluster, or a (re)started node, may take to be ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,36 +52,26 @@ pub struct Node {
     /// Cluster gRPC.
     pub cluster: u16,
     membership: Membership,
-    config: Option<PathBuf>,
-    log: PathBuf,
-    child: Option<Child>,
+    process: Process,
     /// Whether the process is SIGSTOPped.
     stopped: bool,
-    dir: TempDir,
 }
 
 impl Node {
     fn new(id: u64, config_toml: Option<&str>) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("starling-node{id}-"))
-            .tempdir()
-            .expect("temp dir");
-        let config = config_toml.map(|toml| {
-            let path = dir.path().join("starling.toml");
-            fs::write(&path, toml).expect("write config");
-            path
-        });
+        let process = Process::new(
+            &format!("node {id}"),
+            &format!("starling-node{id}-"),
+            config_toml,
+        );
         Node {
             id,
-            mqtt: free_port(),
-            http: free_port(),
-            cluster: free_port(),
+            mqtt: process.mqtt,
+            http: process.http,
+            cluster: process.cluster,
             membership: Membership::Peers(String::new()),
-            config,
-            log: dir.path().join("starling.log"),
-            child: None,
+            process,
             stopped: false,
-            dir,
         }
     }
 
@@ -101,118 +87,26 @@ impl Node {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_running()
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "node {} already running", self.id);
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open log file");
-        writeln!(log, "===== harness: starting node {} =====", self.id).expect("write log");
-        let stderr = log.try_clone().expect("clone log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_starling"));
-        cmd.arg("--node-id")
-            .arg(self.id.to_string())
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .arg("--mqtt-listen")
-            .arg(format!("127.0.0.1:{}", self.mqtt))
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{}", self.http))
-            .arg("--cluster-listen")
-            .arg(self.cluster_addr());
+        let mut args = vec!["--node-id".to_owned(), self.id.to_string()];
         match &self.membership {
-            Membership::Peers(peers) => cmd.arg("--peers").arg(peers),
-            Membership::Join(addr) => cmd.arg("--join").arg(addr),
-        };
-        if let Some(config) = &self.config {
-            cmd.arg("--config").arg(config);
+            Membership::Peers(peers) => args.extend(["--peers".to_owned(), peers.clone()]),
+            Membership::Join(addr) => args.extend(["--join".to_owned(), addr.clone()]),
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(stderr));
-        self.child = Some(cmd.spawn().expect("spawn the starling binary"));
+        self.process.spawn(&self.cluster_ip(), &args);
         self.stopped = false;
     }
 
     fn kill9(&mut self) {
-        let mut child = self
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {} is not running", self.id));
-        // The process may already have exited on its own (after leaving).
-        let _ = child.kill();
-        child.wait().expect("wait for starling");
+        self.process.kill9();
         self.stopped = false;
     }
 
     fn signal(&mut self, signal: &str) {
-        let child = self
-            .child
-            .as_ref()
-            .unwrap_or_else(|| panic!("node {} is not running", self.id));
-        let pid = child.id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(
-            status.success(),
-            "kill -{signal} {pid} (node {}) failed: {status}",
-            self.id
-        );
-    }
-
-    /// Panics if the process has exited.
-    fn assert_running(&mut self) {
-        let id = self.id;
-        let child = self
-            .child
-            .as_mut()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!("node {id} exited: {status}");
-        }
-    }
-
-    fn print_log(&self) {
-        match fs::read(&self.log) {
-            Ok(bytes) => {
-                // The tail is what explains a failure; a long run must not drown it.
-                const TAIL: usize = 128 * 1024;
-                let start = bytes.len().saturating_sub(TAIL);
-                eprintln!(
-                    "----- node {} log ({} bytes, last {}) -----\n{}\n----- end of node {} log -----",
-                    self.id,
-                    bytes.len(),
-                    bytes.len() - start,
-                    String::from_utf8_lossy(&bytes[start..]),
-                    self.id
-                );
-            }
-            Err(e) => eprintln!(
-                "cannot read node {} log {}: {e}",
-                self.id,
-                self.log.display()
-            ),
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGKILL ends a stopped process too.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            self.print_log();
-        }
+        self.process.signal(signal);
     }
 }
 
@@ -327,20 +221,7 @@ impl Cluster {
     pub async fn sigterm(&mut self, id: u64) {
         eprintln!("cluster: kill -TERM node {id}");
         let node = self.node_mut(id);
-        node.signal("TERM");
-        let mut child = node.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match child.try_wait().expect("wait for starling") {
-                Some(_) => break,
-                None if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("node {id} did not stop within 30 s of SIGTERM");
-                }
-                None => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        node.process.terminate(Duration::from_secs(30)).await;
         node.stopped = false;
     }
 
@@ -417,7 +298,7 @@ impl Cluster {
     async fn wait_ready_until(&mut self, id: u64, deadline: Instant) {
         let started = Instant::now();
         loop {
-            self.node_mut(id).assert_running();
+            self.node_mut(id).process.assert_running();
             if self.readyz(id).await == Some(200) {
                 return;
             }
