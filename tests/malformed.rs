@@ -253,3 +253,148 @@ async fn all_bad_inputs_in_a_row_leave_a_good_client_working() {
     assert_unharmed(&mut broker, &mut good, "survived them all").await;
     good.assert_no_publish(Duration::from_millis(300)).await;
 }
+
+/// Bad input made the other way round: a valid packet written by Starling's own
+/// encoder (`starling_proto`), then one field broken by hand. Each must close the
+/// connection as the hand-written cases above do.
+mod mutated {
+    use std::sync::Arc;
+
+    use bytes::{Bytes, BytesMut};
+    use starling_proto::mqtt::{
+        self, Connect, LastWill, Packet, ProtocolVersion, Publish, QoS, Subscribe,
+    };
+
+    use super::*;
+
+    fn encoded(packet: &Packet) -> Vec<u8> {
+        let mut bytes = BytesMut::new();
+        mqtt::encode(packet, ProtocolVersion::V3_1_1, &mut bytes).expect("a valid packet");
+        bytes.to_vec()
+    }
+
+    /// PUBLISH "good/x" at `qos` with packet id 7 (0 at QoS 0): fixed header
+    /// (2 bytes), topic length (2), topic (6), packet id (2 at QoS > 0).
+    fn publish(qos: QoS) -> Vec<u8> {
+        encoded(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: Arc::from("good/x"),
+            packet_id: if qos == QoS::AtMostOnce { 0 } else { 7 },
+            payload: Bytes::from_static(b"mutant"),
+        }))
+    }
+
+    fn case(name: &'static str, connect_first: bool, bytes: Vec<u8>) -> Case {
+        Case {
+            name,
+            connect_first,
+            bytes,
+        }
+    }
+
+    pub(super) fn cases() -> Vec<Case> {
+        let mut cases = Vec::new();
+
+        let mut bytes = publish(QoS::AtLeastOnce);
+        bytes[10..12].copy_from_slice(&[0, 0]);
+        cases.push(case(
+            "QoS 1 PUBLISH with packet id 0 [MQTT-2.3.1-1]",
+            true,
+            bytes,
+        ));
+
+        let mut bytes = publish(QoS::AtMostOnce);
+        bytes[0] |= 0x08;
+        cases.push(case(
+            "QoS 0 PUBLISH with DUP set [MQTT-3.3.1-2]",
+            true,
+            bytes,
+        ));
+
+        let mut bytes = publish(QoS::AtMostOnce);
+        bytes[3] = 200;
+        cases.push(case(
+            "PUBLISH whose topic runs past the packet",
+            true,
+            bytes,
+        ));
+
+        let mut bytes = publish(QoS::AtMostOnce);
+        bytes[4] = 0xC0;
+        cases.push(case(
+            "PUBLISH topic with an overlong UTF-8 sequence",
+            true,
+            bytes,
+        ));
+
+        let mut bytes = encoded(&Packet::PubRel(3));
+        bytes[0] &= 0xF0;
+        cases.push(case("PUBREL with flags 0000 [MQTT-3.6.1-1]", true, bytes));
+
+        let mut bytes = encoded(&Packet::Subscribe(Subscribe {
+            packet_id: 4,
+            filters: vec![("good/#".into(), QoS::AtLeastOnce)],
+        }));
+        let last = bytes.len() - 1;
+        bytes[last] = 3;
+        cases.push(case(
+            "SUBSCRIBE asking for QoS 3 [MQTT-3-8.3-4]",
+            true,
+            bytes,
+        ));
+
+        let connect = |will: Option<LastWill>| Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            clean_session: true,
+            keep_alive: 30,
+            client_id: "mutant".into(),
+            will,
+            username: None,
+            password: None,
+        };
+        let mut bytes = encoded(&Packet::Connect(connect(None)));
+        bytes[7] = b'X';
+        cases.push(case(
+            "CONNECT naming protocol MQTX [MQTT-3.1.2-1]",
+            false,
+            bytes,
+        ));
+
+        let mut bytes = encoded(&Packet::Connect(connect(Some(LastWill {
+            topic: Arc::from("good/will"),
+            payload: Bytes::from_static(b"w"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }))));
+        // Connect flags: will QoS (bits 3-4) set to 3.
+        bytes[9] |= 0x18;
+        cases.push(case(
+            "CONNECT with will QoS 3 [MQTT-3.1.2-14]",
+            false,
+            bytes,
+        ));
+
+        let mut bytes = encoded(&Packet::Connect(connect(None)));
+        // Will QoS 1 without the will flag.
+        bytes[9] |= 0x08;
+        cases.push(case(
+            "CONNECT with a will QoS but no will [MQTT-3.1.2-13]",
+            false,
+            bytes,
+        ));
+
+        cases
+    }
+}
+
+#[tokio::test]
+async fn packets_from_our_encoder_with_one_field_broken_close_only_their_connection() {
+    let (mut broker, mut good) = setup().await;
+    for case in mutated::cases() {
+        assert_rejected(&broker, &case).await;
+    }
+    assert_unharmed(&mut broker, &mut good, "survived the mutants").await;
+    good.assert_no_publish(Duration::from_millis(300)).await;
+}
