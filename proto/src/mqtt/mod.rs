@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod packet;
 pub mod topic;
+pub mod v5;
 
 pub use codec::{decode, encode, DecodeError, EncodeError};
 pub use packet::*;
