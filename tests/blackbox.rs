@@ -21,3 +21,5 @@ mod retained_will;
 mod sessions;
 #[path = "slow_subscriber.rs"]
 mod slow_subscriber;
+#[path = "websocket.rs"]
+mod websocket;

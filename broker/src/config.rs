@@ -37,6 +37,26 @@ pub struct MqttConfig {
     pub slow_subscriber_timeout: u64,
 }
 
+/// Settings of MQTT over WebSocket, as they appear under `[websocket]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Whether the node also serves MQTT over WebSocket (subprotocol "mqtt",
+    /// binary frames), for browsers and clients behind HTTP proxies.
+    pub enabled: bool,
+    /// Address of the MQTT-over-WebSocket listener; any path is accepted.
+    pub listen: SocketAddr,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+        }
+    }
+}
+
 impl MqttConfig {
     /// `slow_subscriber_timeout` as a duration (at least a second).
     pub fn slow_subscriber_after(&self) -> std::time::Duration {

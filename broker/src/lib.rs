@@ -26,7 +26,7 @@ use starling_cluster::{Node, NodeConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{ClusterConfig, MqttConfig};
+pub use config::{ClusterConfig, MqttConfig, WebSocketConfig};
 use metrics::Metrics;
 use registry::Registry;
 use shared::Shared;
@@ -38,6 +38,7 @@ pub struct BrokerConfig {
     pub node_id: u64,
     pub data_dir: PathBuf,
     pub mqtt: MqttConfig,
+    pub websocket: WebSocketConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -78,6 +79,7 @@ const FORWARD_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 pub struct Broker {
     shared: Arc<Shared>,
     mqtt_addr: SocketAddr,
+    websocket_addr: Option<SocketAddr>,
     recovered: Recovered,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -164,25 +166,28 @@ impl Broker {
             }
         }
         let recovered = shared.machine.summary();
-        let listener = tokio::net::TcpListener::bind(config.mqtt.listen)
-            .await
-            .map_err(|source| BrokerError::Listen {
-                addr: config.mqtt.listen,
-                source,
-            })?;
-        let mqtt_addr = listener
-            .local_addr()
-            .map_err(|source| BrokerError::Listen {
-                addr: config.mqtt.listen,
-                source,
-            })?;
+        let (listener, mqtt_addr) = listener::bind(config.mqtt.listen).await?;
+        let websocket = match config.websocket.enabled {
+            true => Some(listener::bind(config.websocket.listen).await?),
+            false => None,
+        };
+        let websocket_addr = websocket.as_ref().map(|(_, addr)| *addr);
+        let listeners = listener::Listeners {
+            mqtt: listener,
+            websocket: websocket.map(|(listener, _)| listener),
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(events::run(shared.clone(), shutdown_rx.clone()));
         tokio::spawn(listener::expiry_loop(shared.clone(), shutdown_rx.clone()));
-        let accept = tokio::spawn(listener::accept_loop(listener, shared.clone(), shutdown_rx));
+        let accept = tokio::spawn(listener::accept_loop(
+            listeners,
+            shared.clone(),
+            shutdown_rx,
+        ));
         Ok(Broker {
             shared,
             mqtt_addr,
+            websocket_addr,
             recovered,
             shutdown,
             accept,
@@ -192,6 +197,11 @@ impl Broker {
     /// The address the MQTT listener is bound to (useful with port 0).
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// The address of the MQTT-over-WebSocket listener, if it is enabled.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
     }
 
     /// What was recovered from storage at start.

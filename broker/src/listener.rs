@@ -1,15 +1,98 @@
-//! The MQTT-over-TCP listener: accepts sockets while a semaphore caps how many
-//! connections are served at once, and spawns one task per connection; and the
-//! node's one keepalive sweep.
+//! The MQTT listeners (over TCP, and over WebSocket when enabled): accept
+//! sockets while a semaphore caps how many connections are served at once, and
+//! spawn one task per connection; and the node's one keepalive sweep.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
+use crate::connection::Transport;
 use crate::registry::Stop;
-use crate::Shared;
+use crate::{BrokerError, Shared};
+
+/// The sockets a node accepts clients on.
+pub(crate) struct Listeners {
+    pub(crate) mqtt: TcpListener,
+    pub(crate) websocket: Option<TcpListener>,
+}
+
+/// Binds `addr`; a taken port fails the start.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let error = |source| BrokerError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
+}
+
+/// Accepts on `listener`, or never if there is none.
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one socket: at once over TCP; over WebSocket once its handshake is
+/// done, within the time a client has to send CONNECT.
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    websocket: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    if !websocket {
+        tokio::spawn(crate::connection::serve(
+            shared.clone(),
+            Transport::Tcp(stream),
+            peer,
+            permit,
+        ));
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let handshake = tokio_tungstenite::accept_hdr_async(stream, choose_mqtt);
+        match tokio::time::timeout(timeouts::CONNECT, handshake).await {
+            Ok(Ok(ws)) => {
+                let transport = Transport::WebSocket(Box::new(ws));
+                crate::connection::serve(shared, transport, peer, permit).await;
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+            Err(_) => tracing::debug!(%peer, "WebSocket handshake not done in time"),
+        }
+    });
+}
+
+/// Accepts a WebSocket upgrade only for the subprotocol "mqtt", and names it
+/// in the answer [MQTT-6.0.0-3] [MQTT-6.0.0-4].
+// The signature is tungstenite's handshake callback: its error is a whole
+// HTTP response, large by nature.
+#[allow(clippy::result_large_err)]
+fn choose_mqtt(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+    let offered = request
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|protocol| protocol.trim().eq_ignore_ascii_case("mqtt"));
+    if !offered {
+        let mut refusal = ErrorResponse::new(Some("the subprotocol \"mqtt\" is required".into()));
+        *refusal.status_mut() = StatusCode::BAD_REQUEST;
+        return Err(refusal);
+    }
+    response
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+    Ok(response)
+}
 
 use crate::timeouts;
 
@@ -27,7 +110,7 @@ pub(crate) async fn expiry_loop(shared: Arc<Shared>, mut shutdown: watch::Receiv
 }
 
 pub(crate) async fn accept_loop(
-    listener: TcpListener,
+    listeners: Listeners,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -50,11 +133,12 @@ pub(crate) async fn accept_loop(
                 let Ok(permit) = permit else { break };
                 let accepted = tokio::select! {
                     _ = shutdown.changed() => break,
-                    accepted = listener.accept() => accepted,
+                    accepted = listeners.mqtt.accept() => accepted.map(|a| (a, false)),
+                    accepted = accept_on(listeners.websocket.as_ref()) => accepted.map(|a| (a, true)),
                 };
                 match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(crate::connection::serve(shared.clone(), stream, peer, permit));
+                    Ok(((stream, peer), websocket)) => {
+                        spawn_connection(&shared, stream, peer, permit, websocket);
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off a little
@@ -66,7 +150,7 @@ pub(crate) async fn accept_loop(
             }
         }
     }
-    drop(listener);
+    drop(listeners);
     shared.registry.stop_all(Stop::NodeStopping);
     let drained = tokio::time::timeout(timeouts::DRAIN, permits.acquire_many(all)).await;
     if drained.is_err() {

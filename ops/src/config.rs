@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use starling_broker::{ClusterConfig, MqttConfig};
+use starling_broker::{ClusterConfig, MqttConfig, WebSocketConfig};
 
 pub use example::example;
 
@@ -32,6 +32,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Settings of the MQTT side of a node.
     pub mqtt: MqttConfig,
+    /// MQTT over WebSocket: off unless enabled.
+    pub websocket: WebSocketConfig,
     /// Settings of the cluster side of a node: how it reaches the other nodes, and
     /// which cluster it forms or joins.
     pub cluster: ClusterConfig,
@@ -76,6 +78,7 @@ impl Default for Config {
             node_id: 1,
             data_dir: PathBuf::from("./data"),
             mqtt: MqttConfig::default(),
+            websocket: WebSocketConfig::default(),
             cluster: ClusterConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),

@@ -72,12 +72,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         node_id: config.node_id,
         data_dir: config.data_dir.clone(),
         mqtt: config.mqtt.clone(),
+        websocket: config.websocket.clone(),
         cluster: config.cluster.clone(),
     };
     let broker = Broker::start(broker_config, &registry)
         .await
         .context("cannot start the broker")?;
     info!("mqtt listening on {}", broker.mqtt_addr());
+    if let Some(addr) = broker.websocket_addr() {
+        info!("mqtt over websocket listening on {addr}");
+    }
     let recovered = broker.recovered();
     info!(
         sessions = recovered.sessions,

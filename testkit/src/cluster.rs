@@ -42,6 +42,12 @@ enum Membership {
     Join(String),
 }
 
+/// Node `id`'s own loopback address: 127.0.0.(10+id).
+fn cluster_ip(id: u64) -> String {
+    let last = u8::try_from(10 + id).expect("node ids stay below 246");
+    format!("127.0.0.{last}")
+}
+
 /// One `starling` process of a cluster.
 pub struct Node {
     pub id: u64,
@@ -62,6 +68,7 @@ impl Node {
         let process = Process::new(
             &format!("node {id}"),
             &format!("starling-node{id}-"),
+            &cluster_ip(id),
             config_toml,
         );
         Node {
@@ -77,8 +84,7 @@ impl Node {
 
     /// The loopback address this node's cluster traffic comes from and goes to.
     pub fn cluster_ip(&self) -> String {
-        let last = u8::try_from(10 + self.id).expect("node ids stay below 246");
-        format!("127.0.0.{last}")
+        cluster_ip(self.id)
     }
 
     /// `127.0.0.(10+id):PORT` of the cluster listener.

@@ -43,8 +43,15 @@ static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 /// A free loopback port, distinct from every port handed out before in this
 /// process.
 pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// A port free on loopback address `ip` right now, distinct from every port
+/// handed out before in this process. A node's cluster port is chosen on the
+/// node's own address: one free on 127.0.0.1 may be held on 127.0.0.12.
+pub fn free_port_on(ip: &str) -> u16 {
     loop {
-        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let listener = StdTcpListener::bind((ip, 0)).expect("bind a loopback port");
         let port = listener.local_addr().expect("local addr").port();
         drop(listener);
         let mut guard = PORTS.lock().expect("ports lock");
@@ -75,7 +82,7 @@ impl Broker {
     }
 
     async fn launch(config_toml: Option<&str>) -> Broker {
-        let process = Process::new("starling", "starling-test-", config_toml);
+        let process = Process::new("starling", "starling-test-", "127.0.0.1", config_toml);
         let mut broker = Broker {
             port: process.mqtt,
             http_port: process.http,

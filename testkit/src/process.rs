@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::free_port;
+use crate::{free_port, free_port_on};
 
 /// The `starling` binary: `STARLING_BIN` if set, else the one cargo built
 /// beside the running test (`target/<profile>/starling`).
@@ -44,8 +44,9 @@ pub struct Process {
 
 impl Process {
     /// A process not yet started, with its own temp dir (named after
-    /// `prefix`), free ports, and `config_toml` written as its config file.
-    pub fn new(name: &str, prefix: &str, config_toml: Option<&str>) -> Process {
+    /// `prefix`), free ports (the cluster port free on `cluster_ip`), and
+    /// `config_toml` written as its config file.
+    pub fn new(name: &str, prefix: &str, cluster_ip: &str, config_toml: Option<&str>) -> Process {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir()
@@ -62,7 +63,7 @@ impl Process {
             child: None,
             mqtt: free_port(),
             http: free_port(),
-            cluster: free_port(),
+            cluster: free_port_on(cluster_ip),
             dir,
         }
     }

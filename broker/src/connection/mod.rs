@@ -5,7 +5,10 @@
 //! is written once per round. Keepalive is enforced by the registry's expiry
 //! sweep, which stops the connection through its mailbox.
 
+mod transport;
 mod view;
+
+pub(crate) use transport::Transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +19,6 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::future::Future;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -31,12 +32,10 @@ use view::Live;
 /// Outcomes a connection may wait for (commits, other nodes taking a message)
 /// before it stops reading from its client.
 const MAX_OUTSTANDING: usize = 256;
-/// Room made in the read buffer before each read.
-const READ_CHUNK: usize = 4096;
 
 pub(crate) struct Connection {
     shared: Arc<Shared>,
-    stream: TcpStream,
+    transport: Transport,
     rbuf: BytesMut,
     session: Session,
     outcomes: Outcomes,
@@ -53,7 +52,7 @@ pub(crate) struct Connection {
 /// something to read or write, and what runs only at the end is boxed.
 pub(crate) fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    transport: Transport,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -61,7 +60,6 @@ pub(crate) fn serve(
     // At debug level: a span per connection costs a few hundred bytes while it
     // lives. Events worth seeing at info name the connection themselves.
     let span = tracing::debug_span!("conn", %peer, client_id = tracing::field::Empty);
-    let _ = stream.set_nodelay(true);
     let mailbox = Arc::new(Mailbox::new(
         shared.config.mailbox_capacity,
         shared.config.mailbox_capacity_bytes,
@@ -76,7 +74,7 @@ pub(crate) fn serve(
     // moved into its body), and the connection is most of an idle task.
     let mut connection = Box::new(Connection {
         shared,
-        stream,
+        transport,
         rbuf: BytesMut::new(),
         session: Session::new(conn, peer),
         outcomes: Outcomes::default(),
@@ -129,7 +127,9 @@ const OUTCOMES_PER_WAKEUP: usize = 256;
 /// What woke a connection task; several at once where several were ready.
 #[derive(Default)]
 struct Wakeup {
-    readable: bool,
+    /// What a read from the client gave: bytes appended to the read buffer, 0
+    /// at its end, or an error.
+    read: Option<std::io::Result<usize>>,
     attention: bool,
     /// Outcomes that were ready, in order, up to `OUTCOMES_PER_WAKEUP`.
     outcomes: Vec<Event>,
@@ -192,8 +192,24 @@ impl Connection {
             // The replicated queue may have grown.
             self.handle(Event::QueueGrew);
         }
-        if woken.readable && self.session.end().is_none() {
-            return self.read();
+        match woken.read {
+            Some(Ok(0)) => {
+                tracing::debug!("connection closed by the client");
+                self.handle(Event::SocketClosed);
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "socket error");
+                self.handle(Event::SocketClosed);
+            }
+            Some(Ok(_)) if self.session.end().is_none() => {
+                let handled = self.session.input(&mut self.rbuf, &Live(&self.shared));
+                if self.rbuf.is_empty() {
+                    // Idle connections hold no read buffer.
+                    self.rbuf = BytesMut::new();
+                }
+                return handled;
+            }
+            _ => {}
         }
         0
     }
@@ -204,14 +220,8 @@ impl Connection {
     fn poll_wakeup(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<Wakeup> {
         let mut woken = Wakeup::default();
         if read {
-            match self.stream.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => woken.readable = true,
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!(error = %e, "socket error");
-                    self.handle(Event::SocketClosed);
-                    return Poll::Ready(woken);
-                }
-                Poll::Pending => {}
+            if let Poll::Ready(result) = self.transport.poll_read(cx, &mut self.rbuf) {
+                woken.read = Some(result);
             }
         }
         woken.attention = self.mailbox.poll_attention(cx).is_ready();
@@ -225,33 +235,11 @@ impl Connection {
             Some(relief) => relief.as_mut().poll(cx).is_ready(),
             None => false,
         };
-        if woken.readable || woken.attention || !woken.outcomes.is_empty() || relieved {
+        if woken.read.is_some() || woken.attention || !woken.outcomes.is_empty() || relieved {
             Poll::Ready(woken)
         } else {
             Poll::Pending
         }
-    }
-
-    /// Reads what the socket has and hands it to the session. Returns how many
-    /// packets were handled.
-    fn read(&mut self) -> usize {
-        // The buffer is allocated once there is something to read.
-        self.rbuf.reserve(READ_CHUNK);
-        let mut handled = 0;
-        match self.stream.try_read_buf(&mut self.rbuf) {
-            Ok(0) => self.handle(Event::SocketClosed),
-            Ok(_) => handled = self.session.input(&mut self.rbuf, &Live(&self.shared)),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "socket error");
-                self.handle(Event::SocketClosed);
-            }
-        }
-        if self.rbuf.is_empty() {
-            // Idle connections hold no read buffer.
-            self.rbuf = BytesMut::new();
-        }
-        handled
     }
 
     /// Moves deliveries from the mailbox into the session while it takes them.
@@ -343,7 +331,7 @@ impl Connection {
         // publishers waiting on its mailbox) for longer than a slow subscriber
         // may.
         let slow_after = self.shared.config.slow_subscriber_after();
-        let write = self.stream.write_all(self.session.transmit());
+        let write = self.transport.write_all(self.session.transmit());
         match tokio::time::timeout(slow_after, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -362,7 +350,7 @@ impl Connection {
         self.mailbox.close();
         // Bounded like any write: a client that reads nothing keeps the
         // FIN's way blocked too.
-        let _ = tokio::time::timeout(timeouts::CLOSE, self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(timeouts::CLOSE, self.transport.shutdown()).await;
         let closing = self.session.closing();
         let shared = self.shared.clone();
         // Committed before the Disconnect, which ends this connection's right

@@ -66,6 +66,16 @@ const DOCS: &[(&str, &str)] = &[
          write to its socket unfinished, before it is disconnected (counted as\n\
          `slow_subscriber`). Publishers are held back for at most this long by it.",
     ),
+    ("websocket", "MQTT over WebSocket: off unless enabled."),
+    (
+        "websocket.enabled",
+        "Whether the node also serves MQTT over WebSocket (subprotocol \"mqtt\",\n\
+         binary frames), for browsers and clients behind HTTP proxies.",
+    ),
+    (
+        "websocket.listen",
+        "Address of the MQTT-over-WebSocket listener; any path is accepted.",
+    ),
     (
         "cluster",
         "Settings of the cluster side of a node: how it reaches the other nodes, and\n\
@@ -273,6 +283,7 @@ mod tests {
         for (name, section) in [
             ("Config", ""),
             ("MqttConfig", "mqtt."),
+            ("WebSocketConfig", "websocket."),
             ("ClusterConfig", "cluster."),
             ("HttpConfig", "http."),
             ("LogConfig", "log."),
