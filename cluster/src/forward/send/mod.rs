@@ -70,9 +70,7 @@ struct PeerShared {
     queued: AtomicUsize,
     /// Whether this peer counts in [`Congestion::peers`].
     congested: AtomicBool,
-    /// Frames held back (queued, or sent and not acknowledged) at which the
-    /// peer starts and stops counting as congested. Acks are the peer's
-    /// credit: a peer that holds frames keeps its sender congested.
+    /// Queue lengths at which the peer starts and stops counting as congested.
     high: usize,
     low: usize,
     congestion: Arc<Congestion>,
@@ -92,14 +90,14 @@ impl PeerShared {
     /// high and low marks. Transitions happen by compare-and-swap, so the count
     /// stays right when several threads evaluate at once.
     fn update_congestion(&self) {
-        let held = self.queued.load(Ordering::Acquire) + self.unacked.load(Ordering::Acquire);
+        let queued = self.queued.load(Ordering::Acquire);
         let connected = self.connected.load(Ordering::Acquire);
         let was = self.congested.load(Ordering::Acquire);
         let now = connected
             && if was {
-                held > self.low
+                queued > self.low
             } else {
-                held >= self.high
+                queued >= self.high
             };
         if now == was
             || self
@@ -329,10 +327,9 @@ impl Forwarder {
         }
     }
 
-    /// Whether a connected peer holds back half a buffer of frames (queued, or
-    /// sent and not acknowledged): senders that can wait (publishers, whose
-    /// socket can stay unread) should, until [`Forwarder::relieved`], rather
-    /// than have their frames refused later.
+    /// Whether a connected peer's queue is more than half full: senders that
+    /// can wait (publishers, whose socket can stay unread) should, until
+    /// [`Forwarder::relieved`], rather than have their frames refused later.
     pub fn is_congested(&self) -> bool {
         self.inner.congestion.peers.load(Ordering::Acquire) > 0
     }

@@ -200,19 +200,17 @@ impl PeerTask {
     }
 
     fn push(&mut self, m: Outgoing) {
+        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        self.shared.update_congestion();
         self.window.push_back(InFlight {
             seq: self.next_seq,
             frame: m.frame,
             ack: m.ack,
         });
         self.next_seq += 1;
-        // Into the window before out of the queue: the frame is never counted
-        // out of both.
         self.shared
             .unacked
-            .store(self.window.len(), Ordering::Release);
-        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-        self.shared.update_congestion();
+            .store(self.window.len(), Ordering::Relaxed);
     }
 
     /// Writes the unwritten frames the window holds, from `next_write` on, as one
@@ -266,7 +264,6 @@ impl PeerTask {
         bump(&self.counters.acked, n);
         self.shared
             .unacked
-            .store(self.window.len(), Ordering::Release);
-        self.shared.update_congestion();
+            .store(self.window.len(), Ordering::Relaxed);
     }
 }
