@@ -256,7 +256,15 @@ impl Stream for AckStream {
         match (this.done, error) {
             (_, Some(status)) => Poll::Ready(Some(Err(status))),
             (true, None) => Poll::Ready(None),
-            (false, None) => Poll::Pending,
+            (false, None) => {
+                // The loop may have ended (its ack quota, the budget) right
+                // after a frame was held: the hold must be polled before this
+                // stream sleeps, or nothing would wake it when it resolves.
+                if this.held.is_some() && this.release(cx) {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
         }
     }
 }
