@@ -539,11 +539,20 @@ async fn a_connected_peer_that_falls_behind_congests_until_it_catches_up() {
             tokio::task::yield_now().await;
         }
     }
-    let stats = forwarder.stats();
-    // Frames move from the queue to the stream task's window meanwhile; none
-    // is acknowledged while the peer holds one.
-    let held_back = stats.peers[0].queued + stats.peers[0].unacked;
-    assert!(held_back >= BUFFER / 2, "{stats:?}");
+    assert!(sent as usize >= BUFFER / 2, "congested after {sent} frames");
+    // Congestion is read from the queue, which the stream task drains into
+    // its window while the window has room. Fill both, so that nothing can
+    // drain until the peer acknowledges: then the sender stays congested.
+    loop {
+        assert!(started.elapsed() < DEADLINE, "never full");
+        match forwarder.send_detached(2, frame(sent)) {
+            Ok(()) => sent += 1,
+            Err(ForwardError::BufferFull(2)) => break,
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(forwarder.is_congested());
     assert_eq!(
         recorder.frames().len(),
         1,
