@@ -16,7 +16,7 @@
 //!
 //! Prints one JSON object. Every run is bounded by its durations.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,6 @@ async fn main() {
     let start = Instant::now();
     let window_start = Duration::from_secs(args.warmup);
     let window_end = window_start + Duration::from_secs(args.duration);
-    let stop = Arc::new(AtomicBool::new(false));
 
     // Subscribers first, each subscribed before any publisher starts.
     let mut seen = Vec::new();
@@ -106,19 +105,18 @@ async fn main() {
         }
         let pair_seen = Arc::new(Seen::default());
         seen.push(pair_seen.clone());
-        let stop = stop.clone();
+        // Polled until aborted at the end, never under a timeout: a poll
+        // cancelled in the middle of a write leaves half a packet on the wire.
         tasks.push(tokio::spawn(async move {
             let _client = client;
-            while !stop.load(Ordering::Relaxed) {
-                let event =
-                    match tokio::time::timeout(Duration::from_millis(200), events.poll()).await {
-                        Ok(Ok(event)) => event,
-                        Ok(Err(e)) => {
-                            eprintln!("subscriber {pair}: {e}");
-                            return;
-                        }
-                        Err(_) => continue,
-                    };
+            loop {
+                let event = match events.poll().await {
+                    Ok(event) => event,
+                    Err(e) => {
+                        eprintln!("subscriber {pair}: {e}");
+                        return;
+                    }
+                };
                 let Event::Incoming(Packet::Publish(publish)) = event else {
                     continue;
                 };
@@ -151,15 +149,14 @@ async fn main() {
         let id = format!("{}-pub-{pair}", args.prefix);
         let (client, mut events) = AsyncClient::new(options(id, &args.publish_to), 1024);
         let acked = acked.clone();
-        let loop_stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            while !loop_stop.load(Ordering::Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(200), events.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Ok(_)) | Err(_) => {}
-                    Ok(Err(e)) => {
+                    Ok(_) => {}
+                    Err(e) => {
                         eprintln!("publisher {pair}: {e}");
                         return;
                     }
@@ -207,9 +204,9 @@ async fn main() {
     while received() < total_sent && Instant::now() < drain_end {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
     drop(clients);
     for task in tasks {
+        task.abort();
         let _ = task.await;
     }
 
