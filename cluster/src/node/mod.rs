@@ -404,21 +404,34 @@ impl Node {
     pub async fn snapshot(&self, timeout: Duration) -> Result<(), ClusterError> {
         let raft = &self.inner.core.raft;
         let applied = raft.metrics().borrow().last_applied.map(|id| id.index);
-        raft.trigger()
-            .snapshot()
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        raft.wait(Some(timeout))
-            .metrics(
-                move |m| m.snapshot.map(|id| id.index) >= applied,
-                "snapshot built",
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                openraft::metrics::WaitError::Timeout(..) => ClusterError::Unavailable,
-                openraft::metrics::WaitError::ShuttingDown => ClusterError::ShuttingDown,
-            })
+        let deadline = Instant::now() + timeout;
+        loop {
+            // openraft drops a trigger while a snapshot is being built; that
+            // one may end below `applied`, so the trigger is repeated.
+            raft.trigger()
+                .snapshot()
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let round = left.min(Duration::from_secs(1));
+            match raft
+                .wait(Some(round))
+                .metrics(
+                    move |m| m.snapshot.map(|id| id.index) >= applied,
+                    "snapshot built",
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(openraft::metrics::WaitError::ShuttingDown) => {
+                    return Err(ClusterError::ShuttingDown)
+                }
+                Err(openraft::metrics::WaitError::Timeout(..)) if left > round => {}
+                Err(openraft::metrics::WaitError::Timeout(..)) => {
+                    return Err(ClusterError::Unavailable)
+                }
+            }
+        }
     }
 
     /// Stops the proposer, the cluster server and Raft, and flushes storage.
