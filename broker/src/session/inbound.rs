@@ -192,21 +192,7 @@ impl Session {
             }
             QoS::ExactlyOnce if self.persistent => {
                 // The packet id awaiting PUBREL must survive a crash.
-                let wait = if message.retain {
-                    Wait::Synced
-                } else {
-                    Wait::Committed
-                };
-                let Some(from) = self.owner() else {
-                    return;
-                };
-                let command = Command::Publish {
-                    message,
-                    from,
-                    qos2_packet_id: Some(id),
-                    deliver: true,
-                };
-                self.propose(command, wait, Then::Answer(Packet::PubRec(id)));
+                self.commit_publish(message, Some(id), Packet::PubRec(id));
             }
             QoS::ExactlyOnce => {
                 if !self.inbound_qos2.insert(id) {
@@ -230,24 +216,7 @@ impl Session {
         answer: Packet,
     ) {
         if needs_commit {
-            // A retained message is served by every node once acknowledged.
-            let wait = if message.retain {
-                Wait::Synced
-            } else {
-                Wait::Committed
-            };
-            let Some(from) = self.owner() else {
-                return;
-            };
-            // Every node delivers the committed message to its own direct
-            // subscribers when it applies it (`deliver`).
-            let command = Command::Publish {
-                message,
-                from,
-                qos2_packet_id: None,
-                deliver: true,
-            };
-            self.propose(command, wait, Then::Answer(answer));
+            self.commit_publish(message, None, answer);
         } else {
             let message = Message {
                 retain: false,
@@ -259,6 +228,29 @@ impl Session {
                 answer,
             });
         }
+    }
+
+    /// Commits `message` (with the inbound QoS 2 packet id of a persistent
+    /// publisher, if any), then answers `answer`. Every node delivers the
+    /// committed message to its own direct subscribers when it applies it
+    /// (`deliver`); a retained one is answered only once every node it reaches
+    /// serves it.
+    fn commit_publish(&mut self, message: Message, qos2_packet_id: Option<u16>, answer: Packet) {
+        let wait = if message.retain {
+            Wait::Synced
+        } else {
+            Wait::Committed
+        };
+        let Some(from) = self.owner() else {
+            return;
+        };
+        let command = Command::Publish {
+            message,
+            from,
+            qos2_packet_id,
+            deliver: true,
+        };
+        self.propose(command, wait, Then::Answer(answer));
     }
 
     fn release(&mut self, id: u16) {
