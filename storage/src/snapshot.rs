@@ -248,8 +248,13 @@ pub(crate) fn load(dir: &Path) -> Result<Option<StoredSnapshot>, StoreError> {
 }
 
 /// Stores `meta` and `body` as the current snapshot, durably, unless the stored
-/// one is already newer. Returns whether it was stored. Blocking.
-pub(crate) fn store(shared: &Shared, meta: &SnapshotMeta, body: &[u8]) -> Result<bool, StoreError> {
+/// one is already newer. Returns the stored file, positioned at the snapshot's
+/// first byte, if it was stored. Blocking.
+pub(crate) fn store(
+    shared: &Shared,
+    meta: &SnapshotMeta,
+    body: &[u8],
+) -> Result<Option<File>, StoreError> {
     // Held across the write, so that two snapshots never share the temporary
     // file and an older one never replaces a newer one installed meanwhile.
     let mut current = shared
@@ -260,18 +265,19 @@ pub(crate) fn store(shared: &Shared, meta: &SnapshotMeta, body: &[u8]) -> Result
         .as_ref()
         .is_some_and(|c| c.last_log_id > meta.last_log_id)
     {
-        return Ok(false);
+        return Ok(None);
     }
     // Logs up to this snapshot may be purged from now on: it is durable first.
-    write_file(&shared.dir, meta, body)?;
+    let file = write_file(&shared.dir, meta, body)?;
     shared.flushes.fetch_add(1, Ordering::Relaxed);
     *current = Some(meta.clone());
-    Ok(true)
+    Ok(Some(file))
 }
 
 /// Writes the snapshot file atomically: a temporary file, fsynced, renamed over
-/// the old one, and the directory fsynced. Blocking.
-pub(crate) fn write_file(dir: &Path, meta: &SnapshotMeta, body: &[u8]) -> Result<(), StoreError> {
+/// the old one, and the directory fsynced. Returns the file positioned at the
+/// snapshot's first byte, to hand out without reading it back. Blocking.
+pub(crate) fn write_file(dir: &Path, meta: &SnapshotMeta, body: &[u8]) -> Result<File, StoreError> {
     let meta_bytes = encode("snapshot meta", meta)?;
     let meta_len = u32::try_from(meta_bytes.len())
         .map_err(|_| StoreError::corrupt("snapshot meta", "longer than 4 GiB"))?;
@@ -283,13 +289,18 @@ pub(crate) fn write_file(dir: &Path, meta: &SnapshotMeta, body: &[u8]) -> Result
     header[8..12].copy_from_slice(&meta_len.to_le_bytes());
     header[12..].copy_from_slice(&hasher.finalize().to_le_bytes());
     let tmp = dir.join(TMP_FILE);
-    let mut file = File::create(&tmp)?;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     file.write_all(&header)?;
     file.write_all(&meta_bytes)?;
     file.write_all(body)?;
     file.sync_all()?;
-    drop(file);
     fs::rename(&tmp, dir.join(FILE))?;
     sync_dir(dir)?;
-    Ok(())
+    file.seek(SeekFrom::Start((FILE_HEADER + meta_bytes.len()) as u64))?;
+    Ok(file)
 }

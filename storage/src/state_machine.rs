@@ -281,13 +281,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let file = blocking(move || {
             let body = work()?;
             let bytes = body.len();
-            if snapshot::store(&shared, &built, &body)? {
-                if let Some((stored, file)) = snapshot::open_body(&shared.dir)? {
-                    if stored == built {
-                        info!(snapshot = %built, bytes, "built snapshot");
-                        return Ok(file);
-                    }
-                }
+            if let Some(file) = snapshot::store(&shared, &built, &body)? {
+                info!(snapshot = %built, bytes, "built snapshot");
+                return Ok(file);
             }
             // A newer snapshot was installed meanwhile: this one is handed
             // out from a file of its own.
