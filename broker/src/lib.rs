@@ -1,6 +1,7 @@
 //! MQTT semantics: topics, sessions, the replicated MQTT state machine, routing and
 //! listeners. [`Broker::start`] wires them to a Raft node of `starling-cluster`.
 
+pub mod auth;
 pub mod config;
 mod connection;
 mod effects;
