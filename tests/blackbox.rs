@@ -1,7 +1,8 @@
 //! Black-box tests of a single-node broker: each test starts a real `starling`
 //! process on free loopback ports with its own data directory, and speaks MQTT
-//! to it with an independent client (rumqttc), raw sockets, or Debian's
-//! mosquitto clients. One test binary, so the harness is linked once.
+//! to it with an independent client (rumqttc, or paho-mqtt in Python), raw
+//! sockets, or Debian's mosquitto clients. One test binary, so the harness is
+//! linked once.
 
 #[path = "bench_smoke.rs"]
 mod bench_smoke;
@@ -13,6 +14,8 @@ mod connect;
 mod durability;
 #[path = "malformed.rs"]
 mod malformed;
+#[path = "mqtt5.rs"]
+mod mqtt5;
 #[path = "publish_qos.rs"]
 mod publish_qos;
 #[path = "retained_will.rs"]

@@ -17,12 +17,16 @@ mod large;
 mod live_minority;
 #[path = "cluster/membership.rs"]
 mod membership;
+#[path = "cluster/mqtt5.rs"]
+mod mqtt5;
 #[path = "cluster/partitions.rs"]
 mod partitions;
 #[path = "cluster/resend.rs"]
 mod resend;
 #[path = "cluster/sessions.rs"]
 mod sessions;
+#[path = "cluster/shared.rs"]
+mod shared;
 #[path = "cluster/takeover.rs"]
 mod takeover;
 #[path = "cluster/wills.rs"]

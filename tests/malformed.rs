@@ -283,6 +283,7 @@ mod mutated {
             topic: Arc::from("good/x"),
             packet_id: if qos == QoS::AtMostOnce { 0 } else { 7 },
             payload: Bytes::from_static(b"mutant"),
+            properties: Default::default(),
         }))
     }
 
@@ -329,13 +330,14 @@ mod mutated {
             bytes,
         ));
 
-        let mut bytes = encoded(&Packet::PubRel(3));
+        let mut bytes = encoded(&Packet::PubRel(starling_proto::mqtt::Ack::new(3)));
         bytes[0] &= 0xF0;
         cases.push(case("PUBREL with flags 0000 [MQTT-3.6.1-1]", true, bytes));
 
         let mut bytes = encoded(&Packet::Subscribe(Subscribe {
             packet_id: 4,
-            filters: vec![("good/#".into(), QoS::AtLeastOnce)],
+            filters: vec![("good/#".into(), QoS::AtLeastOnce.into())],
+            properties: Default::default(),
         }));
         let last = bytes.len() - 1;
         bytes[last] = 3;
@@ -353,6 +355,7 @@ mod mutated {
             will,
             username: None,
             password: None,
+            properties: Default::default(),
         };
         let mut bytes = encoded(&Packet::Connect(connect(None)));
         bytes[7] = b'X';
@@ -367,6 +370,7 @@ mod mutated {
             payload: Bytes::from_static(b"w"),
             qos: QoS::AtLeastOnce,
             retain: false,
+            properties: Default::default(),
         }))));
         // Connect flags: will QoS (bits 3-4) set to 3.
         bytes[9] |= 0x18;

@@ -26,7 +26,16 @@ async fn broker_with_websocket() -> (Broker, u16) {
 
 /// Opens a WebSocket to `port`, offering `protocol`; the answer's protocol too.
 async fn open(port: u16, protocol: Option<&str>) -> Result<(Ws, Option<String>), String> {
-    let mut request = format!("ws://127.0.0.1:{port}/mqtt")
+    open_path(port, "/mqtt", protocol).await
+}
+
+/// Opens a WebSocket to `path` on `port`, offering `protocol`.
+async fn open_path(
+    port: u16,
+    path: &str,
+    protocol: Option<&str>,
+) -> Result<(Ws, Option<String>), String> {
+    let mut request = format!("ws://127.0.0.1:{port}{path}")
         .into_client_request()
         .expect("a request");
     if let Some(protocol) = protocol {
@@ -129,6 +138,26 @@ async fn an_upgrade_without_the_mqtt_subprotocol_is_refused() {
     assert!(refused.is_err(), "[MQTT-6.0.0-3]: no subprotocol offered");
     let refused = open(ws_port, Some("chat")).await;
     assert!(refused.is_err(), "another subprotocol only");
+    let refused = open_path(ws_port, "/elsewhere", Some("mqtt")).await;
+    assert!(
+        refused.is_err_and(|e| e.contains("404")),
+        "MQTT is served on /mqtt only"
+    );
+}
+
+#[tokio::test]
+async fn the_older_subprotocol_name_mqttv3_1_is_accepted_too() {
+    let (_broker, ws_port) = broker_with_websocket().await;
+    let (mut ws, chosen) = open(ws_port, Some("chat, mqttv3.1"))
+        .await
+        .expect("upgraded");
+    assert_eq!(chosen.as_deref(), Some("mqttv3.1"));
+    send(&mut ws, Connect::v311("old-name").encode()).await;
+    assert_eq!(next_binary(&mut ws).await, [0x20, 0x02, 0x00, 0x00]);
+    let (_, chosen) = open(ws_port, Some("mqttv3.1, mqtt"))
+        .await
+        .expect("upgraded");
+    assert_eq!(chosen.as_deref(), Some("mqtt"), "the current name first");
 }
 
 #[tokio::test]

@@ -61,6 +61,9 @@ fn route(i: usize) -> Route {
             QoS::AtLeastOnce
         },
         persistent: i % 4 == 0,
+        id: None,
+        no_local: false,
+        retain_as_published: false,
     }
 }
 

@@ -35,6 +35,39 @@ pub struct MqttConfig {
     /// write to its socket unfinished, before it is disconnected (counted as
     /// `slow_subscriber`). Publishers are held back for at most this long by it.
     pub slow_subscriber_timeout: u64,
+    /// The longest keepalive a client gets, in seconds: an MQTT 5 client asking
+    /// more (or 0, none) is told this one as Server Keep Alive in CONNACK; a
+    /// 3.1.1 client asking more is held to it too. 65535: no limit.
+    pub max_keepalive: u16,
+    /// MQTT 5 Receive Maximum: QoS 1/2 messages one client may send us
+    /// without an answer; one more is a DISCONNECT 0x93.
+    pub receive_maximum: u16,
+    /// MQTT 5 Topic Alias Maximum: the aliases one client may set for topics
+    /// it publishes to (0: none).
+    pub topic_alias_maximum: u16,
+    /// The highest QoS clients may publish and are granted (0, 1 or 2); a
+    /// PUBLISH above it closes the connection (MQTT 5: DISCONNECT 0x9B).
+    pub max_qos: u8,
+    /// Whether retained messages are kept. Off, a retained PUBLISH closes the
+    /// connection (MQTT 5: DISCONNECT 0x9A).
+    pub retain_available: bool,
+    /// Whether `$share/{group}/{filter}` subscriptions are accepted. Off, they
+    /// get SUBACK 0x9E.
+    pub shared_subscriptions: bool,
+    /// Seconds an MQTT 3.1 / 3.1.1 persistent session (Clean Session 0)
+    /// outlives its connection; 0: it never expires (the session then lasts
+    /// until the client cleans it). MQTT 5 clients say their own Session
+    /// Expiry Interval.
+    pub persistent_session_expiry: u64,
+    /// How this node chooses the member of a shared subscription's group that
+    /// gets a message it routes: "round_robin", "random" or "sticky". (A
+    /// message committed through Raft, such as one for persistent sessions,
+    /// goes to the member every node computes alike, in turn.)
+    pub shared_subscription_strategy: crate::state::SharedStrategy,
+    /// Users for MQTT 5 enhanced authentication with SCRAM-SHA-256, as
+    /// "user:password" entries. A stand-in until users come from a password
+    /// file; empty: the method is not offered.
+    pub scram_users: Vec<String>,
 }
 
 /// Settings of MQTT over WebSocket, as they appear under `[websocket]`.
@@ -44,8 +77,10 @@ pub struct WebSocketConfig {
     /// Whether the node also serves MQTT over WebSocket (subprotocol "mqtt",
     /// binary frames), for browsers and clients behind HTTP proxies.
     pub enabled: bool,
-    /// Address of the MQTT-over-WebSocket listener; any path is accepted.
+    /// Address of the MQTT-over-WebSocket listener.
     pub listen: SocketAddr,
+    /// The HTTP path MQTT is served on; other paths are refused (404).
+    pub path: String,
 }
 
 impl Default for WebSocketConfig {
@@ -53,6 +88,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            path: "/mqtt".into(),
         }
     }
 }
@@ -61,6 +97,22 @@ impl MqttConfig {
     /// `slow_subscriber_timeout` as a duration (at least a second).
     pub fn slow_subscriber_after(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.slow_subscriber_timeout.max(1))
+    }
+
+    /// `max_qos` as a QoS (2 for anything above).
+    pub fn max_qos(&self) -> starling_proto::mqtt::QoS {
+        starling_proto::mqtt::QoS::from_u8(self.max_qos.min(2))
+            .unwrap_or(starling_proto::mqtt::QoS::ExactlyOnce)
+    }
+
+    /// The Session Expiry Interval of a 3.1.1 persistent session.
+    pub fn persistent_expiry(&self) -> u32 {
+        match self.persistent_session_expiry {
+            0 => crate::state::NEVER_EXPIRES,
+            secs => u32::try_from(secs)
+                .unwrap_or(crate::state::NEVER_EXPIRES)
+                .min(crate::state::NEVER_EXPIRES - 1),
+        }
     }
 }
 
@@ -76,6 +128,15 @@ impl Default for MqttConfig {
             mailbox_capacity: 1024,
             mailbox_capacity_bytes: 16 * 1024 * 1024,
             slow_subscriber_timeout: 30,
+            max_keepalive: 65_535,
+            receive_maximum: 65_535,
+            topic_alias_maximum: 10,
+            max_qos: 2,
+            retain_available: true,
+            shared_subscriptions: true,
+            persistent_session_expiry: 0,
+            shared_subscription_strategy: crate::state::SharedStrategy::RoundRobin,
+            scram_users: Vec::new(),
         }
     }
 }

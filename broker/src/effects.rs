@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::router;
-use crate::state::{Dispatch, Effect, MqttMachine};
+use crate::state::{Dispatch, Effect, MqttMachine, Pick};
 
 pub(crate) struct NodeEffects {
     pub(crate) registry: Arc<Registry>,
@@ -20,8 +20,15 @@ impl Dispatch for NodeEffects {
     fn dispatch(&self, machine: &MqttMachine, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Deliver(message) => {
-                    let targets = machine.targets(&message.topic, message.qos);
+                Effect::Deliver {
+                    message,
+                    publisher,
+                    shared,
+                } => {
+                    let pick = Pick::None;
+                    let mut targets =
+                        machine.targets(&message.topic, message.qos, publisher.as_deref(), pick);
+                    targets.extend(shared);
                     // Every other node delivers to its own subscribers; a full
                     // mailbox here is counted by the registry and not waited on.
                     router::deliver_here(&self.registry, &self.metrics, &message, targets);

@@ -17,14 +17,16 @@ use starling_cluster::{ForwardError, ForwardHandler, Forwarder, Hold, Node};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::router;
-use crate::state::{Message, MqttMachine};
+use crate::state::{Message, MqttMachine, Pick, Target};
 
 use crate::timeouts;
 
 /// What travels in one forward frame.
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
-    Publish(Message),
+    /// A message for this node's subscribers, and the members of shared
+    /// subscriptions the sender chose for it (delivered if they are here).
+    Publish(Message, Vec<Target>),
     /// Acknowledge once this many commands are applied.
     Sync(u64),
 }
@@ -32,7 +34,7 @@ enum Frame {
 /// [`Frame`] for encoding without a copy: the same variants in the same order.
 #[derive(Serialize)]
 enum FrameRef<'a> {
-    Publish(&'a Message),
+    Publish(&'a Message, &'a [Target]),
     Sync(u64),
 }
 
@@ -46,9 +48,14 @@ pub struct Inbound {
 impl ForwardHandler for Inbound {
     fn handle(&self, from: u64, frame: Bytes) -> Option<Hold> {
         match postcard::from_bytes::<Frame>(&frame) {
-            Ok(Frame::Publish(message)) => {
-                // The sender already chose the nodes: deliver here only.
-                let targets = self.machine.targets(&message.topic, message.qos);
+            Ok(Frame::Publish(message, shared)) => {
+                // The sender already chose the nodes, and the members of shared
+                // subscriptions: deliver here only. The publisher is connected
+                // to the sending node, so No Local has nobody to leave out here.
+                let mut targets =
+                    self.machine
+                        .targets(&message.topic, message.qos, None, Pick::None);
+                targets.extend(shared);
                 // A subscriber whose mailbox just filled (a burst, or a
                 // connection task not yet scheduled) gets a moment before a
                 // QoS 0 message to it is dropped: the stream waits, and its
@@ -97,9 +104,10 @@ pub fn send(
     forwarder: &Forwarder,
     metrics: &Arc<Metrics>,
     message: &Message,
+    shared: &[Target],
     nodes: Vec<u64>,
 ) -> BoxFuture<'static, bool> {
-    let frame = match postcard::to_allocvec(&FrameRef::Publish(message)) {
+    let frame = match postcard::to_allocvec(&FrameRef::Publish(message, shared)) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a message to forward");
@@ -142,9 +150,10 @@ pub fn send_detached(
     forwarder: &Forwarder,
     metrics: &Metrics,
     message: &Message,
+    shared: &[Target],
     nodes: &[u64],
 ) {
-    let frame = match postcard::to_allocvec(&FrameRef::Publish(message)) {
+    let frame = match postcard::to_allocvec(&FrameRef::Publish(message, shared)) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a message to forward");

@@ -2,6 +2,7 @@
 //! listeners. [`Broker::start`] wires them to a Raft node of `starling-cluster`.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 mod connection;
 mod effects;
@@ -67,6 +68,8 @@ pub enum BrokerError {
     BadReply(#[from] postcard::Error),
     #[error("this node did not apply its own command within {0:?}")]
     NotApplied(Duration),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// The most commands one Raft entry carries.
@@ -93,6 +96,8 @@ impl Broker {
         config: BrokerConfig,
         registry: &prometheus::Registry,
     ) -> Result<Broker, BrokerError> {
+        // Checked before anything starts.
+        let authenticators = authenticators(&config.mqtt)?;
         let metrics = Arc::new(Metrics::new(registry)?);
         // The incarnation is known once storage is open; nothing is local to
         // this node before then, so the replay at start concerns none of its
@@ -151,7 +156,11 @@ impl Broker {
             laggards: Arc::default(),
             down_after: Duration::from_millis(config.cluster.node_down_after_ms),
             next_conn: AtomicU64::new(0),
+            authenticators,
         });
+        shared
+            .machine
+            .set_shared_strategy(config.mqtt.shared_subscription_strategy);
         // Connections this node held before it stopped are gone: their wills are
         // due and their clean sessions end.
         let started = Command::NodeStarted {
@@ -175,11 +184,13 @@ impl Broker {
         let websocket_addr = websocket.as_ref().map(|(_, addr)| *addr);
         let listeners = listener::Listeners {
             mqtt: listener,
-            websocket: websocket.map(|(listener, _)| listener),
+            websocket: websocket
+                .map(|(listener, _)| (listener, Arc::from(&*config.websocket.path))),
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(events::run(shared.clone(), shutdown_rx.clone()));
         tokio::spawn(listener::expiry_loop(shared.clone(), shutdown_rx.clone()));
+        tokio::spawn(clock::tick_loop(shared.clone(), shutdown_rx.clone()));
         let accept = tokio::spawn(listener::accept_loop(
             listeners,
             shared.clone(),
@@ -244,4 +255,24 @@ impl Broker {
         );
         self.shared.node.shutdown().await;
     }
+}
+
+/// The enhanced authentication methods `config` offers: SCRAM-SHA-256 for
+/// the users of `scram_users`.
+fn authenticators(config: &MqttConfig) -> Result<auth::Authenticators, BrokerError> {
+    let mut authenticators = auth::Authenticators::new();
+    if config.scram_users.is_empty() {
+        return Ok(authenticators);
+    }
+    let mut users = auth::MemoryCredentials::new();
+    for entry in &config.scram_users {
+        let Some((user, password)) = entry.split_once(':') else {
+            return Err(BrokerError::Config(format!(
+                "scram_users entry {entry:?} is not user:password"
+            )));
+        };
+        users.insert_password(user, password);
+    }
+    authenticators.insert(Box::new(auth::ScramSha256::new(users)));
+    Ok(authenticators)
 }

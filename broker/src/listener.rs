@@ -18,7 +18,8 @@ use crate::{BrokerError, Shared};
 /// The sockets a node accepts clients on.
 pub(crate) struct Listeners {
     pub(crate) mqtt: TcpListener,
-    pub(crate) websocket: Option<TcpListener>,
+    /// The WebSocket listener, and the path it serves MQTT on.
+    pub(crate) websocket: Option<(TcpListener, Arc<str>)>,
 }
 
 /// Binds `addr`; a taken port fails the start.
@@ -44,10 +45,10 @@ fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    websocket: bool,
+    websocket_path: Option<Arc<str>>,
 ) {
     let _ = stream.set_nodelay(true);
-    if !websocket {
+    let Some(path) = websocket_path else {
         tokio::spawn(crate::connection::serve(
             shared.clone(),
             Transport::Tcp(stream),
@@ -55,10 +56,13 @@ fn spawn_connection(
             permit,
         ));
         return;
-    }
+    };
     let shared = shared.clone();
     tokio::spawn(async move {
-        let handshake = tokio_tungstenite::accept_hdr_async(stream, choose_mqtt);
+        // tungstenite's callback type: its error is a whole HTTP response.
+        #[allow(clippy::result_large_err)]
+        let choose = |request: &Request, response| choose_mqtt(&path, request, response);
+        let handshake = tokio_tungstenite::accept_hdr_async(stream, choose);
         match tokio::time::timeout(timeouts::CONNECT, handshake).await {
             Ok(Ok(ws)) => {
                 let transport = Transport::WebSocket(Box::new(ws));
@@ -70,27 +74,45 @@ fn spawn_connection(
     });
 }
 
-/// Accepts a WebSocket upgrade only for the subprotocol "mqtt", and names it
-/// in the answer [MQTT-6.0.0-3] [MQTT-6.0.0-4].
+/// Accepts a WebSocket upgrade on `path` only, for the subprotocol "mqtt"
+/// (or "mqttv3.1", which older clients offer), and names the one chosen in
+/// the answer [MQTT-6.0.0-3] [MQTT-6.0.0-4].
 // The signature is tungstenite's handshake callback: its error is a whole
 // HTTP response, large by nature.
 #[allow(clippy::result_large_err)]
-fn choose_mqtt(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
-    let offered = request
+fn choose_mqtt(
+    path: &str,
+    request: &Request,
+    mut response: Response,
+) -> Result<Response, ErrorResponse> {
+    let refuse = |status, why: &str| {
+        let mut refusal = ErrorResponse::new(Some(why.to_owned()));
+        *refusal.status_mut() = status;
+        Err(refusal)
+    };
+    if request.uri().path() != path {
+        return refuse(StatusCode::NOT_FOUND, "MQTT is served on another path");
+    }
+    let offered: Vec<&str> = request
         .headers()
         .get_all("Sec-WebSocket-Protocol")
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|protocol| protocol.trim().eq_ignore_ascii_case("mqtt"));
-    if !offered {
-        let mut refusal = ErrorResponse::new(Some("the subprotocol \"mqtt\" is required".into()));
-        *refusal.status_mut() = StatusCode::BAD_REQUEST;
-        return Err(refusal);
-    }
+        .map(str::trim)
+        .collect();
+    let chosen = ["mqtt", "mqttv3.1"]
+        .into_iter()
+        .find(|ours| offered.iter().any(|p| p.eq_ignore_ascii_case(ours)));
+    let Some(chosen) = chosen else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the subprotocol \"mqtt\" is required",
+        );
+    };
     response
         .headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(chosen));
     Ok(response)
 }
 
@@ -134,11 +156,16 @@ pub(crate) async fn accept_loop(
                 let accepted = tokio::select! {
                     _ = shutdown.changed() => break,
                     accepted = listeners.mqtt.accept() => accepted.map(|a| (a, false)),
-                    accepted = accept_on(listeners.websocket.as_ref()) => accepted.map(|a| (a, true)),
+                    accepted = accept_on(listeners.websocket.as_ref().map(|(l, _)| l)) => {
+                        accepted.map(|a| (a, true))
+                    }
                 };
                 match accepted {
                     Ok(((stream, peer), websocket)) => {
-                        spawn_connection(&shared, stream, peer, permit, websocket);
+                        let path = websocket
+                            .then(|| listeners.websocket.as_ref().map(|(_, p)| p.clone()))
+                            .flatten();
+                        spawn_connection(&shared, stream, peer, permit, path);
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off a little

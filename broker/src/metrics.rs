@@ -19,6 +19,9 @@ pub struct Metrics {
     pub messages_dropped: IntCounterVec,
     /// Connections the server closed, by why (other than protocol errors).
     pub disconnects: IntCounterVec,
+    /// Messages of shared subscriptions that a member left without
+    /// acknowledging, sent to another member.
+    pub shared_redelivered: IntCounter,
     /// Forwarding streams to other nodes, by peer and event (`sent`, `acked`,
     /// `dropped` when the bounded buffer was full, `resent`, `errors`, `timeouts`).
     pub forward_frames: IntCounterVec,
@@ -68,6 +71,10 @@ impl Metrics {
             messages_dropped: IntCounterVec::new(
                 Opts::new("starling_messages_dropped_total", "Messages not delivered"),
                 &["reason"],
+            )?,
+            shared_redelivered: IntCounter::new(
+                "starling_shared_redelivered_total",
+                "Shared-subscription messages a member left unacknowledged, sent to another member",
             )?,
             disconnects: IntCounterVec::new(
                 Opts::new(
@@ -125,6 +132,7 @@ impl Metrics {
         registry.register(Box::new(metrics.messages_sent.clone()))?;
         registry.register(Box::new(metrics.messages_dropped.clone()))?;
         registry.register(Box::new(metrics.disconnects.clone()))?;
+        registry.register(Box::new(metrics.shared_redelivered.clone()))?;
         Ok(metrics)
     }
 
@@ -155,6 +163,12 @@ impl Metrics {
     /// Counts a connection the server closed for `reason`.
     pub fn disconnected(&self, reason: &'static str) {
         self.disconnects.with_label_values(&[reason]).inc();
+    }
+
+    /// A message of a shared subscription that one member did not take went
+    /// to another.
+    pub fn redelivered(&self) {
+        self.shared_redelivered.inc();
     }
 
     pub fn protocol_error(&self, reason: &'static str) {

@@ -20,6 +20,14 @@ use crate::state::{ConnId, Message};
 pub struct Delivery {
     pub message: Message,
     pub qos: QoS,
+    /// The retain flag it is sent with: set for retained messages sent at
+    /// subscribe, and for live ones only with Retain As Published.
+    pub retain: bool,
+    /// The Subscription Identifiers of the matching subscriptions.
+    pub ids: Vec<u32>,
+    /// The shared subscription it came through: unacknowledged when the
+    /// connection ends, it goes to another member.
+    pub shared: Option<Arc<str>>,
 }
 
 /// One local connection's mailbox: deliveries in the order they were routed,
@@ -503,8 +511,13 @@ mod tests {
                 payload: bytes::Bytes::from_static(b"x"),
                 qos: QoS::AtMostOnce,
                 retain: false,
+                expires_at: None,
+                props: None,
             },
             qos: QoS::AtMostOnce,
+            ids: Vec::new(),
+            retain: false,
+            shared: None,
         }
     }
 
@@ -513,6 +526,9 @@ mod tests {
             client_id: Arc::from(client_id),
             qos: QoS::AtMostOnce,
             queued: false,
+            ids: Vec::new(),
+            retain_as_published: false,
+            shared: None,
         }
     }
 

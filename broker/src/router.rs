@@ -22,7 +22,6 @@ pub struct Routed {
 /// Delivers `message` to every one of `targets` (from [`MqttMachine::targets`])
 /// connected to this node whose copy is not queued through Raft, and says what
 /// is left: the other nodes that have such subscribers, and mailboxes to wait on.
-/// `message.retain` must already be cleared (forwarded copies carry retain = 0).
 pub fn route(
     machine: &MqttMachine,
     registry: &Registry,
@@ -71,6 +70,11 @@ fn deliver_direct(
             let delivery = Delivery {
                 message: message.clone(),
                 qos: t.qos,
+                // Live deliveries carry retain = 0 unless the subscription
+                // asked otherwise [MQTT-3.3.1-9].
+                retain: message.retain && t.retain_as_published,
+                ids: t.ids,
+                shared: t.shared,
             };
             (t.client_id, delivery)
         }),

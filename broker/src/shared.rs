@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     /// How long a node may be silent, or without quorum, before others act.
     pub(crate) down_after: Duration,
     pub(crate) next_conn: AtomicU64,
+    /// The methods of MQTT 5 enhanced authentication this node offers.
+    pub(crate) authenticators: crate::auth::Authenticators,
 }
 
 impl Shared {
@@ -97,6 +99,7 @@ impl Shared {
         message: &Message,
         targets: Vec<state::Target>,
     ) -> Option<futures::future::BoxFuture<'static, bool>> {
+        let shared = shared_direct(&targets);
         let routed = router::route(
             &self.machine,
             &self.registry,
@@ -113,6 +116,7 @@ impl Shared {
                 &self.forwarder,
                 &self.metrics,
                 message,
+                &shared,
                 routed.nodes,
             )
         });
@@ -132,6 +136,7 @@ impl Shared {
     /// queue, here and on other nodes, for a caller that does not wait: nobody
     /// waits for the other nodes' acks, the message is only queued towards them.
     pub(crate) fn route_detached_to(&self, message: &Message, targets: Vec<state::Target>) {
+        let shared = shared_direct(&targets);
         let routed = router::route(
             &self.machine,
             &self.registry,
@@ -145,8 +150,40 @@ impl Shared {
                 &self.forwarder,
                 &self.metrics,
                 message,
+                &shared,
                 &routed.nodes,
             );
         }
     }
+
+    /// Hands `delivery`, which came to `left` through a shared subscription
+    /// and was never acknowledged by it, to another member of that
+    /// subscription's group, if one is left; nobody waits for it.
+    pub(crate) fn redeliver(&self, delivery: crate::registry::Delivery, left: &str) {
+        let Some(share) = delivery.shared.as_deref() else {
+            return;
+        };
+        let message = &delivery.message;
+        match self
+            .machine
+            .other_member(share, &message.topic, message.qos, left)
+        {
+            Some(target) => {
+                tracing::debug!(share, to = %target.client_id, "shared message goes to another member");
+                self.metrics.redelivered();
+                self.route_detached_to(message, vec![target]);
+            }
+            None => self.metrics.dropped("shared_group_empty"),
+        }
+    }
+}
+
+/// The members of shared subscriptions among `targets` that read no queue:
+/// other nodes are told whom this node chose.
+fn shared_direct(targets: &[state::Target]) -> Vec<state::Target> {
+    targets
+        .iter()
+        .filter(|t| t.shared.is_some() && !t.queued)
+        .cloned()
+        .collect()
 }

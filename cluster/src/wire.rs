@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use starling_storage::NodeId;
 use tonic::Status;
 
-/// Bumped whenever any payload below, or openraft's own messages, change shape.
-pub(crate) const VERSION: u32 = 1;
+/// Bumped whenever any payload below, openraft's own messages, or the
+/// application's commands and forwarded frames inside them change shape: 2
+/// since the MQTT state machine's commands carry MQTT 5's fields.
+pub(crate) const VERSION: u32 = 2;
 
 /// The gRPC message size limit of both ends. Log reads are capped well below it;
 /// a single very large entry is the only thing that can come near.

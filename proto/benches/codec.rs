@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use starling_proto::mqtt::{decode, encode, Packet, ProtocolVersion, Publish, QoS};
+use starling_proto::mqtt::{decode, encode, Packet, Properties, ProtocolVersion, Publish, QoS};
 
 const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
 /// The broker's default `max_packet_size`.
@@ -33,6 +33,7 @@ fn publish(topic: &str, qos: QoS, packet_id: u16, payload_len: usize) -> Packet 
         topic: topic.into(),
         packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
         payload: Bytes::from(payload),
+        properties: Properties::default(),
     })
 }
 

@@ -15,6 +15,7 @@ pub mod client;
 pub mod cluster;
 pub mod process;
 pub mod raw;
+pub mod script;
 pub mod subscribers;
 pub mod traffic;
 

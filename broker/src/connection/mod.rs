@@ -351,8 +351,20 @@ impl Connection {
         // Bounded like any write: a client that reads nothing keeps the
         // FIN's way blocked too.
         let _ = tokio::time::timeout(timeouts::CLOSE, self.transport.shutdown()).await;
-        let closing = self.session.closing();
+        let mut closing = self.session.closing(crate::clock::now_ms());
         let shared = self.shared.clone();
+        // What came through shared subscriptions and never reached the client
+        // goes to another member of its group.
+        while let Some(delivery) = self.mailbox.pop() {
+            if delivery.shared.is_some() {
+                closing.redeliver.push(delivery);
+            }
+        }
+        if let Some(client_id) = self.session.client_id() {
+            for delivery in closing.redeliver {
+                shared.redeliver(delivery, client_id);
+            }
+        }
         // Committed before the Disconnect, which ends this connection's right
         // to acknowledge anything for the session.
         if let Some(acks) = closing.acks {

@@ -28,8 +28,9 @@ impl View for Live<'_> {
         &self.0.metrics
     }
 
-    fn targets(&self, topic: &str, qos: QoS) -> Vec<Target> {
-        self.0.machine.targets(topic, qos)
+    fn targets(&self, topic: &str, qos: QoS, publisher: Option<&str>) -> Vec<Target> {
+        let pick = crate::state::Pick::Local;
+        self.0.machine.targets(topic, qos, publisher, pick)
     }
 
     fn queue_head(&self, client_id: &str) -> Option<u64> {
@@ -46,5 +47,13 @@ impl View for Live<'_> {
 
     fn retained_matching(&self, filter: &str) -> Vec<Message> {
         self.0.machine.retained_matching(filter)
+    }
+
+    fn now_ms(&self) -> u64 {
+        crate::clock::now_ms()
+    }
+
+    fn authenticator(&self, method: &str) -> Option<&dyn crate::auth::Authenticator> {
+        self.0.authenticators.find(method)
     }
 }

@@ -12,6 +12,7 @@
 //! `crate::connection` is the shell around it: the socket, the mailbox, the
 //! futures of proposals and forwards, the registry.
 
+mod aliases;
 mod inbound;
 mod outbound;
 #[cfg(test)]
@@ -24,12 +25,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use starling_proto::mqtt::{self, Packet, ProtocolVersion, QoS, SubAckCode};
+use starling_proto::mqtt::{self, ConnAck, Disconnect, Packet, ProtocolVersion, QoS, ReasonCode};
 
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 use crate::registry::{Delivery, Stop};
 use crate::state::{Command, ConnId, Message, Owner, Queued, Reply, Target};
+use aliases::Aliases;
 use window::Window;
 
 /// An event about one connection, naming its peer and client id.
@@ -56,8 +58,8 @@ pub(crate) trait View {
     fn is_fenced(&self) -> bool;
     fn config(&self) -> &MqttConfig;
     fn metrics(&self) -> &Metrics;
-    /// Who receives a message on `topic` published at `qos`.
-    fn targets(&self, topic: &str, qos: QoS) -> Vec<Target>;
+    /// Who receives a message on `topic` published at `qos` by `publisher`.
+    fn targets(&self, topic: &str, qos: QoS, publisher: Option<&str>) -> Vec<Target>;
     /// The oldest sequence number queued for `client_id`.
     fn queue_head(&self, client_id: &str) -> Option<u64>;
     /// Queued messages below this were sent by an earlier connection.
@@ -66,6 +68,11 @@ pub(crate) trait View {
     fn queued(&self, client_id: &str, from: u64, max: usize) -> Vec<(u64, Queued)>;
     /// The retained messages whose topics match `filter`.
     fn retained_matching(&self, filter: &str) -> Vec<Message>;
+    /// The wall clock, in milliseconds since the Unix epoch: when messages
+    /// received now expire, and whether one expired.
+    fn now_ms(&self) -> u64;
+    /// The enhanced authentication method called `method`, if offered.
+    fn authenticator(&self, method: &str) -> Option<&dyn crate::auth::Authenticator>;
 }
 
 /// What the connection task does for its session.
@@ -111,18 +118,32 @@ pub(crate) enum Wait {
 }
 
 /// What the session does with a proposal's outcome.
+///
+/// `Answer` holds a whole packet; one `Then` waits per outstanding proposal,
+/// a few dozen at most per connection, so it is not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Then {
-    /// CONNECT: answer CONNACK and start sending.
-    Connected { clean_session: bool },
+    /// CONNECT: answer CONNACK (with `properties`) and start sending.
+    Connected {
+        clean_start: bool,
+        properties: Box<mqtt::Properties>,
+    },
     /// A session mutation: send `answer`, unless the session was lost.
     Answer(Packet),
     /// SUBSCRIBE: answer SUBACK with `codes`, then send the retained messages
-    /// of `accepted`; if nothing was committed, fail every filter.
+    /// of `accepted` as their Retain Handling asks; if nothing was committed,
+    /// fail every filter.
     Subscribed {
         packet_id: u16,
-        codes: Vec<SubAckCode>,
-        accepted: Vec<(String, QoS)>,
+        codes: Vec<ReasonCode>,
+        accepted: Vec<(String, crate::state::Subscription)>,
+    },
+    /// UNSUBSCRIBE: answer UNSUBACK, with 0x11 for the filters of `codes`
+    /// (those still Success) that had no subscription.
+    Unsubscribed {
+        packet_id: u16,
+        codes: Vec<ReasonCode>,
     },
     /// The PUBREC of a queued QoS 2 message committed: send PUBREL.
     Released(u16),
@@ -159,6 +180,8 @@ pub(crate) enum Event {
 pub(crate) enum End {
     /// DISCONNECT received: the will is discarded.
     Graceful,
+    /// DISCONNECT with reason 0x04 (MQTT 5): the will is published.
+    GracefulWithWill,
     /// Socket closed, keepalive expired, protocol violation, node shutdown.
     Lost,
     /// The cluster ends the session, not this connection: another connection
@@ -171,6 +194,9 @@ pub(crate) enum End {
 /// What a closing connection still commits, in this order.
 #[derive(Debug, Default)]
 pub(crate) struct Closing {
+    /// Messages of shared subscriptions the client never got: another
+    /// member of their group gets them.
+    pub redeliver: Vec<Delivery>,
     /// The acknowledgements gathered and not yet committed.
     pub acks: Option<Command>,
     /// The end of the session's connection in the replicated state.
@@ -187,6 +213,28 @@ pub(crate) struct Session {
     client_id: Option<Arc<str>>,
     persistent: bool,
     keep_alive: Option<Duration>,
+    /// The Session Expiry Interval of CONNECT (MQTT 5): a DISCONNECT may not
+    /// raise it from 0 [MQTT-3.14.2-2].
+    session_expiry: u32,
+    /// The most QoS 1/2 messages the client takes unacknowledged (MQTT 5
+    /// Receive Maximum; 65,535 before).
+    client_receive_maximum: u16,
+    /// The largest packet the client takes (MQTT 5 Maximum Packet Size).
+    client_max_packet: Option<u32>,
+    /// The client wants no Reason String or User Property on packets other
+    /// than PUBLISH, CONNACK and DISCONNECT (Request Problem Information 0).
+    no_problem_info: bool,
+    /// QoS 1/2 packet ids from the client not yet answered with PUBACK or
+    /// PUBCOMP: at most our Receive Maximum (MQTT 5).
+    unanswered: BTreeSet<u16>,
+    /// Topic aliases both ways (MQTT 5).
+    aliases: Option<Box<Aliases>>,
+    /// A Session Expiry Interval the client's DISCONNECT set.
+    new_session_expiry: Option<u32>,
+    /// An enhanced authentication in progress (MQTT 5 section 4.12).
+    auth: Option<Box<inbound::Authenticating>>,
+    /// The method the client authenticated with, for re-authentication.
+    auth_method: Option<String>,
     /// The window of messages sent to the client; allocated when the first
     /// QoS 1/2 message is (or, for a persistent session, at CONNECT).
     out: Option<Box<Window>>,
@@ -211,6 +259,15 @@ impl Session {
             client_id: None,
             persistent: false,
             keep_alive: None,
+            session_expiry: 0,
+            client_receive_maximum: u16::MAX,
+            client_max_packet: None,
+            no_problem_info: false,
+            unanswered: BTreeSet::new(),
+            aliases: None,
+            new_session_expiry: None,
+            auth: None,
+            auth_method: None,
             out: None,
             inbound_qos2: BTreeSet::new(),
             acked: Vec::new(),
@@ -304,6 +361,7 @@ impl Session {
                     self.close_lost(
                         "forward_failed",
                         "another node did not take a message in time; the client resends it",
+                        ReasonCode::ServerBusy,
                         view,
                     );
                 }
@@ -312,6 +370,7 @@ impl Session {
             Event::WriteStalled(after) => self.close_lost(
                 "slow_subscriber",
                 &format!("the client read nothing for {after:?}"),
+                ReasonCode::QuotaExceeded,
                 view,
             ),
             Event::SocketClosed => {
@@ -329,8 +388,9 @@ impl Session {
         }
     }
 
-    /// What the ending connection must still commit.
-    pub fn closing(&mut self) -> Closing {
+    /// What the ending connection must still commit; `now` is the wall
+    /// clock (ms since the epoch), when the connection ended.
+    pub fn closing(&mut self, now: u64) -> Closing {
         let end = self.end.unwrap_or(End::Lost);
         let acks = self.take_acks();
         let disconnect = match (&self.client_id, end) {
@@ -338,15 +398,26 @@ impl Session {
             (Some(client_id), _) => Some(Command::Disconnect {
                 client_id: client_id.clone(),
                 conn: self.conn,
-                publish_will: end == End::Lost,
+                publish_will: matches!(end, End::Lost | End::GracefulWithWill),
                 sent_below: self
                     .out
                     .as_ref()
                     .filter(|_| self.persistent && self.connacked)
                     .map(|out| out.next_seq),
+                session_expiry: self.new_session_expiry,
+                at: now,
             }),
         };
-        Closing { acks, disconnect }
+        let redeliver = self
+            .out
+            .as_mut()
+            .map(|out| out.take_shared())
+            .unwrap_or_default();
+        Closing {
+            redeliver,
+            acks,
+            disconnect,
+        }
     }
 
     fn committed(&mut self, then: Then, reply: Result<Reply, String>, view: &impl View) {
@@ -362,8 +433,12 @@ impl Session {
                     info,
                     "SUBSCRIBE failed: subscription not committed: {e}"
                 );
-                let codes = vec![SubAckCode::Failure; codes.len()];
-                self.send(&Packet::SubAck(mqtt::SubAck { packet_id, codes }));
+                let codes = vec![ReasonCode::UnspecifiedError; codes.len()];
+                self.send(&Packet::SubAck(mqtt::SubAck {
+                    packet_id,
+                    codes,
+                    properties: mqtt::Properties::default(),
+                }));
                 return;
             }
             (_, Err(e)) => return self.failed(&e),
@@ -380,21 +455,47 @@ impl Session {
         };
         match reply {
             (
-                Then::Connected { clean_session },
+                Then::Connected {
+                    clean_start,
+                    properties,
+                },
                 Reply::Connected {
                     session_present, ..
                 },
-            ) => self.connected(session_present && !clean_session, view),
+            ) => self.connected(session_present && !clean_start, *properties, view),
             (
                 Then::Subscribed {
                     packet_id,
                     codes,
                     accepted,
                 },
-                Reply::Done,
+                Reply::Existed(existed),
             ) => {
-                self.send(&Packet::SubAck(mqtt::SubAck { packet_id, codes }));
-                self.send_retained(&accepted, view);
+                self.send(&Packet::SubAck(mqtt::SubAck {
+                    packet_id,
+                    codes,
+                    properties: mqtt::Properties::default(),
+                }));
+                self.send_retained(&accepted, &existed, view);
+            }
+            (
+                Then::Unsubscribed {
+                    packet_id,
+                    mut codes,
+                },
+                Reply::Existed(existed),
+            ) => {
+                let mut existed = existed.into_iter();
+                for code in codes.iter_mut().filter(|c| **c == ReasonCode::Success) {
+                    if existed.next() == Some(false) {
+                        *code = ReasonCode::NoSubscriptionExisted;
+                    }
+                }
+                self.send(&Packet::UnsubAck(mqtt::UnsubAck {
+                    packet_id,
+                    codes,
+                    properties: mqtt::Properties::default(),
+                }));
             }
             (Then::Answer(answer), _) => self.send(&answer),
             (Then::Released(packet_id), _) => self.released(packet_id),
@@ -406,10 +507,12 @@ impl Session {
     /// A proposal failed: this node cannot serve the client now.
     fn failed(&mut self, error: &str) {
         if !self.connacked {
-            self.send(&Packet::ConnAck(mqtt::ConnAck {
-                session_present: false,
-                code: mqtt::ConnectReturnCode::ServerUnavailable,
-            }));
+            self.send(&Packet::ConnAck(ConnAck::new(
+                false,
+                ReasonCode::ServerUnavailable,
+            )));
+        } else {
+            self.send_disconnect(ReasonCode::ServerBusy, "this node cannot commit now");
         }
         log!(self, warn, error, "cannot commit, closing the connection");
         self.end = Some(End::Lost);
@@ -417,14 +520,16 @@ impl Session {
 
     /// Ends the connection as asked by the node.
     fn stop(&mut self, why: Stop, view: &impl View) {
-        self.end = Some(match why {
+        let (end, reason, text) = match why {
             Stop::TakenOver => {
                 log!(self, info, "session taken over by a new connection");
-                End::TakenOver
+                let text = "another connection took the session over";
+                (End::TakenOver, ReasonCode::SessionTakenOver, text)
             }
             Stop::NodeStopping => {
                 tracing::debug!("node shutting down");
-                End::Lost
+                let text = "this node is shutting down";
+                (End::Lost, ReasonCode::ServerShuttingDown, text)
             }
             Stop::CutOff => {
                 log!(
@@ -432,7 +537,8 @@ impl Session {
                     info,
                     "closing: this node is cut off from the cluster; the client moves on"
                 );
-                End::TakenOver
+                let text = "this node is cut off from the cluster: connect to another";
+                (End::TakenOver, ReasonCode::UseAnotherServer, text)
             }
             Stop::SlowSubscriber => {
                 log!(
@@ -441,7 +547,8 @@ impl Session {
                     "disconnecting a subscriber that reads too slowly: its mailbox stayed full"
                 );
                 view.metrics().disconnected("slow_subscriber");
-                End::Lost
+                let text = "the client read too slowly: its backlog stayed full";
+                (End::Lost, ReasonCode::QuotaExceeded, text)
             }
             Stop::Expired => {
                 if self.version.is_some() {
@@ -449,9 +556,12 @@ impl Session {
                 } else {
                     log!(self, info, "no CONNECT in time");
                 }
-                End::Lost
+                let text = "nothing from the client within its keepalive";
+                (End::Lost, ReasonCode::KeepAliveTimeout, text)
             }
-        });
+        };
+        self.send_disconnect(reason, text);
+        self.end = Some(end);
     }
 
     fn decode_failed(&mut self, e: mqtt::DecodeError, view: &impl View) {
@@ -463,10 +573,14 @@ impl Session {
                 "unsupported protocol level [MQTT-3.1.2-2]"
             );
             view.metrics().protocol_error("protocol_level");
-            self.send(&Packet::ConnAck(mqtt::ConnAck {
-                session_present: false,
-                code: mqtt::ConnectReturnCode::UnacceptableProtocolVersion,
-            }));
+            // Answered as 3.1.1 demands (return code 0x01): MQTT 5 only allows
+            // its 0x84 (section 3.1.2.2), and a client of a level we do not
+            // know reads neither layout for sure.
+            self.version = Some(ProtocolVersion::V3_1_1);
+            self.send(&Packet::ConnAck(ConnAck::new(
+                false,
+                ReasonCode::UnsupportedProtocolVersion,
+            )));
             self.end = Some(End::Lost);
             return;
         }
@@ -476,12 +590,26 @@ impl Session {
         };
         log!(self, info, error = %e, "closing connection: bad packet");
         view.metrics().protocol_error(reason);
+        self.send_disconnect(e.reason_code(), &e.to_string());
         self.end = Some(End::Lost);
     }
 
-    /// Encodes `packet` for the client.
+    /// Encodes `packet` for the client; nothing once the connection is
+    /// ending: after a DISCONNECT, nothing more may follow [MQTT-3.14.4-1].
     fn send(&mut self, packet: &Packet) {
+        if self.end.is_some() {
+            return;
+        }
         let version = self.version.unwrap_or(ProtocolVersion::V3_1_1);
+        match packet {
+            Packet::PubAck(ack) | Packet::PubComp(ack) => {
+                self.unanswered.remove(&ack.packet_id);
+            }
+            Packet::PubRec(ack) if ack.reason.is_error() => {
+                self.unanswered.remove(&ack.packet_id);
+            }
+            _ => {}
+        }
         if let Err(e) = mqtt::encode(packet, version, &mut self.transmit) {
             // Only our own packets are encoded here; a failure is a broker bug.
             log!(self, error, error = %e, "cannot encode an outgoing packet");
@@ -489,17 +617,49 @@ impl Session {
         }
     }
 
+    /// Tells an MQTT 5 client why the server closes the connection
+    /// [MQTT-4.13.2-1]. Older protocols have no server DISCONNECT; nor is one
+    /// sent before CONNACK, or twice.
+    /// `why` goes with it as its Reason String, unless that would make the
+    /// packet larger than the client takes [MQTT-3.14.2-3].
+    fn send_disconnect(&mut self, reason: ReasonCode, why: &str) {
+        if !(self.connacked
+            && self.end.is_none()
+            && self.version.is_some_and(ProtocolVersion::is_v5))
+        {
+            return;
+        }
+        let mut disconnect = Disconnect::new(reason);
+        disconnect.properties.reason_string = Some(why.to_owned());
+        let mut packet = Packet::Disconnect(disconnect);
+        let len = mqtt::encoded_len(&packet, ProtocolVersion::V5).unwrap_or(usize::MAX);
+        if self.client_max_packet.is_some_and(|max| len > max as usize) {
+            packet = Packet::Disconnect(Disconnect::new(reason));
+        }
+        self.send(&packet);
+    }
+
+    /// A Protocol Error by the client: DISCONNECT 0x82 (MQTT 5) and close.
     fn violation(&mut self, what: &'static str, view: &impl View) {
+        self.violation_with(what, ReasonCode::ProtocolError, view);
+    }
+
+    /// Closes the connection for a protocol violation, telling an MQTT 5
+    /// client `reason`.
+    fn violation_with(&mut self, what: &'static str, reason: ReasonCode, view: &impl View) {
         log!(self, info, "closing connection: protocol violation: {what}");
         view.metrics().protocol_error("violation");
+        self.send_disconnect(reason, what);
         self.end = Some(End::Lost);
     }
 
     /// Ends the connection as lost (its will is due) for `reason`, counted in
-    /// `starling_client_disconnects_total`, with a line saying `why`.
-    fn close_lost(&mut self, reason: &'static str, why: &str, view: &impl View) {
+    /// `starling_client_disconnects_total`, with a line saying `why`; an
+    /// MQTT 5 client is told `code`.
+    fn close_lost(&mut self, reason: &'static str, why: &str, code: ReasonCode, view: &impl View) {
         log!(self, info, reason, "closing the connection: {why}");
         view.metrics().disconnected(reason);
+        self.send_disconnect(code, why);
         self.end = Some(End::Lost);
     }
 

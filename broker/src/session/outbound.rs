@@ -1,50 +1,125 @@
 //! What a session sends to its client: deliveries, the window they pass
 //! through at QoS 1/2, and the acknowledgements that free it.
 
-use starling_proto::mqtt::{Packet, Publish, QoS};
+use std::sync::Arc;
 
+use starling_proto::mqtt::topic::shared_subscription;
+use starling_proto::mqtt::{self, Ack, Packet, Properties, Publish, QoS, RetainHandling};
+
+use super::aliases::Outbound;
 use super::window::{queue_packet_id, Stage, Window};
 use super::{log, Session, Then, View, Wait};
 use crate::registry::Delivery;
-use crate::state::{Command, Message};
+use crate::state::{Command, Message, Subscription};
+
+/// Whether a PUBLISH went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// Not sent, never will be: it expired, or is larger than the client
+    /// takes. Counts as delivered [MQTT-3.1.2-25].
+    Skipped,
+}
+
+/// One PUBLISH to send: a message and how it goes to this client.
+struct Outgoing<'a> {
+    message: &'a Message,
+    qos: QoS,
+    packet_id: u16,
+    dup: bool,
+    retain: bool,
+    ids: &'a [u32],
+}
 
 impl Session {
     /// The window, allocated on first use.
     pub(super) fn window(&mut self, view: &impl View) -> &mut Window {
+        let receive_maximum = self.client_receive_maximum;
         self.out.get_or_insert_with(|| {
             let config = view.config();
-            Box::new(Window::new(config.max_inflight, config.max_queued_messages))
+            // Never more in flight than the client takes [MQTT-3.3.4-7].
+            let inflight = config.max_inflight.min(receive_maximum);
+            Box::new(Window::new(inflight, config.max_queued_messages))
         })
     }
 
     /// A message for this client from the router.
     pub(super) fn deliver(&mut self, delivery: Delivery, view: &impl View) {
         if delivery.qos == QoS::AtMostOnce {
-            self.send_publish(&delivery.message, QoS::AtMostOnce, 0, false, view);
+            let out = Outgoing {
+                message: &delivery.message,
+                qos: QoS::AtMostOnce,
+                packet_id: 0,
+                dup: false,
+                retain: delivery.retain,
+                ids: &delivery.ids,
+            };
+            self.send_publish(out, view);
         } else {
             self.window(view).park(delivery);
             self.fill_window(view);
         }
     }
 
-    fn send_publish(
-        &mut self,
-        message: &Message,
-        qos: QoS,
-        packet_id: u16,
-        dup: bool,
-        view: &impl View,
-    ) {
-        let publish = Publish {
-            dup,
-            qos,
-            retain: message.retain,
+    /// Sends one PUBLISH, unless its message expired or the packet is larger
+    /// than the client takes. Toward MQTT 5 it carries the message's
+    /// properties, what is left of its expiry interval [MQTT-3.3.2-6], the
+    /// Subscription Identifiers it matched, and a topic alias if the client
+    /// takes them.
+    fn send_publish(&mut self, out: Outgoing<'_>, view: &impl View) -> Sent {
+        let message = out.message;
+        let mut remaining = None;
+        if let Some(at) = message.expires_at {
+            let now = view.now_ms();
+            if at <= now {
+                view.metrics().dropped("expired");
+                return Sent::Skipped;
+            }
+            remaining = Some(u32::try_from((at - now).div_ceil(1000)).unwrap_or(u32::MAX));
+        }
+        let mut publish = Publish {
+            dup: out.dup,
+            qos: out.qos,
+            retain: out.retain,
             topic: message.topic.clone(),
-            packet_id,
+            packet_id: out.packet_id,
             payload: message.payload.clone(),
+            properties: Properties::default(),
         };
-        view.metrics().sent(qos);
+        if self.is_v5() {
+            let p = &mut publish.properties;
+            if let Some(props) = &message.props {
+                p.payload_format_indicator = props.payload_format;
+                p.content_type.clone_from(&props.content_type);
+                p.response_topic.clone_from(&props.response_topic);
+                p.correlation_data.clone_from(&props.correlation_data);
+                p.user_properties.clone_from(&props.user_properties);
+            }
+            p.message_expiry_interval = remaining;
+            p.subscription_identifiers.extend_from_slice(out.ids);
+            if let Some(max) = self.client_max_packet {
+                let version = mqtt::ProtocolVersion::V5;
+                let len = mqtt::encoded_len(&Packet::Publish(publish.clone()), version);
+                if len.map_or(true, |len| len > max as usize) {
+                    // [MQTT-3.1.2-24]: never larger than the client takes.
+                    view.metrics().dropped("too_large_for_client");
+                    return Sent::Skipped;
+                }
+            }
+            if let Some(aliases) = self.aliases.as_deref_mut().filter(|a| a.sends()) {
+                match aliases.outbound(&message.topic) {
+                    Outbound::Plain => {}
+                    Outbound::Set(alias) => publish.properties.topic_alias = Some(alias),
+                    Outbound::Use(alias) => {
+                        publish.properties.topic_alias = Some(alias);
+                        publish.topic = Arc::from("");
+                    }
+                }
+            }
+        }
+        view.metrics().sent(out.qos);
         self.send(&Packet::Publish(publish));
+        Sent::Yes
     }
 
     /// Sends as many queued and parked messages as the window allows.
@@ -78,15 +153,40 @@ impl Session {
                     }
                     let dup = seq < out.dup_below;
                     if queued.released {
-                        self.send(&Packet::PubRel(id));
-                    } else {
-                        self.send_publish(&queued.message, queued.qos, id, dup, view);
+                        self.send(&Packet::PubRel(Ack::new(id)));
+                        continue;
+                    }
+                    let outgoing = Outgoing {
+                        message: &queued.message,
+                        qos: queued.qos,
+                        packet_id: id,
+                        dup,
+                        retain: queued.retain,
+                        ids: &queued.ids,
+                    };
+                    if self.send_publish(outgoing, view) == Sent::Skipped {
+                        // Done with as if the client had acknowledged it.
+                        self.window(view).queued.remove(&id);
+                        self.acked.push(seq);
                     }
                 }
             }
         }
         while let Some((id, delivery)) = self.out.as_mut().and_then(|out| out.next_direct()) {
-            self.send_publish(&delivery.message, delivery.qos, id, false, view);
+            let outgoing = Outgoing {
+                message: &delivery.message,
+                qos: delivery.qos,
+                packet_id: id,
+                dup: false,
+                retain: delivery.retain,
+                ids: &delivery.ids,
+            };
+            if self.send_publish(outgoing, view) == Sent::Skipped {
+                if let Some(out) = self.out.as_mut() {
+                    out.direct.remove(&id);
+                    out.shared.remove(&id);
+                }
+            }
         }
     }
 
@@ -107,6 +207,7 @@ impl Session {
             }
         } else if out.direct.get(&id) == Some(&expected) {
             out.direct.remove(&id);
+            out.shared.remove(&id);
         } else {
             tracing::debug!(packet_id = id, "acknowledgement of nothing in flight");
         }
@@ -137,7 +238,9 @@ impl Session {
         } else if let Some(stage) = out.direct.get_mut(&id) {
             if *stage == Stage::AwaitRec {
                 *stage = Stage::AwaitComp;
-                self.send(&Packet::PubRel(id));
+                // The client has it: it is no longer another member's to get.
+                out.shared.remove(&id);
+                self.send(&Packet::PubRel(Ack::new(id)));
             }
         }
     }
@@ -150,24 +253,52 @@ impl Session {
             .and_then(|out| out.queued.get_mut(&packet_id));
         if let Some((_, stage)) = released {
             *stage = Stage::AwaitComp;
-            self.send(&Packet::PubRel(packet_id));
+            self.send(&Packet::PubRel(Ack::new(packet_id)));
         }
     }
 
     /// Sends the retained messages matching newly accepted subscriptions, with
-    /// retain = 1 [MQTT-3.3.1-6].
-    pub(super) fn send_retained(&mut self, filters: &[(String, QoS)], view: &impl View) {
+    /// retain = 1 [MQTT-3.3.1-6], as each one's Retain Handling asks
+    /// [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11]: always, only for a
+    /// subscription that did not exist (`existed`), or never.
+    pub(super) fn send_retained(
+        &mut self,
+        filters: &[(String, Subscription)],
+        existed: &[bool],
+        view: &impl View,
+    ) {
         let mut dropped = 0u64;
-        for (filter, granted) in filters {
+        for (i, (filter, subscription)) in filters.iter().enumerate() {
+            if shared_subscription(filter).is_some() {
+                // Never for a shared subscription (MQTT 5 section 4.8.2): a
+                // member joining its group is no new interest in the topic.
+                continue;
+            }
+            let wanted = match subscription.options.retain_handling {
+                RetainHandling::Always => true,
+                RetainHandling::IfNew => !existed.get(i).copied().unwrap_or(false),
+                RetainHandling::Never => false,
+            };
+            if !wanted {
+                continue;
+            }
             for message in view.retained_matching(filter) {
-                let qos = message.qos.min(*granted);
+                let qos = message.qos.min(subscription.options.qos);
                 // Bounded like any backlog of this client: what does not fit
                 // behind the window is dropped and counted.
                 if qos > QoS::AtMostOnce && !self.window(view).can_park() {
                     dropped += 1;
                     continue;
                 }
-                self.deliver(Delivery { message, qos }, view);
+                let ids = subscription.id.into_iter().collect();
+                let delivery = Delivery {
+                    message,
+                    qos,
+                    retain: true,
+                    ids,
+                    shared: None,
+                };
+                self.deliver(delivery, view);
             }
         }
         if dropped > 0 {

@@ -46,6 +46,10 @@ pub struct Window {
     pub queued: BTreeMap<u16, (u64, Stage)>,
     /// Direct messages sent and not yet acknowledged: packet id -> stage.
     pub direct: BTreeMap<u16, Stage>,
+    /// Those of them that came through a shared subscription, until the
+    /// client has them (PUBACK, PUBREC): another member gets them if this
+    /// connection ends first.
+    pub shared: BTreeMap<u16, Delivery>,
     /// Direct QoS 1/2 messages waiting for room in the window.
     pending: VecDeque<Delivery>,
     next_direct_id: u16,
@@ -63,6 +67,7 @@ impl Window {
             max_pending,
             queued: BTreeMap::new(),
             direct: BTreeMap::new(),
+            shared: BTreeMap::new(),
             pending: VecDeque::new(),
             next_direct_id: QUEUE_IDS + 1,
             next_seq: 0,
@@ -101,7 +106,18 @@ impl Window {
             _ => Stage::AwaitAck,
         };
         self.direct.insert(id, stage);
+        if delivery.shared.is_some() {
+            self.shared.insert(id, delivery.clone());
+        }
         Some((id, delivery))
+    }
+
+    /// The deliveries of shared subscriptions the client does not have:
+    /// those in flight without PUBACK or PUBREC, and those parked.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut left: Vec<Delivery> = std::mem::take(&mut self.shared).into_values().collect();
+        left.extend(self.pending.drain(..).filter(|d| d.shared.is_some()));
+        left
     }
 
     fn allocate_direct_id(&mut self) -> Option<u16> {
@@ -151,8 +167,13 @@ mod tests {
                 payload: bytes::Bytes::from_static(b"x"),
                 qos,
                 retain: false,
+                expires_at: None,
+                props: None,
             },
             qos,
+            ids: Vec::new(),
+            retain: false,
+            shared: None,
         }
     }
 

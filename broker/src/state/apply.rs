@@ -1,7 +1,8 @@
 //! Apply: `(state, command) -> (reply, effects)`.
 //!
-//! A pure function of the replicated state and the command: it reads no clock,
-//! no node's configuration and no connection, and it does no IO. What a node
+//! A pure function of the replicated state and the command: it reads no clock
+//! but the replicated one (`Command::Tick`), no node's configuration and no
+//! connection, and it does no IO. What a node
 //! must do for its own clients because of a command (deliver a committed
 //! message, wake a session, close a taken-over connection, stop serving) comes
 //! back as [`Effect`]s, which every node carries out from its own applied log.
@@ -10,8 +11,18 @@
 
 use std::sync::Arc;
 
-use super::command::{Command, ConnId, Effect, Message, Owner, Reply};
-use super::{Index, NodeRecord, Queued, Route, Session, State};
+use super::command::{Command, ConnId, Effect, Message, Owner, Reply, NEVER_EXPIRES};
+use super::{Index, NodeRecord, Pick, Queued, Route, Session, State};
+
+/// What a new connection asks of its session.
+struct Connecting {
+    clean_start: bool,
+    session_expiry: u32,
+    will: Option<Message>,
+    will_delay: u32,
+    max_queued_messages: u32,
+    max_queued_bytes: u64,
+}
 
 /// The outcome of one command.
 #[derive(Debug)]
@@ -53,19 +64,30 @@ impl Apply<'_> {
             Command::Connect {
                 client_id,
                 conn,
-                clean_session,
+                clean_start,
+                session_expiry,
                 will,
+                will_delay,
                 max_queued_messages,
                 max_queued_bytes,
             } => {
-                let limits = (max_queued_messages, max_queued_bytes);
-                self.connect(client_id, conn, clean_session, will, limits)
+                let connecting = Connecting {
+                    clean_start,
+                    session_expiry,
+                    will,
+                    will_delay,
+                    max_queued_messages,
+                    max_queued_bytes,
+                };
+                self.connect(client_id, conn, connecting)
             }
             Command::Disconnect {
                 client_id,
                 conn,
                 publish_will,
                 sent_below,
+                session_expiry,
+                at,
             } => match self.state.sessions.get_mut(&client_id) {
                 Some(s) if s.conn == Some(conn) => {
                     // Never lowered: a connection that resumed the session and
@@ -74,7 +96,11 @@ impl Apply<'_> {
                     if let Some(sent) = sent_below {
                         s.sent_below = Some(s.sent_below.unwrap_or(s.next_seq).max(sent));
                     }
-                    let wills = self.end_connection(&client_id, publish_will);
+                    if let Some(expiry) = session_expiry {
+                        s.expiry = expiry;
+                    }
+                    let ended = self.state.clock.max(at);
+                    let wills = self.end_connection(&client_id, publish_will, ended);
                     Reply::Disconnected { wills }
                 }
                 _ => Reply::NotOwner,
@@ -88,12 +114,13 @@ impl Apply<'_> {
                     return Reply::NotOwner;
                 };
                 let persistent = !session.clean;
-                for (filter, qos) in filters {
-                    self.index
-                        .insert_route(&filter, &client_id, Route { qos, persistent });
-                    session.subscriptions.insert(filter, qos);
+                let mut existed = Vec::with_capacity(filters.len());
+                for (filter, subscription) in filters {
+                    let route = Route::new(&subscription, persistent);
+                    self.index.insert_route(&filter, &client_id, route);
+                    existed.push(session.subscriptions.insert(filter, subscription).is_some());
                 }
-                Reply::Done
+                Reply::Existed(existed)
             }
             Command::Unsubscribe {
                 client_id,
@@ -103,11 +130,12 @@ impl Apply<'_> {
                 let Some(session) = owned(self.state, &client_id, conn) else {
                     return Reply::NotOwner;
                 };
+                let mut existed = Vec::with_capacity(filters.len());
                 for filter in filters {
                     self.index.remove_route(&filter, &client_id);
-                    session.subscriptions.remove(&filter);
+                    existed.push(session.subscriptions.remove(&filter).is_some());
                 }
-                Reply::Done
+                Reply::Existed(existed)
             }
             Command::Publish {
                 message,
@@ -123,7 +151,8 @@ impl Apply<'_> {
                         return Reply::Published { duplicate: true };
                     }
                 }
-                self.publish(message, deliver);
+                let publisher = Some(from.client_id.clone());
+                self.publish(message, deliver, publisher);
                 Reply::Published { duplicate: false }
             }
             Command::Release { from, packet_id } => match owned_by(self.state, &from) {
@@ -155,6 +184,10 @@ impl Apply<'_> {
                 }
                 None => Reply::NotOwner,
             },
+            Command::Tick { now } => {
+                self.tick(now);
+                Reply::Done
+            }
             Command::NodeStarted { node, incarnation } => {
                 if self
                     .state
@@ -212,19 +245,12 @@ impl Apply<'_> {
             if let Some(session) = self.state.sessions.get_mut(&client_id) {
                 session.connection_vanished();
             }
-            wills += self.end_connection(&client_id, true);
+            wills += self.end_connection(&client_id, true, self.state.clock);
         }
         wills
     }
 
-    fn connect(
-        &mut self,
-        client_id: Arc<str>,
-        conn: ConnId,
-        clean_session: bool,
-        will: Option<Message>,
-        (max_queued_messages, max_queued_bytes): (u32, u64),
-    ) -> Reply {
+    fn connect(&mut self, client_id: Arc<str>, conn: ConnId, new: Connecting) -> Reply {
         if self.state.is_fenced(conn) {
             return Reply::Fenced;
         }
@@ -232,26 +258,38 @@ impl Apply<'_> {
         let mut previous = None;
         let mut session_present = false;
         if let Some(old) = self.state.sessions.get_mut(&client_id) {
+            session_present = !new.clean_start && !old.clean;
             if let Some(old_conn) = old.conn.take() {
                 // Takeover: the old connection is lost as far as MQTT is concerned,
                 // and what it sent is not known.
                 previous = Some(old_conn);
                 old.connection_vanished();
+                // A delayed will waits for the session to end or its delay to
+                // pass; resuming the session cancels it [MQTT-3.1.3-9].
+                if old.will_delay == 0 || !session_present {
+                    old_will = old.will.take();
+                }
+            } else if old.will_due.is_some() && !session_present {
+                // A delayed will of a session that ends here.
                 old_will = old.will.take();
             }
-            session_present = !clean_session && !old.clean;
         }
         if !session_present {
             self.remove_session(&client_id);
-            self.state
-                .sessions
-                .insert(client_id.clone(), Box::new(Session::new(clean_session)));
+            self.state.sessions.insert(
+                client_id.clone(),
+                Box::new(Session::new(new.session_expiry)),
+            );
         }
         if let Some(session) = self.state.sessions.get_mut(&client_id) {
             session.conn = Some(conn);
-            session.will = will.map(Box::new);
-            session.max_queued = max_queued_messages;
-            session.max_queued_bytes = max_queued_bytes;
+            session.ended_at = None;
+            session.expiry = new.session_expiry;
+            session.will = new.will.map(Box::new);
+            session.will_delay = new.will_delay;
+            session.will_due = None;
+            session.max_queued = new.max_queued_messages;
+            session.max_queued_bytes = new.max_queued_bytes;
         }
         self.index.set_location(&client_id, Some(conn.node));
         self.effects.push(Effect::Attach {
@@ -259,7 +297,7 @@ impl Apply<'_> {
             conn,
         });
         if let Some(will) = old_will {
-            self.publish(*will, true);
+            self.publish(*will, true, None);
         }
         if let Some(previous) = previous {
             self.effects.push(Effect::Kick(previous));
@@ -271,24 +309,87 @@ impl Apply<'_> {
     }
 
     /// The connection of `client_id` is gone: its will is published (if asked)
-    /// and a clean session ends. Returns how many wills were published.
-    fn end_connection(&mut self, client_id: &Arc<str>, publish_will: bool) -> u32 {
+    /// at once or, with a Will Delay Interval, once that passes; a session
+    /// with expiry 0 ends. Returns how many wills were published.
+    /// `at` is when it ended, on the replicated clock or later.
+    fn end_connection(&mut self, client_id: &Arc<str>, publish_will: bool, at: u64) -> u32 {
+        let clock = at;
         let Some(session) = self.state.sessions.get_mut(client_id) else {
             return 0;
         };
         session.conn = None;
-        let will = session.will.take().filter(|_| publish_will);
-        let clean = session.clean;
+        session.ended_at = Some(clock);
+        let ends = session.expiry == 0;
         self.index.set_location(client_id, None);
-        if clean {
+        let mut will = None;
+        if publish_will && session.will.is_some() {
+            if session.will_delay == 0 || ends {
+                will = session.will.take();
+            } else {
+                session.will_due = Some(clock.saturating_add(secs(session.will_delay)));
+            }
+        } else {
+            session.will = None;
+        }
+        if ends {
             self.remove_session(client_id);
         }
         match will {
             Some(will) => {
-                self.publish(*will, true);
+                self.publish(*will, true, None);
                 1
             }
             None => 0,
+        }
+    }
+
+    /// Moves the replicated clock to `now` and does what falls due by then:
+    /// sessions past their expiry end (publishing a will still waiting),
+    /// delayed wills are published, expired retained messages go, and so do
+    /// expired messages queued for sessions that no connection is reading.
+    fn tick(&mut self, now: u64) {
+        let clock = self.state.clock.max(now);
+        self.state.clock = clock;
+        let mut ended = Vec::new();
+        let mut wills = Vec::new();
+        for (client_id, session) in &mut self.state.sessions {
+            if session.conn.is_some() {
+                continue;
+            }
+            let expired = session.expiry != NEVER_EXPIRES
+                && session
+                    .ended_at
+                    .is_some_and(|at| at.saturating_add(secs(session.expiry)) <= clock);
+            let will_due = session.will_due.is_some_and(|due| due <= clock);
+            if (expired && session.will_due.is_some()) || will_due {
+                session.will_due = None;
+                if let Some(will) = session.will.take() {
+                    wills.push(*will);
+                }
+            }
+            if expired {
+                ended.push(client_id.clone());
+                continue;
+            }
+            let before = session.queue.len();
+            let mut freed = 0;
+            session.queue.retain(|_, q| {
+                let keep = q.released || !q.message.expired(clock);
+                if !keep {
+                    freed += payload_bytes(&q.message);
+                }
+                keep
+            });
+            if session.queue.len() != before {
+                session.queued_bytes = session.queued_bytes.saturating_sub(freed);
+            }
+        }
+        for client_id in ended {
+            self.remove_session(&client_id);
+        }
+        self.state.retained.retain(|_, m| !m.expired(clock));
+        for will in wills {
+            self.publish(will, true, None);
         }
     }
 
@@ -304,7 +405,8 @@ impl Apply<'_> {
     /// Stores a retained message, queues `message` for every persistent session
     /// it reaches at QoS 1/2 (once per session, at the highest matching QoS) and,
     /// with `deliver`, asks every node to hand it to its direct subscribers.
-    fn publish(&mut self, mut message: Message, deliver: bool) {
+    /// `publisher` is not sent it where it subscribed with No Local.
+    fn publish(&mut self, message: Message, deliver: bool, publisher: Option<Arc<str>>) {
         if message.retain {
             if message.payload.is_empty() {
                 self.state.retained.remove(&message.topic);
@@ -313,11 +415,19 @@ impl Apply<'_> {
                     .retained
                     .insert(message.topic.clone(), message.clone());
             }
-            // Forwarded copies carry retain = 0 [MQTT-3.3.1-9].
-            message.retain = false;
         }
-        let targets = self.index.targets(&message.topic, message.qos);
+        // Shared subscriptions' members are chosen from the applied count, the
+        // same on every node, so that they all agree on who gets it.
+        let pick = Pick::Replicated(self.state.applied);
+        let targets = self
+            .index
+            .targets(&message.topic, message.qos, publisher.as_deref(), pick);
         let direct = targets.iter().any(|t| !t.queued);
+        let shared: Vec<_> = targets
+            .iter()
+            .filter(|t| t.shared.is_some() && !t.queued)
+            .cloned()
+            .collect();
         let queued: Vec<_> = targets.into_iter().filter(|t| t.queued).collect();
         if !queued.is_empty() {
             let shared = Arc::new(message.clone());
@@ -342,15 +452,28 @@ impl Apply<'_> {
                         message: shared.clone(),
                         qos: target.qos,
                         released: false,
+                        // Live deliveries carry retain = 0 unless the
+                        // subscription asked otherwise [MQTT-3.3.1-9].
+                        retain: shared.retain && target.retain_as_published,
+                        ids: target.ids,
                     },
                 );
                 self.effects.push(Effect::Wake(target.client_id));
             }
         }
         if deliver && direct {
-            self.effects.push(Effect::Deliver(message));
+            self.effects.push(Effect::Deliver {
+                message,
+                publisher,
+                shared,
+            });
         }
     }
+}
+
+/// `seconds` in the clock's milliseconds.
+fn secs(seconds: u32) -> u64 {
+    u64::from(seconds) * 1000
 }
 
 /// What a message counts against a queue's byte limit.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use starling_proto::mqtt::QoS;
+use starling_proto::mqtt::{QoS, SubOptions};
 
 /// A message as the broker stores and routes it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,8 +13,67 @@ pub struct Message {
     pub topic: Arc<str>,
     pub payload: Bytes,
     pub qos: QoS,
+    /// As published. Live deliveries clear it unless the subscription asked
+    /// for Retain As Published [MQTT-3.3.1-9].
     pub retain: bool,
+    /// The MQTT 5 properties that travel with the message; `None` for most.
+    pub props: Option<Arc<MessageProps>>,
+    /// When the message expires (MQTT 5 Message Expiry Interval), in
+    /// milliseconds since the Unix epoch, fixed by the node that received it.
+    pub expires_at: Option<u64>,
 }
+
+impl Message {
+    /// A message without MQTT 5 properties.
+    pub fn new(topic: Arc<str>, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            props: None,
+            expires_at: None,
+        }
+    }
+
+    /// Whether the message expired by `now` (milliseconds since the epoch).
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// The MQTT 5 properties of a PUBLISH that the server passes on unchanged
+/// (section 3.3.2.3): everything but Topic Alias, Subscription Identifier and
+/// Message Expiry Interval, which are per hop.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageProps {
+    pub payload_format: Option<u8>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    /// In the order the publisher sent them [MQTT-3.3.2-18].
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// One subscription of a session: its options and MQTT 5 Subscription
+/// Identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub options: SubOptions,
+    pub id: Option<u32>,
+}
+
+impl From<QoS> for Subscription {
+    fn from(qos: QoS) -> Subscription {
+        Subscription {
+            options: qos.into(),
+            id: None,
+        }
+    }
+}
+
+/// The Session Expiry Interval that never ends a session.
+pub const NEVER_EXPIRES: u32 = u32::MAX;
 
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -24,6 +83,8 @@ impl std::fmt::Debug for Message {
             .field("payload_len", &self.payload.len())
             .field("qos", &self.qos)
             .field("retain", &self.retain)
+            .field("props", &self.props)
+            .field("expires_at", &self.expires_at)
             .finish()
     }
 }
@@ -55,8 +116,14 @@ pub enum Command {
     Connect {
         client_id: Arc<str>,
         conn: ConnId,
-        clean_session: bool,
+        /// Discard any session of `client_id` (Clean Session / Clean Start).
+        clean_start: bool,
+        /// Seconds the session outlives its connection: 0 ends it with the
+        /// connection, [`NEVER_EXPIRES`] never.
+        session_expiry: u32,
         will: Option<Message>,
+        /// Seconds between the connection's loss and its will (MQTT 5).
+        will_delay: u32,
         /// The most messages the session's queue holds; further ones are
         /// dropped. Carried here, not read from a node's configuration, so that
         /// every node applies the same limit.
@@ -75,12 +142,18 @@ pub enum Command {
         /// when it sent none (it ended before CONNACK). The session's record
         /// only grows: an earlier connection may have sent more.
         sent_below: Option<u64>,
+        /// A new Session Expiry Interval from an MQTT 5 DISCONNECT.
+        session_expiry: Option<u32>,
+        /// When the connection ended, on its node's clock (ms since the
+        /// epoch): Session Expiry and Will Delay count from here, or from the
+        /// replicated clock if that is later.
+        at: u64,
     },
     /// Adds or replaces subscriptions (filters already validated).
     Subscribe {
         client_id: Arc<str>,
         conn: ConnId,
-        filters: Vec<(String, QoS)>,
+        filters: Vec<(String, Subscription)>,
     },
     Unsubscribe {
         client_id: Arc<str>,
@@ -110,6 +183,11 @@ pub enum Command {
     /// PUBREC from the subscriber for a queued QoS 2 message: from now on only
     /// PUBREL is sent for it.
     Received { from: Owner, seq: u64 },
+    /// The leader's clock, in milliseconds since the Unix epoch: the one clock
+    /// apply reads. Sessions whose expiry passed end, delayed wills fall due,
+    /// and expired retained and queued messages are dropped, on every node at
+    /// the same point of the log. The clock never goes back.
+    Tick { now: u64 },
     /// A node started with a new incarnation: connections it held in earlier
     /// incarnations are gone, as if each had been lost.
     NodeStarted { node: u64, incarnation: u64 },
@@ -145,6 +223,9 @@ pub enum Reply {
     /// current one (superseded or declared down).
     Fenced,
     Done,
+    /// For each filter of a Subscribe or Unsubscribe: whether the session had
+    /// a subscription to it before.
+    Existed(Vec<bool>),
     Published {
         /// The message was a repeat of an inbound QoS 2 packet id still awaiting
         /// PUBREL: it was not published again.
@@ -158,8 +239,15 @@ pub enum Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// A committed message (a publish, or a will) for this node's subscribers
-    /// that read no queue. Retain is already cleared [MQTT-3.3.1-9].
-    Deliver(Message),
+    /// that read no queue; `publisher` is not sent it where it subscribed
+    /// with No Local.
+    Deliver {
+        message: Message,
+        publisher: Option<Arc<str>>,
+        /// The members of shared subscriptions chosen for it, by every node
+        /// alike.
+        shared: Vec<super::Target>,
+    },
     /// `conn` now owns the session of `client_id`: the node holding `conn`
     /// routes the client's deliveries to it. Only a committed Connect makes a
     /// connection the way to reach a client, so a connection that loses a race

@@ -14,17 +14,21 @@ pub mod command;
 mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use starling_proto::mqtt::topic::shared_subscription;
 use starling_proto::mqtt::QoS;
 use starling_storage::{SnapshotEncoder, StateMachine};
 use tokio::sync::watch;
 
 use crate::topic::{filter_matches, SubscriptionTrie};
 use crate::Recovered;
-pub use command::{Command, ConnId, Effect, Message, Owner, Reply};
+pub use command::{
+    Command, ConnId, Effect, Message, MessageProps, Owner, Reply, Subscription, NEVER_EXPIRES,
+};
 
 /// What the subscription trie stores per (filter, client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +37,24 @@ pub struct Route {
     /// The subscriber's session outlives its connection: QoS 1/2 messages reach it
     /// through its replicated queue, never directly.
     pub persistent: bool,
+    /// Not sent what the subscriber itself publishes (MQTT 5 No Local).
+    pub no_local: bool,
+    /// Sent with the retain flag as published (MQTT 5 Retain As Published).
+    pub retain_as_published: bool,
+    /// The MQTT 5 Subscription Identifier of the subscription.
+    pub id: Option<u32>,
+}
+
+impl Route {
+    pub fn new(subscription: &Subscription, persistent: bool) -> Route {
+        Route {
+            qos: subscription.options.qos,
+            persistent,
+            no_local: subscription.options.no_local,
+            retain_as_published: subscription.options.retain_as_published,
+            id: subscription.id,
+        }
+    }
 }
 
 impl Route {
@@ -44,14 +66,52 @@ impl Route {
 
 pub type Routes = SubscriptionTrie<Arc<str>, Route>;
 
+/// Shared subscriptions' routes, keyed by (`$share/{group}/{filter}`, client).
+type SharedRoutes = SubscriptionTrie<(Arc<str>, Arc<str>), Route>;
+
 /// One subscriber a message reaches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     pub client_id: Arc<str>,
     /// min(publish QoS, the highest matching subscription QoS).
     pub qos: QoS,
     /// Delivered through the client's replicated queue rather than directly.
     pub queued: bool,
+    /// Some matching subscription asked for Retain As Published.
+    pub retain_as_published: bool,
+    /// The Subscription Identifiers of every matching subscription
+    /// [MQTT-3.3.4-3], in ascending order.
+    pub ids: Vec<u32>,
+    /// The shared subscription (`$share/{group}/{filter}`) it was chosen
+    /// from, as the one member of its group that gets the message.
+    pub shared: Option<Arc<str>>,
+}
+
+/// How a shared subscription's member is chosen where this node chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    #[default]
+    RoundRobin,
+    /// Any member, at random.
+    Random,
+    /// The same member while the group stays the same.
+    Sticky,
+}
+
+/// Whether, and how, [`MqttMachine::targets`] chooses members of shared
+/// subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Not at all: only the other subscribers. For a node delivering a
+    /// message whose shared members another node chose.
+    None,
+    /// By this node, as its strategy says: the publisher's node, for a
+    /// message that is not committed.
+    Local,
+    /// From this seed, the same on every node: apply, for a committed message.
+    Replicated(u64),
 }
 
 /// One message in a persistent session's queue.
@@ -65,15 +125,30 @@ pub struct Queued {
     pub qos: QoS,
     /// PUBREC was received (QoS 2): only PUBREL remains to be sent.
     pub released: bool,
+    /// Sent with the retain flag set (Retain As Published).
+    pub retain: bool,
+    /// The Subscription Identifiers it is sent with.
+    pub ids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Session {
+    /// The session ends with its connection (Session Expiry Interval 0).
     clean: bool,
+    /// Seconds the session outlives its connection ([`NEVER_EXPIRES`]: never).
+    expiry: u32,
+    /// When its connection ended, on the replicated clock; `None` while one
+    /// is attached.
+    ended_at: Option<u64>,
     conn: Option<ConnId>,
     /// Boxed: most sessions have no will, and every session costs this struct.
     will: Option<Box<Message>>,
-    subscriptions: BTreeMap<String, QoS>,
+    /// Seconds between the loss of the connection and the will.
+    will_delay: u32,
+    /// A will waiting for its delay to pass: published at this time on the
+    /// replicated clock unless the session is resumed first.
+    will_due: Option<u64>,
+    subscriptions: BTreeMap<String, Subscription>,
     /// Keyed by a sequence number that only grows; packet ids derive from it.
     queue: BTreeMap<u64, Queued>,
     next_seq: u64,
@@ -92,11 +167,15 @@ struct Session {
 }
 
 impl Session {
-    fn new(clean: bool) -> Session {
+    fn new(expiry: u32) -> Session {
         Session {
-            clean,
+            clean: expiry == 0,
+            expiry,
+            ended_at: None,
             conn: None,
             will: None,
+            will_delay: 0,
+            will_due: None,
             subscriptions: BTreeMap::new(),
             queue: BTreeMap::new(),
             next_seq: 0,
@@ -141,6 +220,8 @@ struct State {
     sessions: BTreeMap<Arc<str>, Box<Session>>,
     retained: BTreeMap<Arc<str>, Message>,
     nodes: BTreeMap<u64, NodeRecord>,
+    /// The replicated clock: the latest `Tick` (ms since the Unix epoch).
+    clock: u64,
     /// Commands applied so far: the same number on every node after the same
     /// commands, so nodes can tell each other how far they are.
     applied: u64,
@@ -164,18 +245,22 @@ impl State {
 pub(crate) struct Index {
     routes: RwLock<Routes>,
     locations: RwLock<HashMap<Arc<str>, u64>>,
+    /// Shared subscriptions, under the filter they stand for, keyed by
+    /// (`$share/{group}/{filter}`, client).
+    shared: RwLock<SharedRoutes>,
+    /// This node's choices: the position of each shared subscription's turn.
+    turns: Mutex<HashMap<Arc<str>, usize>>,
+    /// [`SharedStrategy`] as a number.
+    strategy: AtomicU8,
 }
 
 impl Index {
     fn rebuild(state: &State) -> Index {
-        let mut routes = Routes::new();
+        let index = Index::default();
         for (client_id, session) in &state.sessions {
-            for (filter, qos) in &session.subscriptions {
-                let route = Route {
-                    qos: *qos,
-                    persistent: !session.clean,
-                };
-                routes.insert(filter, client_id.clone(), route);
+            for (filter, subscription) in &session.subscriptions {
+                let route = Route::new(subscription, !session.clean);
+                index.insert_route(filter, client_id, route);
             }
         }
         let locations = state
@@ -183,20 +268,116 @@ impl Index {
             .iter()
             .filter_map(|(id, s)| s.conn.map(|c| (id.clone(), c.node)))
             .collect();
-        Index {
-            routes: RwLock::new(routes),
-            locations: RwLock::new(locations),
-        }
+        *index.locations.write().unwrap_or_else(|e| e.into_inner()) = locations;
+        index
     }
 
     fn insert_route(&self, filter: &str, client_id: &Arc<str>, route: Route) {
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        routes.insert(filter, client_id.clone(), route);
+        match shared_subscription(filter) {
+            Some(Ok((_, inner))) => {
+                let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
+                shared.insert(inner, (Arc::from(filter), client_id.clone()), route);
+            }
+            // Never committed: sessions refuse such filters.
+            Some(Err(_)) => {}
+            None => {
+                let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+                routes.insert(filter, client_id.clone(), route);
+            }
+        }
     }
 
     fn remove_route(&self, filter: &str, client_id: &Arc<str>) {
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        routes.remove(filter, client_id);
+        match shared_subscription(filter) {
+            Some(Ok((_, inner))) => {
+                let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
+                shared.remove(inner, &(Arc::from(filter), client_id.clone()));
+            }
+            Some(Err(_)) => {}
+            None => {
+                let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+                routes.remove(filter, client_id);
+            }
+        }
+    }
+
+    /// One member of each shared subscription matching `topic`, chosen as
+    /// `pick` says, without `except`. Connected members come first: an
+    /// offline one would only queue the message, or lose it at QoS 0.
+    fn shared_targets(
+        &self,
+        topic: &str,
+        qos: QoS,
+        pick: Pick,
+        only: Option<&str>,
+        except: Option<&str>,
+    ) -> Vec<Target> {
+        if pick == Pick::None {
+            return Vec::new();
+        }
+        let mut groups: BTreeMap<Arc<str>, Vec<(Arc<str>, Route)>> = BTreeMap::new();
+        {
+            let shared = self.shared.read().unwrap_or_else(|e| e.into_inner());
+            if shared.is_empty() {
+                return Vec::new();
+            }
+            shared.for_each_match(topic, |(share, client), route| {
+                if only.is_some_and(|s| s != &**share) || except == Some(&**client) {
+                    return;
+                }
+                groups
+                    .entry(share.clone())
+                    .or_default()
+                    .push((client.clone(), *route));
+            });
+        }
+        let locations = self.locations.read().unwrap_or_else(|e| e.into_inner());
+        let mut chosen = Vec::with_capacity(groups.len());
+        for (share, mut members) in groups {
+            // Sorted, so that a replicated pick names the same member everywhere.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            if members.iter().any(|m| locations.contains_key(&m.0)) {
+                members.retain(|m| locations.contains_key(&m.0));
+            }
+            let turn = self.turn(&share, members.len(), pick);
+            let (client_id, route) = members.swap_remove(turn);
+            let qos = qos.min(route.qos);
+            chosen.push(Target {
+                client_id,
+                qos,
+                queued: route.persistent && qos > QoS::AtMostOnce,
+                retain_as_published: route.retain_as_published,
+                ids: route.id.into_iter().collect(),
+                shared: Some(share),
+            });
+        }
+        chosen
+    }
+
+    /// Which of `members` (at least one) gets the message.
+    fn turn(&self, share: &Arc<str>, members: usize, pick: Pick) -> usize {
+        let seed = match pick {
+            Pick::Replicated(seed) => seed,
+            Pick::None | Pick::Local => {
+                let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+                let turn = turns.entry(share.clone()).or_insert(0);
+                match self.strategy() {
+                    SharedStrategy::RoundRobin => *turn = turn.wrapping_add(1),
+                    SharedStrategy::Random => *turn = random_index(),
+                    SharedStrategy::Sticky => {}
+                }
+                u64::try_from(*turn).unwrap_or(0)
+            }
+        };
+        usize::try_from(seed % u64::try_from(members).unwrap_or(1)).unwrap_or(0)
+    }
+
+    fn strategy(&self) -> SharedStrategy {
+        match self.strategy.load(Ordering::Relaxed) {
+            1 => SharedStrategy::Random,
+            2 => SharedStrategy::Sticky,
+            _ => SharedStrategy::RoundRobin,
+        }
     }
 
     fn set_location(&self, client_id: &Arc<str>, node: Option<u64>) {
@@ -213,25 +394,46 @@ impl Index {
     }
 
     /// Every client a message on `topic` at `qos` reaches: once per client, at the
-    /// highest QoS of its matching subscriptions [MQTT-3.3.5-1].
-    fn targets(&self, topic: &str, qos: QoS) -> Vec<Target> {
-        let mut found: Vec<(Arc<str>, QoS, bool)> = Vec::new();
+    /// highest QoS of its matching subscriptions [MQTT-3.3.5-1], with the
+    /// identifiers of all of them; then one member of each matching shared
+    /// subscription, as `pick` says (MQTT 5 section 4.8.2). `publisher` is left
+    /// out where it subscribed with No Local [MQTT-3.8.3-3].
+    fn targets(&self, topic: &str, qos: QoS, publisher: Option<&str>, pick: Pick) -> Vec<Target> {
+        let mut found = self.unshared_targets(topic, qos, publisher);
+        found.extend(self.shared_targets(topic, qos, pick, None, None));
+        found
+    }
+
+    fn unshared_targets(&self, topic: &str, qos: QoS, publisher: Option<&str>) -> Vec<Target> {
+        let mut found: Vec<Target> = Vec::new();
         self.for_each_route(topic, |client, route| {
-            found.push((client.clone(), qos.min(route.qos), route.persistent));
+            if route.no_local && publisher == Some(&**client) {
+                return;
+            }
+            let qos = qos.min(route.qos);
+            found.push(Target {
+                client_id: client.clone(),
+                qos,
+                queued: route.persistent && qos > QoS::AtMostOnce,
+                retain_as_published: route.retain_as_published,
+                ids: route.id.into_iter().collect(),
+                shared: None,
+            });
         });
         if found.len() > 1 {
-            found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            found.sort_by(|a, b| a.client_id.cmp(&b.client_id).then(b.qos.cmp(&a.qos)));
             // After the sort the first entry of each client has its highest QoS.
-            found.dedup_by(|later, first| later.0 == first.0);
+            found.dedup_by(|later, first| {
+                if later.client_id != first.client_id {
+                    return false;
+                }
+                first.retain_as_published |= later.retain_as_published;
+                first.ids.append(&mut later.ids);
+                first.ids.sort_unstable();
+                true
+            });
         }
         found
-            .into_iter()
-            .map(|(client_id, qos, persistent)| Target {
-                client_id,
-                qos,
-                queued: persistent && qos > QoS::AtMostOnce,
-            })
-            .collect()
     }
 }
 
@@ -275,9 +477,29 @@ impl MqttMachine {
     }
 
     /// Every client a message on `topic` at `qos` reaches: once per client, at the
-    /// highest QoS of its matching subscriptions [MQTT-3.3.5-1].
-    pub fn targets(&self, topic: &str, qos: QoS) -> Vec<Target> {
-        self.index.targets(topic, qos)
+    /// highest QoS of its matching subscriptions [MQTT-3.3.5-1]; `publisher`
+    /// not where it subscribed with No Local.
+    pub fn targets(
+        &self,
+        topic: &str,
+        qos: QoS,
+        publisher: Option<&str>,
+        pick: Pick,
+    ) -> Vec<Target> {
+        self.index.targets(topic, qos, publisher, pick)
+    }
+
+    /// Another member of shared subscription `share` for a message on
+    /// `topic` that `except` (a member that left) did not acknowledge.
+    pub fn other_member(&self, share: &str, topic: &str, qos: QoS, except: &str) -> Option<Target> {
+        self.index
+            .shared_targets(topic, qos, Pick::Local, Some(share), Some(except))
+            .pop()
+    }
+
+    /// How this node chooses members of shared subscriptions.
+    pub fn set_shared_strategy(&self, strategy: SharedStrategy) {
+        self.index.strategy.store(strategy as u8, Ordering::Relaxed);
     }
 
     /// The node `client_id` is connected to, if any.
@@ -298,6 +520,11 @@ impl MqttMachine {
             .filter(|m| filter_matches(filter, &m.topic))
             .cloned()
             .collect()
+    }
+
+    /// The replicated clock: the latest tick applied (ms since the epoch).
+    pub fn clock(&self) -> u64 {
+        self.lock().clock
     }
 
     /// Up to `max` queued messages of `client_id` with a sequence number of at least
@@ -435,6 +662,8 @@ impl StateMachine for MqttMachine {
         *state = restored;
         *self.index.routes.write().unwrap_or_else(|e| e.into_inner()) =
             index.routes.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.index.shared.write().unwrap_or_else(|e| e.into_inner()) =
+            index.shared.into_inner().unwrap_or_else(|e| e.into_inner());
         *self
             .index
             .locations
@@ -446,6 +675,15 @@ impl StateMachine for MqttMachine {
         self.applied_watch.send_replace(state.applied);
         Ok(())
     }
+}
+
+/// A number for a random pick, from the standard library's randomly keyed
+/// hasher: nothing more is needed to spread messages over a group.
+fn random_index() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(crate::clock::now_ms());
+    usize::try_from(hasher.finish() % (u64::from(u32::MAX) + 1)).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use super::{Message, State};
 const MAGIC: &[u8; 4] = b"STSM";
 /// 1: sessions carry their queue limit. 2: and their queue's bytes and byte
 /// limit. 3: queued messages are stored once, in a table.
-pub(super) const FORMAT: u16 = 3;
+pub(super) const FORMAT: u16 = 4;
 
 /// Queued messages met while writing one snapshot, each once.
 #[derive(Default)]

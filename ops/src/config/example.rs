@@ -66,6 +66,57 @@ const DOCS: &[(&str, &str)] = &[
          write to its socket unfinished, before it is disconnected (counted as\n\
          `slow_subscriber`). Publishers are held back for at most this long by it.",
     ),
+    (
+        "mqtt.max_keepalive",
+        "The longest keepalive a client gets, in seconds: an MQTT 5 client asking\n\
+         more (or 0, none) is told this one as Server Keep Alive in CONNACK; a\n\
+         3.1.1 client asking more is held to it too. 65535: no limit.",
+    ),
+    (
+        "mqtt.receive_maximum",
+        "MQTT 5 Receive Maximum: QoS 1/2 messages one client may send us\n\
+         without an answer; one more is a DISCONNECT 0x93.",
+    ),
+    (
+        "mqtt.topic_alias_maximum",
+        "MQTT 5 Topic Alias Maximum: the aliases one client may set for topics\n\
+         it publishes to (0: none).",
+    ),
+    (
+        "mqtt.max_qos",
+        "The highest QoS clients may publish and are granted (0, 1 or 2); a\n\
+         PUBLISH above it closes the connection (MQTT 5: DISCONNECT 0x9B).",
+    ),
+    (
+        "mqtt.retain_available",
+        "Whether retained messages are kept. Off, a retained PUBLISH closes the\n\
+         connection (MQTT 5: DISCONNECT 0x9A).",
+    ),
+    (
+        "mqtt.shared_subscriptions",
+        "Whether `$share/{group}/{filter}` subscriptions are accepted. Off, they\n\
+         get SUBACK 0x9E.",
+    ),
+    (
+        "mqtt.persistent_session_expiry",
+        "Seconds an MQTT 3.1 / 3.1.1 persistent session (Clean Session 0)\n\
+         outlives its connection; 0: it never expires (the session then lasts\n\
+         until the client cleans it). MQTT 5 clients say their own Session\n\
+         Expiry Interval.",
+    ),
+    (
+        "mqtt.shared_subscription_strategy",
+        "How this node chooses the member of a shared subscription's group that\n\
+         gets a message it routes: \"round_robin\", \"random\" or \"sticky\". (A\n\
+         message committed through Raft, such as one for persistent sessions,\n\
+         goes to the member every node computes alike, in turn.)",
+    ),
+    (
+        "mqtt.scram_users",
+        "Users for MQTT 5 enhanced authentication with SCRAM-SHA-256, as\n\
+         \"user:password\" entries. A stand-in until users come from a password\n\
+         file; empty: the method is not offered.",
+    ),
     ("websocket", "MQTT over WebSocket: off unless enabled."),
     (
         "websocket.enabled",
@@ -74,7 +125,11 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "websocket.listen",
-        "Address of the MQTT-over-WebSocket listener; any path is accepted.",
+        "Address of the MQTT-over-WebSocket listener.",
+    ),
+    (
+        "websocket.path",
+        "The HTTP path MQTT is served on; other paths are refused (404).",
     ),
     (
         "cluster",

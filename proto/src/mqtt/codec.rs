@@ -1,11 +1,13 @@
-//! The MQTT 3.1 / 3.1.1 decoder and encoder.
+//! The MQTT 3.1 / 3.1.1 / 5.0 decoder and encoder.
 //!
 //! [`decode`] takes one packet off the front of a connection's read buffer, or says
 //! it needs more bytes; [`encode`] appends one packet to a write buffer. Each packet
 //! type has a small decode and encode function in a submodule, given the protocol
-//! version so that MQTT 5's properties and reason codes can be added beside them.
+//! version: MQTT 5's properties and reason codes are read and written only when
+//! it is 5.
 
 mod connect;
+mod disconnect;
 mod error;
 mod header;
 mod publish;
@@ -31,7 +33,9 @@ use super::packet::{Packet, ProtocolVersion};
 /// `max_packet_size` bounds the whole packet, fixed header included; a bigger packet
 /// is refused as soon as its fixed header has arrived. `version` is `None` until
 /// CONNECT has been accepted: packets are then judged by the rules of MQTT 3.1.1,
-/// and CONNECT, whatever `version`, by the protocol it names itself.
+/// and CONNECT, whatever `version`, by the protocol it names itself. A property
+/// list that breaks MQTT 5's rules is an error whose
+/// [`DecodeError::reason_code`] is 0x81 or 0x82.
 pub fn decode(
     buf: &mut BytesMut,
     max_packet_size: usize,
@@ -65,28 +69,32 @@ fn decode_body(
     version: ProtocolVersion,
     r: &mut Reader,
 ) -> Result<Packet, DecodeError> {
+    use PacketType as T;
     Ok(match packet_type {
-        PacketType::Connect => Packet::Connect(connect::decode_connect(r)?),
-        PacketType::ConnAck => Packet::ConnAck(connect::decode_connack(r, version)?),
-        PacketType::Publish => Packet::Publish(publish::decode_publish(r, flags, version)?),
-        PacketType::PubAck => Packet::PubAck(publish::decode_ack(r, version)?),
-        PacketType::PubRec => Packet::PubRec(publish::decode_ack(r, version)?),
-        PacketType::PubRel => Packet::PubRel(publish::decode_ack(r, version)?),
-        PacketType::PubComp => Packet::PubComp(publish::decode_ack(r, version)?),
-        PacketType::Subscribe => Packet::Subscribe(subscribe::decode_subscribe(r, version)?),
-        PacketType::SubAck => Packet::SubAck(subscribe::decode_suback(r, version)?),
-        PacketType::Unsubscribe => Packet::Unsubscribe(subscribe::decode_unsubscribe(r, version)?),
-        PacketType::UnsubAck => Packet::UnsubAck(publish::decode_ack(r, version)?),
-        PacketType::PingReq => Packet::PingReq,
-        PacketType::PingResp => Packet::PingResp,
-        PacketType::Disconnect => Packet::Disconnect,
+        T::Connect => Packet::Connect(connect::decode_connect(r)?),
+        T::ConnAck => Packet::ConnAck(connect::decode_connack(r, version)?),
+        T::Publish => Packet::Publish(publish::decode_publish(r, flags, version)?),
+        T::PubAck => Packet::PubAck(publish::decode_ack(r, packet_type, version)?),
+        T::PubRec => Packet::PubRec(publish::decode_ack(r, packet_type, version)?),
+        T::PubRel => Packet::PubRel(publish::decode_ack(r, packet_type, version)?),
+        T::PubComp => Packet::PubComp(publish::decode_ack(r, packet_type, version)?),
+        T::Subscribe => Packet::Subscribe(subscribe::decode_subscribe(r, version)?),
+        T::SubAck => Packet::SubAck(subscribe::decode_suback(r, version)?),
+        T::Unsubscribe => Packet::Unsubscribe(subscribe::decode_unsubscribe(r, version)?),
+        T::UnsubAck => Packet::UnsubAck(subscribe::decode_unsuback(r, version)?),
+        T::PingReq => Packet::PingReq,
+        T::PingResp => Packet::PingResp,
+        T::Disconnect => Packet::Disconnect(disconnect::decode_disconnect(r, version)?),
+        T::Auth => Packet::Auth(disconnect::decode_auth(r)?),
     })
 }
 
 /// Appends `packet` to `buf` as `version` spells it; on error `buf` is unchanged.
 ///
 /// CONNECT is written in the version its `protocol` field names. For MQTT 3.1 the
-/// CONNACK session-present flag is not written (3.1 has none).
+/// CONNACK session-present flag is not written (3.1 has none). Toward 3.1 / 3.1.1,
+/// properties are left out and reason codes become the return codes those
+/// versions have.
 pub fn encode(
     packet: &Packet,
     version: ProtocolVersion,
@@ -100,17 +108,27 @@ pub fn encode(
     result
 }
 
+/// The bytes `packet` takes on the wire when written as `version` spells it.
+pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeError> {
+    let remaining = body_len(packet, version)?;
+    Ok(1 + header::remaining_length_len(remaining) + remaining)
+}
+
 fn encode_packet(
     packet: &Packet,
     version: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    let version = match packet {
+        Packet::Connect(c) => c.protocol,
+        _ => version,
+    };
     let packet_type = PacketType::of(packet);
     let flags = match packet {
         Packet::Publish(p) => publish::publish_flags(p)?,
         _ => packet_type.required_flags(),
     };
-    let remaining = body_len(packet);
+    let remaining = body_len(packet, version)?;
     if remaining > MAX_REMAINING_LENGTH {
         return Err(EncodeError::PacketTooLarge { remaining });
     }
@@ -128,20 +146,21 @@ fn encode_packet(
     Ok(())
 }
 
-fn body_len(packet: &Packet) -> usize {
+fn body_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeError> {
     match packet {
         Packet::Connect(c) => connect::connect_len(c),
-        Packet::ConnAck(_) => connect::CONNACK_LEN,
-        Packet::Publish(p) => publish::publish_len(p),
-        Packet::PubAck(_)
-        | Packet::PubRec(_)
-        | Packet::PubRel(_)
-        | Packet::PubComp(_)
-        | Packet::UnsubAck(_) => publish::ACK_LEN,
-        Packet::Subscribe(s) => subscribe::subscribe_len(s),
-        Packet::SubAck(s) => subscribe::suback_len(s),
-        Packet::Unsubscribe(u) => subscribe::unsubscribe_len(u),
-        Packet::PingReq | Packet::PingResp | Packet::Disconnect => 0,
+        Packet::ConnAck(c) => connect::connack_len(c, version),
+        Packet::Publish(p) => publish::publish_len(p, version),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            publish::ack_len(a, version)
+        }
+        Packet::Subscribe(s) => subscribe::subscribe_len(s, version),
+        Packet::SubAck(s) => subscribe::suback_len(s, version),
+        Packet::Unsubscribe(u) => subscribe::unsubscribe_len(u, version),
+        Packet::UnsubAck(u) => subscribe::unsuback_len(u, version),
+        Packet::PingReq | Packet::PingResp => Ok(0),
+        Packet::Disconnect(d) => disconnect::disconnect_len(d, version),
+        Packet::Auth(a) => disconnect::auth_len(a, version),
     }
 }
 
@@ -152,19 +171,18 @@ fn write_body(
 ) -> Result<(), EncodeError> {
     match packet {
         Packet::Connect(c) => connect::write_connect(c, buf),
-        Packet::ConnAck(c) => {
-            connect::write_connack(c, version, buf);
-            Ok(())
-        }
-        Packet::Publish(p) => publish::write_publish(p, buf),
-        Packet::PubAck(id) => publish::write_ack("PUBACK", *id, buf),
-        Packet::PubRec(id) => publish::write_ack("PUBREC", *id, buf),
-        Packet::PubRel(id) => publish::write_ack("PUBREL", *id, buf),
-        Packet::PubComp(id) => publish::write_ack("PUBCOMP", *id, buf),
-        Packet::UnsubAck(id) => publish::write_ack("UNSUBACK", *id, buf),
-        Packet::Subscribe(s) => subscribe::write_subscribe(s, buf),
-        Packet::SubAck(s) => subscribe::write_suback(s, buf),
-        Packet::Unsubscribe(u) => subscribe::write_unsubscribe(u, buf),
-        Packet::PingReq | Packet::PingResp | Packet::Disconnect => Ok(()),
+        Packet::ConnAck(c) => connect::write_connack(c, version, buf),
+        Packet::Publish(p) => publish::write_publish(p, version, buf),
+        Packet::PubAck(a) => publish::write_ack("PUBACK", a, version, buf),
+        Packet::PubRec(a) => publish::write_ack("PUBREC", a, version, buf),
+        Packet::PubRel(a) => publish::write_ack("PUBREL", a, version, buf),
+        Packet::PubComp(a) => publish::write_ack("PUBCOMP", a, version, buf),
+        Packet::Subscribe(s) => subscribe::write_subscribe(s, version, buf),
+        Packet::SubAck(s) => subscribe::write_suback(s, version, buf),
+        Packet::Unsubscribe(u) => subscribe::write_unsubscribe(u, version, buf),
+        Packet::UnsubAck(u) => subscribe::write_unsuback(u, version, buf),
+        Packet::PingReq | Packet::PingResp => Ok(()),
+        Packet::Disconnect(d) => disconnect::write_disconnect(d, version, buf),
+        Packet::Auth(a) => disconnect::write_auth(a, buf),
     }
 }

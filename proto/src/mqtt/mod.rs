@@ -6,5 +6,5 @@ pub mod packet;
 pub mod topic;
 pub mod v5;
 
-pub use codec::{decode, encode, DecodeError, EncodeError};
+pub use codec::{decode, encode, encoded_len, DecodeError, EncodeError};
 pub use packet::*;

@@ -1,13 +1,18 @@
 //! Typed MQTT control packets, independent of the byte layout.
 //!
-//! The types cover MQTT 3.1 and 3.1.1 today and are shaped so that MQTT 5 can add
-//! its properties and reason codes beside the existing fields.
+//! One set of types serves MQTT 3.1, 3.1.1 and 5.0. The fields MQTT 5 added
+//! (properties, reason codes, subscription options) are simply not written
+//! toward an older client, and read as their defaults from one: reason codes are
+//! MQTT 5's, and the encoder turns them into the 3.1.1 return code that says the
+//! same thing.
 
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+pub use super::v5::{Properties, ReasonCode};
 
 /// The protocol level a client asked for in CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -16,6 +21,8 @@ pub enum ProtocolVersion {
     V3_1,
     /// MQTT 3.1.1: protocol name "MQTT", level 4.
     V3_1_1,
+    /// MQTT 5.0: protocol name "MQTT", level 5.
+    V5,
 }
 
 impl ProtocolVersion {
@@ -24,6 +31,7 @@ impl ProtocolVersion {
         match self {
             ProtocolVersion::V3_1 => 3,
             ProtocolVersion::V3_1_1 => 4,
+            ProtocolVersion::V5 => 5,
         }
     }
 
@@ -31,8 +39,13 @@ impl ProtocolVersion {
     pub fn name(self) -> &'static str {
         match self {
             ProtocolVersion::V3_1 => "MQIsdp",
-            ProtocolVersion::V3_1_1 => "MQTT",
+            ProtocolVersion::V3_1_1 | ProtocolVersion::V5 => "MQTT",
         }
+    }
+
+    /// Whether packets carry MQTT 5's properties and reason codes.
+    pub fn is_v5(self) -> bool {
+        self == ProtocolVersion::V5
     }
 }
 
@@ -57,12 +70,14 @@ impl QoS {
 }
 
 /// A will message announced in CONNECT.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct LastWill {
     pub topic: Arc<str>,
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 will properties (Will Delay Interval, and those of a PUBLISH).
+    pub properties: Properties,
 }
 
 impl fmt::Debug for LastWill {
@@ -72,6 +87,7 @@ impl fmt::Debug for LastWill {
             .field("payload_len", &self.payload.len())
             .field("qos", &self.qos)
             .field("retain", &self.retain)
+            .field("properties", &self.properties)
             .finish()
     }
 }
@@ -79,6 +95,7 @@ impl fmt::Debug for LastWill {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: ProtocolVersion,
+    /// Clean Session in 3.1.1, Clean Start in MQTT 5.
     pub clean_session: bool,
     pub keep_alive: u16,
     /// May be empty: the broker then assigns one (clean sessions only).
@@ -86,6 +103,7 @@ pub struct Connect {
     pub will: Option<LastWill>,
     pub username: Option<String>,
     pub password: Option<Bytes>,
+    pub properties: Properties,
 }
 
 impl fmt::Debug for Connect {
@@ -98,25 +116,29 @@ impl fmt::Debug for Connect {
             .field("will", &self.will)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("properties", &self.properties)
             .finish()
     }
 }
 
-/// CONNACK return codes of MQTT 3.1 / 3.1.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectReturnCode {
-    Accepted = 0,
-    UnacceptableProtocolVersion = 1,
-    IdentifierRejected = 2,
-    ServerUnavailable = 3,
-    BadUserNameOrPassword = 4,
-    NotAuthorized = 5,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// CONNACK. `code` is MQTT 5's reason code; toward a 3.1 / 3.1.1 client it is
+/// written as the return code that means the same (see
+/// [`ReasonCode::connack_v3`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck {
     pub session_present: bool,
-    pub code: ConnectReturnCode,
+    pub code: ReasonCode,
+    pub properties: Properties,
+}
+
+impl ConnAck {
+    pub fn new(session_present: bool, code: ReasonCode) -> ConnAck {
+        ConnAck {
+            session_present,
+            code,
+            properties: Properties::default(),
+        }
+    }
 }
 
 /// PUBLISH. `packet_id` is 0 for QoS 0 and never 0 otherwise.
@@ -128,6 +150,9 @@ pub struct Publish {
     pub topic: Arc<str>,
     pub packet_id: u16,
     pub payload: Bytes,
+    /// MQTT 5 only. An empty topic with a Topic Alias names the topic the
+    /// alias was last set to.
+    pub properties: Properties,
 }
 
 impl fmt::Debug for Publish {
@@ -139,28 +164,84 @@ impl fmt::Debug for Publish {
             .field("topic", &self.topic)
             .field("packet_id", &self.packet_id)
             .field("payload_len", &self.payload.len())
+            .field("properties", &self.properties)
             .finish()
+    }
+}
+
+/// PUBACK, PUBREC, PUBREL or PUBCOMP: a packet identifier and, in MQTT 5, a
+/// reason code and properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub packet_id: u16,
+    pub reason: ReasonCode,
+    pub properties: Properties,
+}
+
+impl Ack {
+    /// A successful acknowledgement of `packet_id`.
+    pub fn new(packet_id: u16) -> Ack {
+        Ack::with_reason(packet_id, ReasonCode::Success)
+    }
+
+    pub fn with_reason(packet_id: u16, reason: ReasonCode) -> Ack {
+        Ack {
+            packet_id,
+            reason,
+            properties: Properties::default(),
+        }
+    }
+}
+
+/// Retain Handling of a subscription (MQTT 5 section 3.8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum RetainHandling {
+    /// Send retained messages at every subscribe.
+    #[default]
+    Always = 0,
+    /// Only if the subscription did not exist yet.
+    IfNew = 1,
+    /// Never.
+    Never = 2,
+}
+
+/// The options byte of one SUBSCRIBE filter. MQTT 3.1.1 has only the QoS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SubOptions {
+    pub qos: QoS,
+    /// Do not send this client what it published itself.
+    pub no_local: bool,
+    /// Keep the retain flag of forwarded messages as published.
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+}
+
+impl From<QoS> for SubOptions {
+    fn from(qos: QoS) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::Always,
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub packet_id: u16,
-    /// At least one (filter, requested QoS) pair.
-    pub filters: Vec<(String, QoS)>,
+    /// At least one (filter, options) pair.
+    pub filters: Vec<(String, SubOptions)>,
+    pub properties: Properties,
 }
 
-/// One SUBACK return code: the granted QoS, or failure (0x80).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubAckCode {
-    Granted(QoS),
-    Failure,
-}
-
+/// SUBACK. Codes are MQTT 5's: 0x00-0x02 grant a QoS; toward a 3.1.1 client
+/// every failure is written as 0x80.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubAck {
     pub packet_id: u16,
-    pub codes: Vec<SubAckCode>,
+    pub codes: Vec<ReasonCode>,
+    pub properties: Properties,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,23 +249,67 @@ pub struct Unsubscribe {
     pub packet_id: u16,
     /// At least one filter.
     pub filters: Vec<String>,
+    pub properties: Properties,
 }
 
-/// Every MQTT 3.1 / 3.1.1 control packet.
+/// UNSUBACK. MQTT 5 gives a reason code per filter; 3.1.1 none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsubAck {
+    pub packet_id: u16,
+    pub codes: Vec<ReasonCode>,
+    pub properties: Properties,
+}
+
+/// DISCONNECT; the reason code and properties are MQTT 5's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    pub reason: ReasonCode,
+    pub properties: Properties,
+}
+
+impl Disconnect {
+    pub fn new(reason: ReasonCode) -> Disconnect {
+        Disconnect {
+            reason,
+            properties: Properties::default(),
+        }
+    }
+}
+
+impl Default for Disconnect {
+    fn default() -> Disconnect {
+        Disconnect::new(ReasonCode::Success)
+    }
+}
+
+/// AUTH (MQTT 5 only): a step of enhanced authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub reason: ReasonCode,
+    pub properties: Properties,
+}
+
+/// Every control packet of MQTT 3.1, 3.1.1 and 5.0.
+///
+/// CONNECT is by far the largest variant. Packets are decoded and encoded
+/// one at a time and never stored in bulk, so boxing it would only add an
+/// allocation to every connection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
     Connect(Connect),
     ConnAck(ConnAck),
     Publish(Publish),
-    PubAck(u16),
-    PubRec(u16),
-    PubRel(u16),
-    PubComp(u16),
+    PubAck(Ack),
+    PubRec(Ack),
+    PubRel(Ack),
+    PubComp(Ack),
     Subscribe(Subscribe),
     SubAck(SubAck),
     Unsubscribe(Unsubscribe),
-    UnsubAck(u16),
+    UnsubAck(UnsubAck),
     PingReq,
     PingResp,
-    Disconnect,
+    Disconnect(Disconnect),
+    Auth(Auth),
 }

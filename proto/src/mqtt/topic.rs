@@ -55,6 +55,21 @@ pub fn validate_topic_filter(filter: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// A shared subscription's filter, `$share/{group}/{filter}` (MQTT 5 section
+/// 4.8.2), split into its group and the filter it stands for; `None` for a
+/// filter that is not shared. A group that is empty or holds a wildcard, or a
+/// missing filter, is not a valid filter [MQTT-4.8.2-1] [MQTT-4.8.2-2].
+pub fn shared_subscription(filter: &str) -> Option<Result<(&str, &str), TopicError>> {
+    let rest = filter.strip_prefix("$share/")?;
+    let Some((group, inner)) = rest.split_once('/') else {
+        return Some(Err(TopicError::Empty));
+    };
+    if group.is_empty() || group.contains(['+', '#']) {
+        return Some(Err(TopicError::MisplacedSingleLevelWildcard));
+    }
+    Some(validate_topic_filter(inner).map(|()| (group, inner)))
+}
+
 /// Whether a topic is reserved for the server (`$SYS/...` and the like): wildcards at
 /// the first level do not match it [MQTT-4.7.2-1].
 pub fn is_system_topic(name: &str) -> bool {
@@ -77,6 +92,16 @@ fn check_common(topic: &str) -> Result<(), TopicError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_subscriptions_split_into_group_and_filter() {
+        assert_eq!(shared_subscription("a/b"), None);
+        assert_eq!(shared_subscription("$share/g/a/+"), Some(Ok(("g", "a/+"))));
+        assert!(matches!(shared_subscription("$share/g"), Some(Err(_))));
+        assert!(matches!(shared_subscription("$share//a"), Some(Err(_))));
+        assert!(matches!(shared_subscription("$share/g+/a"), Some(Err(_))));
+        assert!(matches!(shared_subscription("$share/g/a#"), Some(Err(_))));
+    }
 
     #[test]
     fn valid_names() {

@@ -141,6 +141,67 @@ impl ReasonCode {
     pub fn is_error(self) -> bool {
         self as u8 >= 0x80
     }
+
+    /// Whether the packet named `packet_type` (as the specification spells
+    /// it) may carry this code (sections 3.2.2.2, 3.4.2.1 to 3.7.2.1, 3.9.3,
+    /// 3.11.3, 3.14.2.1 and 3.15.2.1).
+    pub fn allowed_in(self, packet_type: &str) -> bool {
+        let allowed: &[u8] = match packet_type {
+            "CONNACK" => &[
+                0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90,
+                0x95, 0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+            ],
+            "PUBACK" | "PUBREC" => &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99],
+            "PUBREL" | "PUBCOMP" => &[0x00, 0x92],
+            "SUBACK" => &[
+                0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+            ],
+            "UNSUBACK" => &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91],
+            "DISCONNECT" => &[
+                0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93,
+                0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1,
+                0xA2,
+            ],
+            "AUTH" => &[0x00, 0x18, 0x19],
+            _ => return false,
+        };
+        allowed.contains(&(self as u8))
+    }
+
+    /// The SUBACK code that grants `qos`.
+    pub fn granted(qos: crate::mqtt::QoS) -> ReasonCode {
+        match qos {
+            crate::mqtt::QoS::AtMostOnce => ReasonCode::Success,
+            crate::mqtt::QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+            crate::mqtt::QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+        }
+    }
+
+    /// The CONNACK return code of MQTT 3.1 / 3.1.1 that says the same: the
+    /// six codes it has, and 0x03 Server unavailable for everything else.
+    pub fn connack_v3(self) -> u8 {
+        match self {
+            ReasonCode::Success => 0,
+            ReasonCode::UnsupportedProtocolVersion => 1,
+            ReasonCode::ClientIdentifierNotValid => 2,
+            ReasonCode::BadUserNameOrPassword | ReasonCode::BadAuthenticationMethod => 4,
+            ReasonCode::NotAuthorized | ReasonCode::Banned => 5,
+            _ => 3,
+        }
+    }
+
+    /// The reason code a 3.1 / 3.1.1 CONNACK return code means.
+    pub fn from_connack_v3(code: u8) -> Option<ReasonCode> {
+        Some(match code {
+            0 => ReasonCode::Success,
+            1 => ReasonCode::UnsupportedProtocolVersion,
+            2 => ReasonCode::ClientIdentifierNotValid,
+            3 => ReasonCode::ServerUnavailable,
+            4 => ReasonCode::BadUserNameOrPassword,
+            5 => ReasonCode::NotAuthorized,
+            _ => return None,
+        })
+    }
 }
 
 /// Why a property list is not valid, with the reason code the specification
@@ -339,6 +400,37 @@ fn nonzero_u16(buf: &mut Bytes, id: u8) -> Result<u16, PropertyError> {
 }
 
 impl Properties {
+    /// True when the packet carries no property at all.
+    pub fn is_empty(&self) -> bool {
+        self.payload_format_indicator.is_none()
+            && self.message_expiry_interval.is_none()
+            && self.content_type.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.subscription_identifiers.is_empty()
+            && self.session_expiry_interval.is_none()
+            && self.assigned_client_identifier.is_none()
+            && self.server_keep_alive.is_none()
+            && self.authentication_method.is_none()
+            && self.authentication_data.is_none()
+            && self.request_problem_information.is_none()
+            && self.will_delay_interval.is_none()
+            && self.request_response_information.is_none()
+            && self.response_information.is_none()
+            && self.server_reference.is_none()
+            && self.reason_string.is_none()
+            && self.receive_maximum.is_none()
+            && self.topic_alias_maximum.is_none()
+            && self.topic_alias.is_none()
+            && self.maximum_qos.is_none()
+            && self.retain_available.is_none()
+            && self.user_properties.is_empty()
+            && self.maximum_packet_size.is_none()
+            && self.wildcard_subscription_available.is_none()
+            && self.subscription_identifier_available.is_none()
+            && self.shared_subscription_available.is_none()
+    }
+
     /// Reads a property list (its Variable Byte Integer length, then the
     /// properties) from the front of `buf`, for a packet of `context`.
     pub fn decode(buf: &mut Bytes, context: PropertyContext) -> Result<Properties, PropertyError> {
@@ -432,6 +524,12 @@ impl Properties {
             put_prefixed(&mut b, v)?;
         }
         for v in &self.subscription_identifiers {
+            if *v > VARINT_MAX {
+                return Err(EncodeError::FieldTooLong {
+                    field: "subscription identifier",
+                    len: *v as usize,
+                });
+            }
             b.put_u8(0x0B);
             put_varint(&mut b, *v);
         }
@@ -530,6 +628,9 @@ impl Properties {
 
     /// The bytes [`Properties::encode`] writes.
     pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        if self.is_empty() {
+            return Ok(1);
+        }
         let len = self.body()?.len();
         Ok(varint_len(u32::try_from(len).unwrap_or(VARINT_MAX)) + len)
     }

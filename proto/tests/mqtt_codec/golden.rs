@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use starling_proto::mqtt::{
-    decode, encode, ConnAck, Connect, ConnectReturnCode, EncodeError, LastWill, Packet,
-    ProtocolVersion, Publish, QoS, SubAck, SubAckCode, Subscribe, Unsubscribe,
+    decode, encode, Ack, ConnAck, Connect, Disconnect, EncodeError, LastWill, Packet, Properties,
+    ProtocolVersion, Publish, QoS, ReasonCode, SubAck, SubOptions, Subscribe, UnsubAck,
+    Unsubscribe,
 };
 
 use super::{decode_one, encode_vec, NO_LIMIT};
@@ -44,6 +45,7 @@ fn publish(
         topic: Arc::from(topic),
         packet_id,
         payload: Bytes::from_static(payload),
+        properties: Properties::default(),
     })
 }
 
@@ -71,9 +73,11 @@ pub fn full_connect_v311() -> (Vec<u8>, Packet) {
             payload: Bytes::from_static(b"bye"),
             qos: QoS::AtLeastOnce,
             retain: true,
+            properties: Properties::default(),
         }),
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"pw")),
+        properties: Properties::default(),
     });
     (bytes, packet)
 }
@@ -102,6 +106,7 @@ fn connect_v311_minimal_with_empty_client_id() {
         will: None,
         username: None,
         password: None,
+        properties: Properties::default(),
     });
     golden(&bytes, packet, V311);
 }
@@ -127,34 +132,26 @@ fn connect_v31_mqisdp_level_3() {
         will: None,
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"p")),
+        properties: Properties::default(),
     });
     golden(&bytes, packet, V31);
 }
 
 #[test]
 fn connack() {
-    let accepted = ConnAck {
-        session_present: true,
-        code: ConnectReturnCode::Accepted,
-    };
+    let accepted = ConnAck::new(true, ReasonCode::Success);
     golden(&[0x20, 0x02, 0x01, 0x00], Packet::ConnAck(accepted), V311);
-    let refused = ConnAck {
-        session_present: false,
-        code: ConnectReturnCode::NotAuthorized,
-    };
+    let refused = ConnAck::new(false, ReasonCode::NotAuthorized);
     golden(&[0x20, 0x02, 0x00, 0x05], Packet::ConnAck(refused), V311);
     for (code, byte) in [
-        (ConnectReturnCode::UnacceptableProtocolVersion, 1),
-        (ConnectReturnCode::IdentifierRejected, 2),
-        (ConnectReturnCode::ServerUnavailable, 3),
-        (ConnectReturnCode::BadUserNameOrPassword, 4),
+        (ReasonCode::UnsupportedProtocolVersion, 1),
+        (ReasonCode::ClientIdentifierNotValid, 2),
+        (ReasonCode::ServerUnavailable, 3),
+        (ReasonCode::BadUserNameOrPassword, 4),
     ] {
         golden(
             &[0x20, 0x02, 0x00, byte],
-            Packet::ConnAck(ConnAck {
-                session_present: false,
-                code,
-            }),
+            Packet::ConnAck(ConnAck::new(false, code)),
             V311,
         );
     }
@@ -162,10 +159,7 @@ fn connack() {
 
 #[test]
 fn connack_v31_has_no_session_present_flag() {
-    let packet = Packet::ConnAck(ConnAck {
-        session_present: true,
-        code: ConnectReturnCode::Accepted,
-    });
+    let packet = Packet::ConnAck(ConnAck::new(true, ReasonCode::Success));
     assert_eq!(encode_vec(&packet, V31), [0x20, 0x02, 0x00, 0x00]);
 }
 
@@ -203,10 +197,14 @@ fn publish_qos2_empty_payload() {
 
 #[test]
 fn publish_acks() {
-    golden(&[0x40, 0x02, 0x00, 0x01], Packet::PubAck(1), V311);
-    golden(&[0x50, 0x02, 0x00, 0x02], Packet::PubRec(2), V311);
-    golden(&[0x62, 0x02, 0x00, 0x03], Packet::PubRel(3), V311);
-    golden(&[0x70, 0x02, 0xFF, 0xFF], Packet::PubComp(0xFFFF), V311);
+    golden(&[0x40, 0x02, 0x00, 0x01], Packet::PubAck(Ack::new(1)), V311);
+    golden(&[0x50, 0x02, 0x00, 0x02], Packet::PubRec(Ack::new(2)), V311);
+    golden(&[0x62, 0x02, 0x00, 0x03], Packet::PubRel(Ack::new(3)), V311);
+    golden(
+        &[0x70, 0x02, 0xFF, 0xFF],
+        Packet::PubComp(Ack::new(0xFFFF)),
+        V311,
+    );
 }
 
 #[test]
@@ -221,9 +219,10 @@ fn subscribe() {
     let packet = Packet::Subscribe(Subscribe {
         packet_id: 1,
         filters: vec![
-            ("a/+".into(), QoS::AtLeastOnce),
-            ("#".into(), QoS::ExactlyOnce),
+            ("a/+".into(), SubOptions::from(QoS::AtLeastOnce)),
+            ("#".into(), SubOptions::from(QoS::ExactlyOnce)),
         ],
+        properties: Properties::default(),
     });
     golden(&bytes, packet, V311);
 }
@@ -234,11 +233,12 @@ fn suback() {
     let packet = Packet::SubAck(SubAck {
         packet_id: 1,
         codes: vec![
-            SubAckCode::Granted(QoS::AtLeastOnce),
-            SubAckCode::Failure,
-            SubAckCode::Granted(QoS::AtMostOnce),
-            SubAckCode::Granted(QoS::ExactlyOnce),
+            ReasonCode::granted(QoS::AtLeastOnce),
+            ReasonCode::UnspecifiedError,
+            ReasonCode::granted(QoS::AtMostOnce),
+            ReasonCode::granted(QoS::ExactlyOnce),
         ],
+        properties: Properties::default(),
     });
     golden(&bytes, packet, V311);
 }
@@ -251,25 +251,39 @@ fn unsubscribe() {
     let packet = Packet::Unsubscribe(Unsubscribe {
         packet_id: 2,
         filters: vec!["a/+".into(), "#".into()],
+        properties: Properties::default(),
     });
     golden(&bytes, packet, V311);
 }
 
+/// A 3.1.1 UNSUBACK: the packet identifier alone.
+fn unsuback_v311(packet_id: u16) -> Packet {
+    Packet::UnsubAck(UnsubAck {
+        packet_id,
+        codes: Vec::new(),
+        properties: Properties::default(),
+    })
+}
+
 #[test]
 fn unsuback() {
-    golden(&[0xB0, 0x02, 0x00, 0x02], Packet::UnsubAck(2), V311);
+    golden(&[0xB0, 0x02, 0x00, 0x02], unsuback_v311(2), V311);
 }
 
 #[test]
 fn ping_and_disconnect() {
     golden(&[0xC0, 0x00], Packet::PingReq, V311);
     golden(&[0xD0, 0x00], Packet::PingResp, V311);
-    golden(&[0xE0, 0x00], Packet::Disconnect, V311);
+    golden(
+        &[0xE0, 0x00],
+        Packet::Disconnect(Disconnect::default()),
+        V311,
+    );
 }
 
 #[test]
 fn v31_packets_after_connect_use_the_same_layout() {
-    golden(&[0x62, 0x02, 0x00, 0x03], Packet::PubRel(3), V31);
+    golden(&[0x62, 0x02, 0x00, 0x03], Packet::PubRel(Ack::new(3)), V31);
     golden(
         &[0x30, 0x07, 0x00, 0x03, b'a', b'/', b'b', b'h', b'i'],
         publish(QoS::AtMostOnce, false, false, "a/b", 0, b"hi"),
@@ -283,7 +297,7 @@ fn v31_retransmissions_may_set_dup_on_pubrel_and_subscribe() {
     // MQTT 3.1 set DUP on retransmitted PUBREL / SUBSCRIBE / UNSUBSCRIBE.
     assert_eq!(
         decode_one(&[0x6A, 0x02, 0x00, 0x03], Some(V31)),
-        Ok(Packet::PubRel(3))
+        Ok(Packet::PubRel(Ack::new(3)))
     );
     let subscribe = [0x8A, 0x06, 0x00, 0x01, 0x00, 0x01, b'#', 0x00];
     assert!(decode_one(&subscribe, Some(V31)).is_ok());
@@ -309,6 +323,7 @@ fn publish_with_remaining(remaining: usize) -> Packet {
         topic: Arc::from("t"),
         packet_id: 0,
         payload,
+        properties: Properties::default(),
     })
 }
 
@@ -349,6 +364,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
         topic: Arc::from(long.as_str()),
         packet_id: 0,
         payload: Bytes::new(),
+        properties: Properties::default(),
     });
     assert_eq!(
         encode(&topic, V311, &mut buf),
@@ -359,7 +375,8 @@ fn encode_refuses_what_the_wire_cannot_carry() {
     );
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: 1,
-        filters: vec![(long, QoS::AtMostOnce)],
+        filters: vec![(long, SubOptions::from(QoS::AtMostOnce))],
+        properties: Properties::default(),
     });
     assert!(matches!(
         encode(&subscribe, V311, &mut buf),
@@ -385,23 +402,26 @@ fn encode_refuses_what_the_wire_cannot_carry() {
 fn mqtt_2_3_1_1_encode_refuses_packet_id_0() {
     let mut buf = BytesMut::new();
     for packet in [
-        Packet::PubAck(0),
-        Packet::PubRec(0),
-        Packet::PubRel(0),
-        Packet::PubComp(0),
-        Packet::UnsubAck(0),
+        Packet::PubAck(Ack::new(0)),
+        Packet::PubRec(Ack::new(0)),
+        Packet::PubRel(Ack::new(0)),
+        Packet::PubComp(Ack::new(0)),
+        unsuback_v311(0),
         publish(QoS::AtLeastOnce, false, false, "t", 0, b""),
         Packet::Subscribe(Subscribe {
             packet_id: 0,
-            filters: vec![("t".into(), QoS::AtMostOnce)],
+            filters: vec![("t".into(), SubOptions::from(QoS::AtMostOnce))],
+            properties: Properties::default(),
         }),
         Packet::SubAck(SubAck {
             packet_id: 0,
-            codes: vec![SubAckCode::Failure],
+            codes: vec![ReasonCode::UnspecifiedError],
+            properties: Properties::default(),
         }),
         Packet::Unsubscribe(Unsubscribe {
             packet_id: 0,
             filters: vec!["t".into()],
+            properties: Properties::default(),
         }),
     ] {
         assert!(
@@ -428,6 +448,6 @@ fn mqtt_3_3_1_2_encode_refuses_dup_with_qos_0() {
 #[test]
 fn encode_appends_after_existing_bytes() {
     let mut buf = BytesMut::from(&[0xC0, 0x00][..]);
-    encode(&Packet::PubAck(7), V311, &mut buf).expect("encodable");
+    encode(&Packet::PubAck(Ack::new(7)), V311, &mut buf).expect("encodable");
     assert_eq!(&buf[..], [0xC0, 0x00, 0x40, 0x02, 0x00, 0x07]);
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use starling_proto::mqtt::{
-    decode, encode, ConnAck, ConnectReturnCode, Packet, ProtocolVersion, Publish, QoS, SubAck,
-    SubAckCode, Subscribe, Unsubscribe,
+    decode, encode, Ack, ConnAck, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe,
 };
 
 use super::golden::full_connect_v311;
@@ -25,37 +25,42 @@ fn session() -> Vec<Packet> {
             topic: Arc::from("sensors/kitchen/temp"),
             packet_id,
             payload: Bytes::from(vec![0x5A; payload_len]),
+            properties: Properties::default(),
         })
     };
     vec![
         connect,
-        Packet::ConnAck(ConnAck {
-            session_present: false,
-            code: ConnectReturnCode::Accepted,
-        }),
+        Packet::ConnAck(ConnAck::new(false, ReasonCode::Success)),
         Packet::Subscribe(Subscribe {
             packet_id: 1,
-            filters: vec![("sensors/+/temp".into(), QoS::ExactlyOnce)],
+            filters: vec![("sensors/+/temp".into(), SubOptions::from(QoS::ExactlyOnce))],
+            properties: Properties::default(),
         }),
         Packet::SubAck(SubAck {
             packet_id: 1,
-            codes: vec![SubAckCode::Granted(QoS::ExactlyOnce)],
+            codes: vec![ReasonCode::granted(QoS::ExactlyOnce)],
+            properties: Properties::default(),
         }),
         publish(QoS::AtMostOnce, 0, 0),
         publish(QoS::AtLeastOnce, 2, 300),
-        Packet::PubAck(2),
+        Packet::PubAck(Ack::new(2)),
         publish(QoS::ExactlyOnce, 3, 20_000),
-        Packet::PubRec(3),
-        Packet::PubRel(3),
-        Packet::PubComp(3),
+        Packet::PubRec(Ack::new(3)),
+        Packet::PubRel(Ack::new(3)),
+        Packet::PubComp(Ack::new(3)),
         Packet::Unsubscribe(Unsubscribe {
             packet_id: 4,
             filters: vec!["sensors/+/temp".into()],
+            properties: Properties::default(),
         }),
-        Packet::UnsubAck(4),
+        Packet::UnsubAck(UnsubAck {
+            packet_id: 4,
+            codes: Vec::new(),
+            properties: Properties::default(),
+        }),
         Packet::PingReq,
         Packet::PingResp,
-        Packet::Disconnect,
+        Packet::Disconnect(Disconnect::default()),
     ]
 }
 

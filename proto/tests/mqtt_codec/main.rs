@@ -1,10 +1,12 @@
 //! Tests of the MQTT codec through its public API: golden byte vectors written out
-//! from the specification, malformed packets, incremental decoding and properties.
+//! from the specification, malformed packets, incremental decoding and properties,
+//! and MQTT 5 (`v5`).
 
 mod golden;
 mod incremental;
 mod malformed;
 mod props;
+mod v5;
 
 use bytes::BytesMut;
 use starling_proto::mqtt::{decode, encode, DecodeError, Packet, ProtocolVersion};

@@ -292,13 +292,15 @@ fn mqtt_3_1_2_1_unknown_protocol_name() {
 
 #[test]
 fn mqtt_3_1_2_2_unsupported_protocol_level_consumes_the_packet() {
-    // An MQTT 5 CONNECT: level 5 and an empty property list before the client id.
-    let mut bytes = connect_bytes(b"MQTT", 5, 0x02, &[0x00, 0x00, 0x00]);
+    // A CONNECT at a level after MQTT 5 (6), shaped like MQTT 5's (an empty
+    // property list before the client id): its body cannot be read, yet the whole
+    // packet is consumed.
+    let mut bytes = connect_bytes(b"MQTT", 6, 0x02, &[0x00, 0x00, 0x00]);
     bytes.extend_from_slice(&[0xC0, 0x00]);
     let mut buf = BytesMut::from(&bytes[..]);
     assert_eq!(
         decode(&mut buf, NO_LIMIT, None),
-        Err(DecodeError::UnsupportedProtocolLevel(5))
+        Err(DecodeError::UnsupportedProtocolLevel(6))
     );
     assert_eq!(
         &buf[..],

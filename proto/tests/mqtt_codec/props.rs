@@ -6,8 +6,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use starling_proto::mqtt::{
-    decode, encode, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolVersion,
-    Publish, QoS, SubAck, SubAckCode, Subscribe, Unsubscribe,
+    decode, encode, Ack, ConnAck, Connect, Disconnect, LastWill, Packet, Properties,
+    ProtocolVersion, Publish, QoS, ReasonCode, SubAck, SubOptions, Subscribe, UnsubAck,
+    Unsubscribe,
 };
 
 fn version() -> impl Strategy<Value = ProtocolVersion> {
@@ -66,6 +67,7 @@ fn will() -> impl Strategy<Value = LastWill> {
             payload,
             qos,
             retain,
+            properties: Properties::default(),
         }
     })
 }
@@ -95,6 +97,7 @@ fn connect() -> impl Strategy<Value = Packet> {
                     will,
                     username,
                     password,
+                    properties: Properties::default(),
                 })
             },
         )
@@ -102,19 +105,15 @@ fn connect() -> impl Strategy<Value = Packet> {
 
 fn connack() -> impl Strategy<Value = Packet> {
     let code = prop_oneof![
-        Just(ConnectReturnCode::Accepted),
-        Just(ConnectReturnCode::UnacceptableProtocolVersion),
-        Just(ConnectReturnCode::IdentifierRejected),
-        Just(ConnectReturnCode::ServerUnavailable),
-        Just(ConnectReturnCode::BadUserNameOrPassword),
-        Just(ConnectReturnCode::NotAuthorized),
+        Just(ReasonCode::Success),
+        Just(ReasonCode::UnsupportedProtocolVersion),
+        Just(ReasonCode::ClientIdentifierNotValid),
+        Just(ReasonCode::ServerUnavailable),
+        Just(ReasonCode::BadUserNameOrPassword),
+        Just(ReasonCode::NotAuthorized),
     ];
-    (any::<bool>(), code).prop_map(|(session_present, code)| {
-        Packet::ConnAck(ConnAck {
-            session_present,
-            code,
-        })
-    })
+    (any::<bool>(), code)
+        .prop_map(|(session_present, code)| Packet::ConnAck(ConnAck::new(session_present, code)))
 }
 
 fn publish() -> impl Strategy<Value = Packet> {
@@ -135,15 +134,20 @@ fn publish() -> impl Strategy<Value = Packet> {
                 topic,
                 packet_id: if at_most_once { 0 } else { packet_id },
                 payload,
+                properties: Properties::default(),
             })
         })
 }
 
-fn suback_code() -> impl Strategy<Value = SubAckCode> {
+fn suback_code() -> impl Strategy<Value = ReasonCode> {
     prop_oneof![
-        qos().prop_map(SubAckCode::Granted),
-        Just(SubAckCode::Failure)
+        qos().prop_map(ReasonCode::granted),
+        Just(ReasonCode::UnspecifiedError)
     ]
+}
+
+fn no_properties() -> Properties {
+    Properties::default()
 }
 
 /// Any valid MQTT 3.1 / 3.1.1 packet.
@@ -152,24 +156,41 @@ fn packet() -> impl Strategy<Value = Packet> {
         connect(),
         connack(),
         publish(),
-        packet_id().prop_map(Packet::PubAck),
-        packet_id().prop_map(Packet::PubRec),
-        packet_id().prop_map(Packet::PubRel),
-        packet_id().prop_map(Packet::PubComp),
+        packet_id().prop_map(|id| Packet::PubAck(Ack::new(id))),
+        packet_id().prop_map(|id| Packet::PubRec(Ack::new(id))),
+        packet_id().prop_map(|id| Packet::PubRel(Ack::new(id))),
+        packet_id().prop_map(|id| Packet::PubComp(Ack::new(id))),
         (
             packet_id(),
-            proptest::collection::vec((topic_filter(), qos()), 1..5)
+            proptest::collection::vec((topic_filter(), qos().prop_map(SubOptions::from)), 1..5)
         )
-            .prop_map(|(packet_id, filters)| Packet::Subscribe(Subscribe { packet_id, filters })),
-        (packet_id(), proptest::collection::vec(suback_code(), 1..5))
-            .prop_map(|(packet_id, codes)| Packet::SubAck(SubAck { packet_id, codes })),
-        (packet_id(), proptest::collection::vec(topic_filter(), 1..5)).prop_map(
-            |(packet_id, filters)| Packet::Unsubscribe(Unsubscribe { packet_id, filters })
+            .prop_map(|(packet_id, filters)| Packet::Subscribe(Subscribe {
+                packet_id,
+                filters,
+                properties: no_properties(),
+            })),
+        (packet_id(), proptest::collection::vec(suback_code(), 1..5)).prop_map(
+            |(packet_id, codes)| Packet::SubAck(SubAck {
+                packet_id,
+                codes,
+                properties: no_properties(),
+            })
         ),
-        packet_id().prop_map(Packet::UnsubAck),
+        (packet_id(), proptest::collection::vec(topic_filter(), 1..5)).prop_map(
+            |(packet_id, filters)| Packet::Unsubscribe(Unsubscribe {
+                packet_id,
+                filters,
+                properties: no_properties(),
+            })
+        ),
+        packet_id().prop_map(|packet_id| Packet::UnsubAck(UnsubAck {
+            packet_id,
+            codes: Vec::new(),
+            properties: no_properties(),
+        })),
         Just(Packet::PingReq),
         Just(Packet::PingResp),
-        Just(Packet::Disconnect),
+        Just(Packet::Disconnect(Disconnect::default())),
     ]
 }
 

@@ -21,12 +21,12 @@ fn qos1_is_acknowledged_once_every_node_took_it() {
         panic!("the message is routed first: {actions:?}");
     };
     assert_eq!(targets.len(), 1);
-    assert_eq!(answer, Packet::PubAck(7));
+    assert_eq!(answer, Packet::PubAck(Ack::new(7)));
     c.event(Event::Routed {
         answer,
         accepted: true,
     });
-    assert_eq!(c.received(), vec![Packet::PubAck(7)]);
+    assert_eq!(c.received(), vec![Packet::PubAck(Ack::new(7))]);
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn qos1_a_node_did_not_take_gets_no_puback_and_the_connection_ends_with_its_will
     });
     assert!(c.received().is_empty(), "nothing acknowledged");
     assert_eq!(c.session.end(), Some(End::Lost));
-    let Some(Command::Disconnect { publish_will, .. }) = c.session.closing().disconnect else {
+    let Some(Command::Disconnect { publish_will, .. }) = c.session.closing(0).disconnect else {
         panic!("the connection ends in the replicated state");
     };
     assert!(publish_will, "the client did not say goodbye");
@@ -67,7 +67,7 @@ fn qos1_to_a_persistent_subscriber_is_acknowledged_only_after_its_commit() {
         }
     ));
     assert_eq!(wait, Wait::Committed);
-    assert_eq!(c.received(), vec![Packet::PubAck(3)]);
+    assert_eq!(c.received(), vec![Packet::PubAck(Ack::new(3))]);
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn a_publish_committed_after_its_session_was_taken_over_is_not_acknowledged() {
     assert!(c.received().is_empty(), "no PUBACK for a refused publish");
     assert_eq!(c.session.end(), Some(End::TakenOver));
     assert!(
-        c.session.closing().disconnect.is_none(),
+        c.session.closing(0).disconnect.is_none(),
         "the new owner's session is not ended by the old connection"
     );
 }
@@ -98,13 +98,13 @@ fn qos2_from_a_clean_client_is_published_once_until_released() {
         answer,
         accepted: true,
     });
-    assert_eq!(c.received(), vec![Packet::PubRec(9)]);
+    assert_eq!(c.received(), vec![Packet::PubRec(Ack::new(9))]);
     // The client did not see the PUBREC and sends again, with DUP.
     c.send(publish(9, QoS::ExactlyOnce));
     assert!(c.actions().is_empty(), "not routed a second time");
-    assert_eq!(c.received(), vec![Packet::PubRec(9)]);
-    c.send(Packet::PubRel(9));
-    assert_eq!(c.received(), vec![Packet::PubComp(9)]);
+    assert_eq!(c.received(), vec![Packet::PubRec(Ack::new(9))]);
+    c.send(Packet::PubRel(Ack::new(9)));
+    assert_eq!(c.received(), vec![Packet::PubComp(Ack::new(9))]);
     // Released: the id now names a new message.
     c.send(publish(9, QoS::ExactlyOnce));
     assert!(matches!(
@@ -126,15 +126,15 @@ fn qos2_from_a_persistent_client_keeps_its_packet_id_in_the_replicated_state() {
             ..
         }
     ));
-    assert_eq!(c.received(), vec![Packet::PubRec(9)]);
-    c.send(Packet::PubRel(9));
+    assert_eq!(c.received(), vec![Packet::PubRec(Ack::new(9))]);
+    c.send(Packet::PubRel(Ack::new(9)));
     assert!(
         c.received().is_empty(),
         "PUBCOMP only once the release commits"
     );
     let (command, _) = c.commit(Ok(Reply::Done));
     assert!(matches!(command, Command::Release { packet_id: 9, .. }));
-    assert_eq!(c.received(), vec![Packet::PubComp(9)]);
+    assert_eq!(c.received(), vec![Packet::PubComp(Ack::new(9))]);
 }
 
 #[test]
@@ -149,12 +149,14 @@ fn without_quorum_connect_is_refused_as_server_unavailable() {
         will: None,
         username: None,
         password: None,
+        properties: Default::default(),
     }));
     assert_eq!(
         c.received(),
         vec![Packet::ConnAck(ConnAck {
             session_present: false,
-            code: ConnectReturnCode::ServerUnavailable,
+            code: ReasonCode::ServerUnavailable,
+            properties: Default::default(),
         })]
     );
     assert!(c.actions().is_empty(), "nothing proposed");
@@ -169,15 +171,17 @@ fn without_quorum_subscribe_fails_and_qos1_is_not_acknowledged_but_qos0_flows() 
     c.send(Packet::Subscribe(Subscribe {
         packet_id: 4,
         filters: vec![
-            ("a/#".into(), QoS::AtLeastOnce),
-            ("b".into(), QoS::AtMostOnce),
+            ("a/#".into(), QoS::AtLeastOnce.into()),
+            ("b".into(), QoS::AtMostOnce.into()),
         ],
+        properties: Default::default(),
     }));
     assert_eq!(
         c.received(),
         vec![Packet::SubAck(SubAck {
             packet_id: 4,
-            codes: vec![SubAckCode::Failure; 2],
+            codes: vec![ReasonCode::UnspecifiedError; 2],
+            properties: Default::default(),
         })]
     );
     assert!(c.actions().is_empty(), "nothing proposed");
@@ -204,10 +208,11 @@ fn suback_comes_after_the_sync_then_the_retained_messages() {
     }];
     c.send(Packet::Subscribe(Subscribe {
         packet_id: 4,
-        filters: vec![("a/#".into(), QoS::AtMostOnce)],
+        filters: vec![("a/#".into(), QoS::AtMostOnce.into())],
+        properties: Default::default(),
     }));
     assert!(c.received().is_empty(), "no SUBACK before the sync");
-    let (command, wait) = c.commit(Ok(Reply::Done));
+    let (command, wait) = c.commit(Ok(Reply::Existed(vec![false])));
     assert_eq!(wait, Wait::Synced, "every node serves it once acknowledged");
     assert!(matches!(command, Command::Subscribe { ref filters, .. } if filters.len() == 1));
     let received = c.received();
@@ -215,7 +220,8 @@ fn suback_comes_after_the_sync_then_the_retained_messages() {
         received[0],
         Packet::SubAck(SubAck {
             packet_id: 4,
-            codes: vec![SubAckCode::Granted(QoS::AtMostOnce)],
+            codes: vec![ReasonCode::granted(QoS::AtMostOnce)],
+            properties: Default::default(),
         })
     );
     let Packet::Publish(retained) = &received[1] else {
@@ -231,14 +237,16 @@ fn a_subscription_that_cannot_commit_fails_every_filter_and_the_client_stays() {
     c.connect(false, 0);
     c.send(Packet::Subscribe(Subscribe {
         packet_id: 4,
-        filters: vec![("a".into(), QoS::AtLeastOnce)],
+        filters: vec![("a".into(), QoS::AtLeastOnce.into())],
+        properties: Default::default(),
     }));
     c.commit(Err("no leader".into()));
     assert_eq!(
         c.received(),
         vec![Packet::SubAck(SubAck {
             packet_id: 4,
-            codes: vec![SubAckCode::Failure],
+            codes: vec![ReasonCode::UnspecifiedError],
+            properties: Default::default(),
         })]
     );
     assert_eq!(c.session.end(), None);
@@ -251,14 +259,13 @@ fn the_first_packet_must_be_connect() {
     assert_eq!(c.session.end(), Some(End::Lost));
     assert!(c.received().is_empty());
     assert!(
-        c.session.closing().disconnect.is_none(),
+        c.session.closing(0).disconnect.is_none(),
         "no session to end"
     );
 }
 
 #[test]
 fn an_unsupported_protocol_level_gets_connack_1() {
-    let mut c = Client::new();
     let mut bytes = BytesMut::new();
     let connect = Packet::Connect(Connect {
         protocol: V311,
@@ -268,20 +275,20 @@ fn an_unsupported_protocol_level_gets_connack_1() {
         will: None,
         username: None,
         password: None,
+        properties: Default::default(),
     });
     mqtt::encode(&connect, V311, &mut bytes).expect("encodable");
     // Fixed header (2), protocol name (2 + 4), then the level.
     assert_eq!(bytes[8], 4);
-    bytes[8] = 9;
-    c.send_bytes(bytes);
-    assert_eq!(
-        c.received(),
-        vec![Packet::ConnAck(ConnAck {
-            session_present: false,
-            code: ConnectReturnCode::UnacceptableProtocolVersion,
-        })]
-    );
-    assert_eq!(c.session.end(), Some(End::Lost));
+    for level in [2, 9] {
+        let mut c = Client::new();
+        let mut bytes = bytes.clone();
+        bytes[8] = level;
+        c.send_bytes(bytes);
+        // The 3.1.1 CONNACK, return code 0x01 [MQTT-3.1.2-2].
+        assert_eq!(c.session.transmit(), &[0x20, 0x02, 0x00, 0x01], "{level}");
+        assert_eq!(c.session.end(), Some(End::Lost));
+    }
 }
 
 #[test]
@@ -295,13 +302,15 @@ fn a_failed_connect_commit_answers_server_unavailable() {
         will: None,
         username: None,
         password: None,
+        properties: Default::default(),
     }));
     let (_, _) = c.commit(Err("no leader".into()));
     assert_eq!(
         c.received(),
         vec![Packet::ConnAck(ConnAck {
             session_present: false,
-            code: ConnectReturnCode::ServerUnavailable,
+            code: ReasonCode::ServerUnavailable,
+            properties: Default::default(),
         })]
     );
     assert_eq!(c.session.end(), Some(End::Lost));

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use starling_proto::mqtt::{
-    self, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolVersion, Publish, QoS,
-    SubAck, SubAckCode, Subscribe,
+    self, Ack, ConnAck, Connect, LastWill, Packet, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, SubAck, Subscribe,
 };
 
 use super::{Action, End, Event, Session, View, Wait};
@@ -20,6 +20,7 @@ use crate::state::{Command, ConnId, Message, Queued, Reply, Target};
 
 mod from_client;
 mod to_client;
+mod v5;
 
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
 
@@ -35,6 +36,9 @@ struct Fake {
     queue: BTreeMap<u64, Queued>,
     sent_below: u64,
     retained: Vec<Message>,
+    /// The wall clock, in ms since the epoch.
+    now: u64,
+    authenticators: crate::auth::Authenticators,
 }
 
 impl View for Fake {
@@ -50,7 +54,7 @@ impl View for Fake {
     fn metrics(&self) -> &Metrics {
         &self.metrics
     }
-    fn targets(&self, _topic: &str, qos: QoS) -> Vec<Target> {
+    fn targets(&self, _topic: &str, qos: QoS, _publisher: Option<&str>) -> Vec<Target> {
         self.targets
             .iter()
             .map(|t| Target {
@@ -75,6 +79,12 @@ impl View for Fake {
     fn retained_matching(&self, _filter: &str) -> Vec<Message> {
         self.retained.clone()
     }
+    fn now_ms(&self) -> u64 {
+        self.now
+    }
+    fn authenticator(&self, method: &str) -> Option<&dyn crate::auth::Authenticator> {
+        self.authenticators.find(method)
+    }
 }
 
 /// A session on a [`Fake`] node, seen from its client.
@@ -83,6 +93,8 @@ struct Client {
     node: Fake,
     /// Received and not yet looked at.
     inbox: Vec<Packet>,
+    /// The protocol the client speaks.
+    version: ProtocolVersion,
 }
 
 fn conn() -> ConnId {
@@ -94,12 +106,7 @@ fn conn() -> ConnId {
 }
 
 fn message(topic: &str, qos: QoS) -> Message {
-    Message {
-        topic: Arc::from(topic),
-        payload: Bytes::from_static(b"payload"),
-        qos,
-        retain: false,
-    }
+    Message::new(Arc::from(topic), Bytes::from_static(b"payload"), qos, false)
 }
 
 fn publish(id: u16, qos: QoS) -> Packet {
@@ -110,6 +117,7 @@ fn publish(id: u16, qos: QoS) -> Packet {
         topic: Arc::from("t"),
         packet_id: id,
         payload: Bytes::from_static(b"payload"),
+        properties: Properties::default(),
     })
 }
 
@@ -118,6 +126,8 @@ fn queued(qos: QoS, released: bool) -> Queued {
         message: Arc::new(message("t", qos)),
         qos,
         released,
+        retain: false,
+        ids: Vec::new(),
     }
 }
 
@@ -134,15 +144,26 @@ impl Client {
                 queue: BTreeMap::new(),
                 sent_below: 0,
                 retained: Vec::new(),
+                now: 1_000_000,
+                authenticators: crate::auth::Authenticators::new(),
             },
             inbox: Vec::new(),
+            version: V311,
+        }
+    }
+
+    /// A client that speaks MQTT 5.
+    fn v5() -> Client {
+        Client {
+            version: ProtocolVersion::V5,
+            ..Client::new()
         }
     }
 
     /// The client sends `packet`, encoded as the client's library would.
     fn send(&mut self, packet: Packet) {
         let mut bytes = BytesMut::new();
-        mqtt::encode(&packet, V311, &mut bytes).expect("encodable");
+        mqtt::encode(&packet, self.version, &mut bytes).expect("encodable");
         self.send_bytes(bytes);
     }
 
@@ -163,7 +184,9 @@ impl Client {
         let mut bytes = BytesMut::from(self.session.transmit());
         self.session.transmitted();
         let mut packets = std::mem::take(&mut self.inbox);
-        while let Some(packet) = mqtt::decode(&mut bytes, usize::MAX, Some(V311)).expect("valid") {
+        while let Some(packet) =
+            mqtt::decode(&mut bytes, usize::MAX, Some(self.version)).expect("valid")
+        {
             packets.push(packet);
         }
         assert!(bytes.is_empty(), "only whole packets are sent");
@@ -192,8 +215,23 @@ impl Client {
 
     /// CONNECT, committed; returns CONNACK's session present.
     fn connect(&mut self, persistent: bool, keep_alive: u16) -> bool {
+        let mut properties = Properties::default();
+        if persistent && self.version.is_v5() {
+            properties.session_expiry_interval = Some(60);
+        }
+        self.connect_with(persistent, keep_alive, properties).0
+    }
+
+    /// CONNECT with `properties`, committed; returns CONNACK's session
+    /// present and properties.
+    fn connect_with(
+        &mut self,
+        persistent: bool,
+        keep_alive: u16,
+        properties: Properties,
+    ) -> (bool, Properties) {
         self.send(Packet::Connect(Connect {
-            protocol: V311,
+            protocol: self.version,
             clean_session: !persistent,
             keep_alive,
             client_id: "c".into(),
@@ -202,9 +240,11 @@ impl Client {
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtLeastOnce,
                 retain: false,
+                properties: Properties::default(),
             }),
             username: None,
             password: None,
+            properties,
         }));
         assert!(self.received().is_empty(), "no CONNACK before the commit");
         let (command, wait) = self.commit(Ok(Reply::Connected {
@@ -216,13 +256,14 @@ impl Client {
         let mut received = self.received();
         let Packet::ConnAck(ConnAck {
             session_present,
-            code: ConnectReturnCode::Accepted,
+            code: ReasonCode::Success,
+            properties,
         }) = received.remove(0)
         else {
             panic!("CONNACK expected");
         };
         self.inbox = received;
-        session_present
+        (session_present, properties)
     }
 
     fn publishes(&mut self) -> Vec<Publish> {
@@ -241,6 +282,9 @@ fn direct(qos: QoS) -> Target {
         client_id: Arc::from("sub"),
         qos,
         queued: false,
+        retain_as_published: false,
+        ids: Vec::new(),
+        shared: None,
     }
 }
 
@@ -249,5 +293,8 @@ fn persistent_subscriber() -> Target {
         client_id: Arc::from("sub"),
         qos: QoS::ExactlyOnce,
         queued: true,
+        retain_as_published: false,
+        ids: Vec::new(),
+        shared: None,
     }
 }

@@ -13,18 +13,21 @@ fn qos1_to_the_client_keeps_to_the_window_and_an_ack_frees_it() {
         c.event(Event::Mail(Delivery {
             message: message("t", QoS::AtLeastOnce),
             qos: QoS::AtLeastOnce,
+            ids: Vec::new(),
+            retain: false,
+            shared: None,
         }));
     }
     let sent = c.publishes();
     assert_eq!(sent.len(), 2, "a window of two");
     assert!(sent.iter().all(|p| p.qos == QoS::AtLeastOnce && !p.dup));
     assert_ne!(sent[0].packet_id, sent[1].packet_id);
-    c.send(Packet::PubAck(sent[0].packet_id));
+    c.send(Packet::PubAck(Ack::new(sent[0].packet_id)));
     let third = c.publishes();
     assert_eq!(third.len(), 1, "the ack made room for the third");
     assert!(![sent[1].packet_id, 0].contains(&third[0].packet_id));
     // An ack of nothing in flight changes nothing.
-    c.send(Packet::PubAck(sent[0].packet_id));
+    c.send(Packet::PubAck(Ack::new(sent[0].packet_id)));
     assert!(c.received().is_empty());
 }
 
@@ -35,11 +38,14 @@ fn qos2_to_the_client_goes_publish_pubrec_pubrel_pubcomp() {
     c.event(Event::Mail(Delivery {
         message: message("t", QoS::ExactlyOnce),
         qos: QoS::ExactlyOnce,
+        ids: Vec::new(),
+        retain: false,
+        shared: None,
     }));
     let id = c.publishes()[0].packet_id;
-    c.send(Packet::PubRec(id));
-    assert_eq!(c.received(), vec![Packet::PubRel(id)]);
-    c.send(Packet::PubComp(id));
+    c.send(Packet::PubRec(Ack::new(id)));
+    assert_eq!(c.received(), vec![Packet::PubRel(Ack::new(id))]);
+    c.send(Packet::PubComp(Ack::new(id)));
     assert!(c.received().is_empty());
     assert!(c.actions().is_empty(), "a direct message commits nothing");
 }
@@ -53,15 +59,15 @@ fn queued_qos2_is_released_only_after_its_pubrec_commits_and_acked_once_complete
     assert_eq!(sent.len(), 1);
     let id = sent[0].packet_id;
     assert!(!sent[0].dup, "never sent before");
-    c.send(Packet::PubRec(id));
+    c.send(Packet::PubRec(Ack::new(id)));
     assert!(
         c.received().is_empty(),
         "no PUBREL before the PUBREC commits"
     );
     let (command, _) = c.commit(Ok(Reply::Done));
     assert!(matches!(command, Command::Received { seq: 0, .. }));
-    assert_eq!(c.received(), vec![Packet::PubRel(id)]);
-    c.send(Packet::PubComp(id));
+    assert_eq!(c.received(), vec![Packet::PubRel(Ack::new(id))]);
+    c.send(Packet::PubComp(Ack::new(id)));
     c.session.flush();
     let actions = c.actions();
     assert!(
@@ -87,7 +93,7 @@ fn a_resumed_session_resends_what_an_earlier_connection_sent_with_dup() {
     let first_id = first.packet_id;
     assert_eq!(
         received[1],
-        Packet::PubRel(first_id + 1),
+        Packet::PubRel(Ack::new(first_id + 1)),
         "a released message only gets its PUBREL again"
     );
     let Packet::Publish(last) = &received[2] else {
@@ -103,14 +109,14 @@ fn a_taken_over_session_sends_nothing_more_and_keeps_its_acks() {
     c.node.queue.insert(0, queued(QoS::AtLeastOnce, false));
     c.connect(true, 0);
     let id = c.publishes()[0].packet_id;
-    c.send(Packet::PubAck(id));
+    c.send(Packet::PubAck(Ack::new(id)));
     c.event(Event::Stop(Stop::TakenOver));
     assert_eq!(c.session.end(), Some(End::TakenOver));
     assert!(!c.session.wants_mail());
     c.node.queue.insert(1, queued(QoS::AtLeastOnce, false));
     c.event(Event::QueueGrew);
     assert!(c.received().is_empty(), "the queue is the new connection's");
-    let closing = c.session.closing();
+    let closing = c.session.closing(0);
     assert!(
         matches!(closing.acks, Some(Command::Ack { ref seqs, .. }) if seqs == &[0]),
         "acks made before the takeover are still committed (and refused if stale)"
@@ -133,7 +139,7 @@ fn keepalive_is_one_and_a_half_times_the_clients_and_renewed_by_each_packet() {
     c.event(Event::Stop(Stop::Expired));
     assert_eq!(c.session.end(), Some(End::Lost));
     assert!(matches!(
-        c.session.closing().disconnect,
+        c.session.closing(0).disconnect,
         Some(Command::Disconnect {
             publish_will: true,
             ..
@@ -153,10 +159,10 @@ fn keepalive_zero_never_expires() {
 fn disconnect_discards_the_will() {
     let mut c = Client::new();
     c.connect(false, 0);
-    c.send(Packet::Disconnect);
+    c.send(Packet::Disconnect(Default::default()));
     assert_eq!(c.session.end(), Some(End::Graceful));
     assert!(matches!(
-        c.session.closing().disconnect,
+        c.session.closing(0).disconnect,
         Some(Command::Disconnect {
             publish_will: false,
             ..
@@ -176,6 +182,7 @@ fn no_mail_is_taken_before_connack() {
         will: None,
         username: None,
         password: None,
+        properties: Default::default(),
     }));
     assert!(!c.session.wants_mail(), "CONNECT not yet committed");
     c.commit(Ok(Reply::Connected {

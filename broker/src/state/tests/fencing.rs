@@ -157,8 +157,9 @@ fn committed_messages_and_wills_reach_direct_subscribers_through_effects() {
     let delivered = m.delivered();
     assert_eq!(delivered.len(), 1);
     assert!(
-        !delivered[0].retain,
-        "direct copies carry retain 0 [MQTT-3.3.1-9]"
+        delivered[0].retain,
+        "the effect carries the message as published: each direct copy's retain \
+         flag is its subscription's to decide [MQTT-3.3.1-9] [MQTT-3.3.1-12]"
     );
     // QoS 0: the publisher's node already sent the direct copies.
     let from = publisher(&m);

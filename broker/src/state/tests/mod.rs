@@ -8,8 +8,10 @@ use starling_storage::StateMachine;
 
 use super::*;
 
+mod expiry;
 mod fencing;
 mod sessions;
+mod shared;
 mod snapshots;
 
 const NODE: u64 = 1;
@@ -61,7 +63,7 @@ impl Machine {
         self.effects()
             .into_iter()
             .filter_map(|e| match e {
-                Effect::Deliver(m) => Some(m),
+                Effect::Deliver { message, .. } => Some(message),
                 _ => None,
             })
             .collect()
@@ -91,6 +93,8 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Message {
         payload: Bytes::from_static(payload),
         qos,
         retain,
+        expires_at: None,
+        props: None,
     }
 }
 
@@ -106,8 +110,10 @@ fn connect(m: &Machine, id: &str, c: ConnId, clean: bool, will: Option<Message>)
         Command::Connect {
             client_id: Arc::from(id),
             conn: c,
-            clean_session: clean,
+            clean_start: clean,
+            session_expiry: if clean { 0 } else { NEVER_EXPIRES },
             will,
+            will_delay: 0,
             max_queued_messages: m.max_queued,
             max_queued_bytes: m.max_queued_bytes,
         },
@@ -115,7 +121,11 @@ fn connect(m: &Machine, id: &str, c: ConnId, clean: bool, will: Option<Message>)
 }
 
 fn subscribe(m: &Machine, id: &str, c: ConnId, filters: &[(&str, QoS)]) {
-    let filters = filters.iter().map(|(f, q)| (f.to_string(), *q)).collect();
+    let filters: Vec<_> = filters
+        .iter()
+        .map(|(f, q)| (f.to_string(), Subscription::from(*q)))
+        .collect();
+    let count = filters.len();
     let reply = apply(
         m,
         Command::Subscribe {
@@ -124,7 +134,7 @@ fn subscribe(m: &Machine, id: &str, c: ConnId, filters: &[(&str, QoS)]) {
             filters,
         },
     );
-    assert_eq!(reply, Reply::Done);
+    assert!(matches!(reply, Reply::Existed(existed) if existed.len() == count));
 }
 
 /// The client that publishes in these tests, connected on first use.
@@ -168,6 +178,8 @@ fn disconnect(m: &Machine, id: &str, c: ConnId, sent_below: Option<u64>) -> Repl
             conn: c,
             publish_will: false,
             sent_below,
+            session_expiry: None,
+            at: 0,
         },
     )
 }
@@ -207,8 +219,10 @@ fn mixed_log() -> Vec<Command> {
         log.push(Command::Connect {
             client_id: Arc::from(id),
             conn: c,
-            clean_session: clean,
+            clean_start: clean,
+            session_expiry: if clean { 0 } else { NEVER_EXPIRES },
             will: will(&format!("w/{id}")),
+            will_delay: 0,
             max_queued_messages: 4,
             max_queued_bytes: 1 << 20,
         });
@@ -218,8 +232,8 @@ fn mixed_log() -> Vec<Command> {
             client_id: Arc::from(id),
             conn: c,
             filters: vec![
-                ("t/#".into(), QoS::ExactlyOnce),
-                ("w/#".into(), QoS::AtLeastOnce),
+                ("t/#".into(), QoS::ExactlyOnce.into()),
+                ("w/#".into(), QoS::AtLeastOnce.into()),
             ],
         });
     }
@@ -253,6 +267,8 @@ fn mixed_log() -> Vec<Command> {
         conn: conn(1),
         publish_will: true,
         sent_below: Some(0),
+        session_expiry: None,
+        at: 0,
     });
     log
 }

@@ -36,8 +36,11 @@ fn clean_subscribers_are_targets_but_not_queued() {
     let m = machine(10);
     connect(&m, "clean", conn(1), true, None);
     subscribe(&m, "clean", conn(1), &[("t", QoS::AtLeastOnce)]);
-    assert!(!m.targets("t", QoS::AtLeastOnce).iter().any(|t| t.queued));
-    let targets = m.targets("t", QoS::ExactlyOnce);
+    assert!(!m
+        .targets("t", QoS::AtLeastOnce, None, Pick::Local)
+        .iter()
+        .any(|t| t.queued));
+    let targets = m.targets("t", QoS::ExactlyOnce, None, Pick::Local);
     assert_eq!(targets.len(), 1);
     assert_eq!(targets[0].qos, QoS::AtLeastOnce);
     assert!(!targets[0].queued);
@@ -93,6 +96,8 @@ fn mqtt_3_1_2_8_will_published_on_lost_connection_not_after_disconnect() {
             conn: conn(2),
             publish_will: true,
             sent_below: None,
+            session_expiry: None,
+            at: 0,
         },
     );
     assert_eq!(reply, Reply::Disconnected { wills: 1 });
@@ -112,6 +117,8 @@ fn mqtt_3_1_2_8_will_published_on_lost_connection_not_after_disconnect() {
             conn: conn(3),
             publish_will: false,
             sent_below: None,
+            session_expiry: None,
+            at: 0,
         },
     );
     assert_eq!(reply, Reply::Disconnected { wills: 0 });
@@ -141,7 +148,11 @@ fn mqtt_3_1_4_2_takeover_publishes_old_will_and_fences_old_connection() {
                 client_id: Arc::from("a"),
                 conn: conn(2)
             },
-            Effect::Deliver(will),
+            Effect::Deliver {
+                message: will,
+                publisher: None,
+                shared: Vec::new(),
+            },
             Effect::Kick(conn(1))
         ],
         "every node delivers the old will and the old node closes its connection"
@@ -154,6 +165,8 @@ fn mqtt_3_1_4_2_takeover_publishes_old_will_and_fences_old_connection() {
             conn: conn(1),
             publish_will: true,
             sent_below: None,
+            session_expiry: None,
+            at: 0,
         },
     );
     assert_eq!(stale, Reply::NotOwner);
@@ -162,7 +175,7 @@ fn mqtt_3_1_4_2_takeover_publishes_old_will_and_fences_old_connection() {
         Command::Subscribe {
             client_id: Arc::from("a"),
             conn: conn(1),
-            filters: vec![("x".into(), QoS::AtMostOnce)],
+            filters: vec![("x".into(), QoS::AtMostOnce.into())],
         },
     );
     assert_eq!(stale_sub, Reply::NotOwner);
@@ -180,9 +193,13 @@ fn clean_session_ends_with_its_connection() {
             conn: conn(1),
             publish_will: false,
             sent_below: None,
+            session_expiry: None,
+            at: 0,
         },
     );
-    assert!(m.targets("t", QoS::AtLeastOnce).is_empty());
+    assert!(m
+        .targets("t", QoS::AtLeastOnce, None, Pick::Local)
+        .is_empty());
     assert_eq!(m.summary().sessions, 0);
 }
 

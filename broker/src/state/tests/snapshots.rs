@@ -15,7 +15,7 @@ fn snapshot_restore_round_trip_rebuilds_routes() {
     restored.restore(&snapshot).expect("restore");
     assert_eq!(restored.summary(), m.summary());
     assert!(restored
-        .targets("a/x", QoS::AtLeastOnce)
+        .targets("a/x", QoS::AtLeastOnce, None, Pick::Local)
         .iter()
         .any(|t| t.queued));
     assert_eq!(restored.retained_matching("r").len(), 1);
@@ -65,8 +65,10 @@ fn the_same_log_gives_byte_identical_snapshots_on_every_node() {
     let more = [Command::Connect {
         client_id: Arc::from("s"),
         conn: conn(9),
-        clean_session: false,
+        clean_start: false,
+        session_expiry: NEVER_EXPIRES,
         will: None,
+        will_delay: 0,
         max_queued_messages: 4,
         max_queued_bytes: 1 << 20,
     }];

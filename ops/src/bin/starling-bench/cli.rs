@@ -3,7 +3,8 @@
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
-/// An MQTT load generator for Starling (and any MQTT 3.1.1 broker on this machine).
+/// An MQTT load generator for Starling (and any MQTT 3.1.1 or 5 broker on this
+/// machine), over TCP or WebSocket.
 ///
 /// Progress goes to stderr once a second; the summary to stdout, as a table and one
 /// JSON line (only the JSON line with --json). Targets must be loopback addresses.
@@ -43,9 +44,13 @@ pub struct Cli {
     /// so that a later run resumes their sessions.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub clean: bool,
-    /// MQTT protocol version.
+    /// MQTT protocol level: 4 (MQTT 3.1.1) or 5 (MQTT 5.0).
     #[arg(long, value_enum, default_value_t = Protocol::V311)]
     pub protocol: Protocol,
+    /// How MQTT is carried: plain TCP, or WebSocket (ws://HOST:PORT/mqtt, subprotocol
+    /// "mqtt", one binary frame per packet).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
     /// Seconds to measure, after the warm-up.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub duration: f64,
@@ -97,7 +102,8 @@ pub struct Cli {
     /// connection.
     #[arg(long, value_name = "PID")]
     pub watch_pid: Option<u32>,
-    /// Seconds to wait for a TCP connection and its CONNACK.
+    /// Seconds to wait for a connection (TCP, and the WebSocket handshake with
+    /// --transport ws) and its CONNACK.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub connect_timeout: f64,
 }
@@ -121,18 +127,52 @@ pub enum Scenario {
     Latency,
 }
 
-/// The MQTT protocol to speak. Only 3.1.1 for now; MQTT 5 is to be added beside it.
+/// The MQTT protocol to speak, named by its CONNECT protocol level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 pub enum Protocol {
-    #[value(name = "3.1.1")]
+    /// MQTT 3.1.1.
+    #[value(name = "4", alias = "3.1.1")]
     #[serde(rename = "3.1.1")]
     V311,
+    /// MQTT 5.0.
+    #[value(name = "5", alias = "5.0")]
+    #[serde(rename = "5.0")]
+    V5,
 }
 
 impl Protocol {
+    /// The name shown in the summary table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::V311 => "MQTT 3.1.1",
+            Protocol::V5 => "MQTT 5.0",
+        }
+    }
+
     pub fn version(self) -> starling_proto::mqtt::ProtocolVersion {
         match self {
             Protocol::V311 => starling_proto::mqtt::ProtocolVersion::V3_1_1,
+            Protocol::V5 => starling_proto::mqtt::ProtocolVersion::V5,
+        }
+    }
+}
+
+/// What carries the MQTT bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT straight over TCP.
+    Tcp,
+    /// MQTT over WebSocket (MQTT 3.1.1 / 5.0 section 6), without TLS.
+    Ws,
+}
+
+impl Transport {
+    /// The name shown in the summary table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "TCP",
+            Transport::Ws => "WebSocket",
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use starling_proto::mqtt::{Packet, Publish, QoS};
+use starling_proto::mqtt::{Ack, Packet, Publish, QoS};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
@@ -80,12 +80,17 @@ pub async fn run(
         let started = Instant::now();
         Client::connect(spec.addr, spec.source, &spec.connect)
             .await
-            .map(|(client, _)| (client, started.elapsed()))
+            .map(|(client, ack)| (client, ack, started.elapsed()))
     };
-    let mut client = match connected {
-        Ok((client, latency)) => {
+    let (mut client, window) = match connected {
+        Ok((client, ack, latency)) => {
             let _ = ready.send(Ok(latency)).await;
-            client
+            // An MQTT 5 broker's Receive Maximum caps the window [MQTT-3.3.4-7].
+            let window = ack
+                .properties
+                .receive_maximum
+                .map_or(cfg.inflight, |max| max.min(cfg.inflight));
+            (client, window)
         }
         Err(e) => {
             out.error = Some(e.to_string());
@@ -110,7 +115,8 @@ pub async fn run(
             spec: &spec,
             cfg: &cfg,
             shared: &shared,
-            inflight: HashMap::with_capacity(usize::from(cfg.inflight)),
+            inflight: HashMap::with_capacity(usize::from(window)),
+            window,
             next_id: 0,
             out: &mut out,
             stopped: &mut stopped,
@@ -141,6 +147,9 @@ struct Flow<'a> {
     cfg: &'a PubConfig,
     shared: &'a Shared,
     inflight: HashMap<u16, Stage>,
+    /// QoS 1/2 publishes that may be unacknowledged at once: `--inflight`, or less
+    /// if the broker's Receive Maximum says so.
+    window: u16,
     next_id: u16,
     out: &'a mut PubOutcome,
     /// Set once this publisher has told `shared` it stopped publishing.
@@ -150,7 +159,7 @@ struct Flow<'a> {
 impl Flow<'_> {
     async fn publish(&mut self, client: &mut Client, stop_at: Instant) -> Result<(), ClientError> {
         let qos0 = self.cfg.qos == QoS::AtMostOnce;
-        let window = usize::from(self.cfg.inflight);
+        let window = usize::from(self.window);
         let limit = self.cfg.count.unwrap_or(u64::MAX);
         // Catching up after a stall may burst by a tenth of a second's worth.
         let burst = (self.cfg.rate / 10.0).ceil().max(1.0) as u64;
@@ -258,6 +267,7 @@ impl Flow<'_> {
             topic: self.spec.topic.clone(),
             packet_id,
             payload,
+            properties: Default::default(),
         }))?;
         self.out.sent += 1;
         Ok(())
@@ -278,20 +288,44 @@ impl Flow<'_> {
         let mut unexpected = 0;
         while let Some(packet) = client.next_packet()? {
             match packet {
-                Packet::PubAck(id) if self.inflight.get(&id) == Some(&Stage::Ack) => {
-                    self.inflight.remove(&id);
-                    acked += 1;
+                // MQTT 5 reason codes: below 0x80 (0x10 No Matching Subscribers
+                // included) the broker took the message; from 0x80 it refused it,
+                // which ends the flow too [MQTT-4.3.3-4] but is no acknowledgement.
+                Packet::PubAck(Ack {
+                    packet_id, reason, ..
+                }) if self.inflight.get(&packet_id) == Some(&Stage::Ack) => {
+                    self.inflight.remove(&packet_id);
+                    if reason.is_error() {
+                        unexpected += 1;
+                    } else {
+                        acked += 1;
+                    }
+                }
+                Packet::PubRec(Ack {
+                    packet_id, reason, ..
+                }) if reason.is_error() && self.inflight.get(&packet_id) == Some(&Stage::Rec) => {
+                    self.inflight.remove(&packet_id);
+                    unexpected += 1;
                 }
                 // A repeated PUBREC (the broker resends it) gets PUBREL again.
-                Packet::PubRec(id)
-                    if matches!(self.inflight.get(&id), Some(Stage::Rec | Stage::Comp)) =>
+                Packet::PubRec(Ack { packet_id, .. })
+                    if matches!(
+                        self.inflight.get(&packet_id),
+                        Some(Stage::Rec | Stage::Comp)
+                    ) =>
                 {
-                    self.inflight.insert(id, Stage::Comp);
-                    client.queue(&Packet::PubRel(id))?;
+                    self.inflight.insert(packet_id, Stage::Comp);
+                    client.queue(&Packet::PubRel(Ack::new(packet_id)))?;
                 }
-                Packet::PubComp(id) if self.inflight.get(&id) == Some(&Stage::Comp) => {
-                    self.inflight.remove(&id);
-                    acked += 1;
+                Packet::PubComp(Ack {
+                    packet_id, reason, ..
+                }) if self.inflight.get(&packet_id) == Some(&Stage::Comp) => {
+                    self.inflight.remove(&packet_id);
+                    if reason.is_error() {
+                        unexpected += 1;
+                    } else {
+                        acked += 1;
+                    }
                 }
                 _ => unexpected += 1,
             }

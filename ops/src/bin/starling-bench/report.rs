@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
-use crate::cli::{Protocol, Scenario};
+use crate::cli::{Protocol, Scenario, Transport};
 use crate::shared::Shared;
 
 /// Percentiles of a histogram of microseconds.
@@ -44,6 +44,7 @@ impl Percentiles {
 pub struct Params {
     pub hosts: Vec<String>,
     pub protocol: Protocol,
+    pub transport: Transport,
     pub qos: u8,
     pub size: usize,
     pub clean: bool,
@@ -159,6 +160,12 @@ impl Summary {
                 self.scenario, p.qos, p.size, p.publishers, p.subscribers, p.clean
             );
         }
+        let _ = writeln!(
+            t,
+            "protocol   {} over {}",
+            p.protocol.label(),
+            p.transport.label()
+        );
         let c = &self.connections;
         let _ = writeln!(
             t,

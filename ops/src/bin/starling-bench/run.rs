@@ -55,6 +55,7 @@ pub fn connect_opts(cli: &Cli, role: &str, n: usize, read_chunk: usize) -> Conne
         clean: cli.clean,
         keepalive: cli.keepalive,
         protocol: cli.protocol.version(),
+        transport: cli.transport,
         timeout: Duration::from_secs_f64(cli.connect_timeout),
         read_chunk,
     }
@@ -146,6 +147,7 @@ pub fn base_summary(cli: &Cli, targets: &Targets, npub: usize, nsub: usize, rate
         params: Params {
             hosts: targets.hosts.iter().map(ToString::to_string).collect(),
             protocol: cli.protocol,
+            transport: cli.transport,
             qos: cli.qos,
             size: cli.size,
             clean: cli.clean,

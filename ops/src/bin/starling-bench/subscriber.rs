@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use starling_proto::mqtt::{Packet, Publish, QoS, SubAckCode, Subscribe};
+use starling_proto::mqtt::{Ack, Packet, Publish, QoS, Subscribe};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
@@ -97,7 +97,8 @@ impl Receiver<'_> {
         };
         client.queue(&Packet::Subscribe(Subscribe {
             packet_id: SUBSCRIBE_ID,
-            filters: vec![(self.spec.filter.clone(), self.spec.qos)],
+            filters: vec![(self.spec.filter.clone(), self.spec.qos.into())],
+            properties: Default::default(),
         }))?;
         client.flush().await?;
         let suback_deadline = Instant::now() + self.spec.connect.timeout;
@@ -214,13 +215,16 @@ impl Receiver<'_> {
                         errors += 1;
                     }
                 }
-                Packet::PubRel(id) => {
-                    self.awaiting_rel.remove(&id);
-                    client.queue(&Packet::PubComp(id))?;
+                Packet::PubRel(Ack { packet_id, .. }) => {
+                    self.awaiting_rel.remove(&packet_id);
+                    client.queue(&Packet::PubComp(Ack::new(packet_id)))?;
                 }
                 Packet::SubAck(ack) if ack.packet_id == SUBSCRIBE_ID => {
-                    if ack.codes.contains(&SubAckCode::Failure) {
-                        return Err(ClientError::Protocol("subscription refused".into()));
+                    // 0x80 and above: refused (3.1.1 has 0x80 only, MQTT 5 says why).
+                    if let Some(code) = ack.codes.iter().find(|code| code.is_error()) {
+                        return Err(ClientError::Protocol(format!(
+                            "subscription refused: {code:?}"
+                        )));
                     }
                     if let Some(ready) = self.ready.take() {
                         let _ = ready.send(Ok(connect_latency)).await;
@@ -243,11 +247,11 @@ impl Receiver<'_> {
         match publish.qos {
             QoS::AtMostOnce => Ok(true),
             QoS::AtLeastOnce => {
-                client.queue(&Packet::PubAck(publish.packet_id))?;
+                client.queue(&Packet::PubAck(Ack::new(publish.packet_id)))?;
                 Ok(true)
             }
             QoS::ExactlyOnce => {
-                client.queue(&Packet::PubRec(publish.packet_id))?;
+                client.queue(&Packet::PubRec(Ack::new(publish.packet_id)))?;
                 Ok(self.awaiting_rel.insert(publish.packet_id))
             }
         }

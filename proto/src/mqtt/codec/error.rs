@@ -5,6 +5,7 @@
 //! from MQTT 3.1.1; rules without a numbered statement cite their section.
 
 use crate::mqtt::topic::TopicError;
+use crate::mqtt::v5::{PropertyError, ReasonCode};
 
 /// Why bytes from a peer are not a valid packet.
 ///
@@ -21,7 +22,7 @@ pub enum DecodeError {
     /// The remaining length's fourth byte has its continuation bit set.
     #[error("remaining length longer than 4 bytes (MQTT 3.1.1 section 2.2.3)")]
     MalformedRemainingLength,
-    /// Packet types 0 and 15 are reserved.
+    /// Packet type 0 is reserved, and so is 15 before MQTT 5 (AUTH).
     #[error("reserved packet type {0} (MQTT 3.1.1 section 2.2.1)")]
     UnknownPacketType(u8),
     /// The fixed header's flags are not the ones the packet type requires.
@@ -100,12 +101,45 @@ pub enum DecodeError {
     /// for what the packet says it contains.
     #[error("{packet_type} ends inside a field (MQTT 3.1.1 section 2.2.3)")]
     Truncated { packet_type: &'static str },
+    /// An MQTT 5 property list is malformed or breaks a property's rules.
+    #[error("{packet_type}: {error}")]
+    Property {
+        packet_type: &'static str,
+        error: PropertyError,
+    },
+    /// A reason code MQTT 5 does not define, or not for this packet.
+    #[error("reason code {code:#04x} is not one {packet_type} may carry (MQTT 5.0 section 2.4)")]
+    InvalidReasonCode { packet_type: &'static str, code: u8 },
+    /// Retain Handling 3 in MQTT 5 subscription options: a Protocol Error.
+    #[error("retain handling 3 in SUBSCRIBE options (MQTT 5.0 section 3.8.3.1)")]
+    RetainHandling,
+    /// An MQTT 5 PUBLISH with an empty topic and no Topic Alias.
+    #[error("empty topic name without a topic alias (MQTT 5.0 section 3.3.2.1)")]
+    EmptyTopicWithoutAlias,
     /// Bytes are left over after the last field the packet can contain.
     #[error("{count} unexpected bytes at the end of {packet_type} (MQTT 3.1.1 section 2.2.3)")]
     TrailingBytes {
         packet_type: &'static str,
         count: usize,
     },
+}
+
+impl DecodeError {
+    /// The MQTT 5 reason code a server answers this error with before closing
+    /// the connection: 0x95 for a packet over the maximum size, 0x82 Protocol
+    /// Error where the specification names one, 0x81 Malformed Packet for the
+    /// rest [MQTT-4.13.1-1].
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            DecodeError::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            DecodeError::Property { error, .. } => error.reason_code(),
+            DecodeError::RetainHandling
+            | DecodeError::EmptyTopicWithoutAlias
+            | DecodeError::PasswordWithoutUsername => ReasonCode::ProtocolError,
+            DecodeError::UnsupportedProtocolLevel(_) => ReasonCode::UnsupportedProtocolVersion,
+            _ => ReasonCode::MalformedPacket,
+        }
+    }
 }
 
 /// Why a packet cannot be written. The output buffer is left as it was.
@@ -123,4 +157,7 @@ pub enum EncodeError {
     /// A QoS 0 PUBLISH with DUP set.
     #[error("PUBLISH with QoS 0 and DUP set [MQTT-3.3.1-2]")]
     DupWithQoS0,
+    /// A packet the protocol version does not have (AUTH before MQTT 5).
+    #[error("{packet_type} does not exist before MQTT 5")]
+    NotInVersion { packet_type: &'static str },
 }

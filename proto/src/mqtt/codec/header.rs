@@ -16,7 +16,7 @@ pub(super) const MAX_REMAINING_LENGTH: usize = 268_435_455;
 pub(super) const PUBLISH_DUP: u8 = 0b1000;
 pub(super) const PUBLISH_RETAIN: u8 = 0b0001;
 
-/// The fourteen control packet types.
+/// The fifteen control packet types (AUTH is MQTT 5's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PacketType {
     Connect = 1,
@@ -33,6 +33,7 @@ pub(super) enum PacketType {
     PingReq = 12,
     PingResp = 13,
     Disconnect = 14,
+    Auth = 15,
 }
 
 impl PacketType {
@@ -53,6 +54,7 @@ impl PacketType {
             12 => PingReq,
             13 => PingResp,
             14 => Disconnect,
+            15 => Auth,
             _ => return None,
         })
     }
@@ -73,7 +75,8 @@ impl PacketType {
             Packet::UnsubAck(_) => UnsubAck,
             Packet::PingReq => PingReq,
             Packet::PingResp => PingResp,
-            Packet::Disconnect => Disconnect,
+            Packet::Disconnect(_) => Disconnect,
+            Packet::Auth(_) => Auth,
         }
     }
 
@@ -95,6 +98,7 @@ impl PacketType {
             PingReq => "PINGREQ",
             PingResp => "PINGRESP",
             Disconnect => "DISCONNECT",
+            Auth => "AUTH",
         }
     }
 
@@ -106,12 +110,16 @@ impl PacketType {
         }
     }
 
-    /// The remaining length of the packets whose length never varies.
-    fn fixed_remaining_length(self, _version: ProtocolVersion) -> Option<usize> {
+    /// The remaining length of the packets whose length never varies. In
+    /// MQTT 5 only the pings have one: acknowledgements and DISCONNECT may
+    /// carry reason codes and properties.
+    fn fixed_remaining_length(self, version: ProtocolVersion) -> Option<usize> {
         use PacketType::*;
-        match self {
-            ConnAck | PubAck | PubRec | PubRel | PubComp | UnsubAck => Some(2),
-            PingReq | PingResp | Disconnect => Some(0),
+        match (self, version.is_v5()) {
+            (PingReq | PingResp, _) => Some(0),
+            (_, true) => None,
+            (ConnAck | PubAck | PubRec | PubRel | PubComp | UnsubAck, false) => Some(2),
+            (Disconnect, false) => Some(0),
             _ => None,
         }
     }
@@ -143,8 +151,9 @@ pub(super) fn parse(
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
-    let packet_type =
-        PacketType::from_u8(first >> 4).ok_or(DecodeError::UnknownPacketType(first >> 4))?;
+    let packet_type = PacketType::from_u8(first >> 4)
+        .filter(|t| *t != PacketType::Auth || version.is_v5())
+        .ok_or(DecodeError::UnknownPacketType(first >> 4))?;
     let flags = first & 0x0F;
     check_flags(packet_type, flags, version)?;
 
@@ -280,11 +289,23 @@ mod tests {
 
     #[test]
     fn every_packet_type_round_trips_through_its_number() {
-        for n in 1..=14u8 {
-            let packet_type = PacketType::from_u8(n).expect("1..=14 are packet types");
+        for n in 1..=15u8 {
+            let packet_type = PacketType::from_u8(n).expect("1..=15 are packet types");
             assert_eq!(packet_type as u8, n);
         }
         assert_eq!(PacketType::from_u8(0), None);
-        assert_eq!(PacketType::from_u8(15), None);
+    }
+
+    #[test]
+    fn auth_is_a_packet_type_only_in_mqtt_5() {
+        let auth = [0xF0, 0x00];
+        assert_eq!(
+            parse(&auth, ProtocolVersion::V3_1_1).map(|h| h.is_some()),
+            Err(DecodeError::UnknownPacketType(15))
+        );
+        let header = parse(&auth, ProtocolVersion::V5)
+            .expect("valid")
+            .expect("whole");
+        assert_eq!(header.packet_type, PacketType::Auth);
     }
 }

@@ -10,6 +10,7 @@ use bytes::{Buf, Bytes};
 
 use super::error::DecodeError;
 use crate::mqtt::topic::{validate_topic_filter, validate_topic_name, TopicError};
+use crate::mqtt::v5::{Properties, PropertyContext, ReasonCode};
 
 pub(super) struct Reader {
     body: Bytes,
@@ -78,15 +79,37 @@ impl Reader {
         self.utf8(str::to_owned)
     }
 
+    /// A string as an `Arc<str>`, unvalidated as a topic.
+    pub(super) fn shared_string(&mut self) -> Result<Arc<str>, DecodeError> {
+        self.utf8(|text| Arc::<str>::from(text))
+    }
+
+    /// An MQTT 5 property list, for a packet of `context`.
+    pub(super) fn properties(
+        &mut self,
+        context: PropertyContext,
+    ) -> Result<Properties, DecodeError> {
+        Properties::decode(&mut self.body, context).map_err(|error| DecodeError::Property {
+            packet_type: self.packet_type,
+            error,
+        })
+    }
+
+    /// An MQTT 5 reason code that this packet type may carry.
+    pub(super) fn reason_code(&mut self) -> Result<ReasonCode, DecodeError> {
+        let code = self.u8()?;
+        ReasonCode::from_u8(code)
+            .filter(|c| c.allowed_in(self.packet_type))
+            .ok_or(DecodeError::InvalidReasonCode {
+                packet_type: self.packet_type,
+                code,
+            })
+    }
+
     /// A topic name: the topic of a PUBLISH or a will.
     pub(super) fn topic_name(&mut self) -> Result<Arc<str>, DecodeError> {
-        let topic = self.utf8(|text| Arc::<str>::from(text))?;
-        validate_topic_name(&topic).map_err(|e| match e {
-            TopicError::Empty => DecodeError::EmptyTopicName,
-            TopicError::NullCharacter => DecodeError::NullCharacter,
-            // A wire string never exceeds 65535 bytes, so a wildcard is all that is left.
-            _ => DecodeError::WildcardInTopicName,
-        })?;
+        let topic = self.shared_string()?;
+        check_topic_name(&topic)?;
         Ok(topic)
     }
 
@@ -116,4 +139,14 @@ impl Reader {
             })
         }
     }
+}
+
+/// A topic name as a PUBLISH or a will must spell it.
+pub(super) fn check_topic_name(topic: &str) -> Result<(), DecodeError> {
+    validate_topic_name(topic).map_err(|e| match e {
+        TopicError::Empty => DecodeError::EmptyTopicName,
+        TopicError::NullCharacter => DecodeError::NullCharacter,
+        // A wire string never exceeds 65535 bytes, so a wildcard is all that is left.
+        _ => DecodeError::WildcardInTopicName,
+    })
 }
