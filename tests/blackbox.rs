@@ -4,6 +4,8 @@
 //! sockets, or Debian's mosquitto clients. One test binary, so the harness is
 //! linked once.
 
+#[path = "auth.rs"]
+mod auth;
 #[path = "bench_smoke.rs"]
 mod bench_smoke;
 #[path = "cli_clients.rs"]
@@ -24,5 +26,7 @@ mod retained_will;
 mod sessions;
 #[path = "slow_subscriber.rs"]
 mod slow_subscriber;
+#[path = "tls.rs"]
+mod tls;
 #[path = "websocket.rs"]
 mod websocket;

@@ -29,5 +29,7 @@ mod sessions;
 mod shared;
 #[path = "cluster/takeover.rs"]
 mod takeover;
+#[path = "cluster/tls.rs"]
+mod tls;
 #[path = "cluster/wills.rs"]
 mod wills;

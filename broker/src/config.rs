@@ -1,6 +1,7 @@
 //! The MQTT listener's settings, as they appear under `[mqtt]` in the config file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,10 @@ pub struct WebSocketConfig {
     pub listen: SocketAddr,
     /// The HTTP path MQTT is served on; other paths are refused (404).
     pub path: String,
+    /// Address of the secure WebSocket (wss) listener, with the certificates
+    /// of `[tls]` and the path and subprotocol rules above; on whatever
+    /// `enabled` says. Empty: none.
+    pub tls_listen: String,
 }
 
 impl Default for WebSocketConfig {
@@ -89,6 +94,7 @@ impl Default for WebSocketConfig {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
             path: "/mqtt".into(),
+            tls_listen: String::new(),
         }
     }
 }
@@ -163,6 +169,54 @@ pub struct ClusterConfig {
     /// down to a quarter of this (kept for followers a little behind). Bounds
     /// disk use and restart time whatever the payloads.
     pub max_log_bytes: u64,
+    /// Mutual TLS between the nodes.
+    pub tls: ClusterTlsConfig,
+}
+
+/// Mutual TLS on the cluster port, as it appears under `[cluster.tls]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// This node's certificate chain (PEM). Empty: the cluster port speaks
+    /// plaintext, for one machine only.
+    pub cert_file: String,
+    /// This node's private key (PEM).
+    pub key_file: String,
+    /// The cluster's own CA (PEM): only nodes with a certificate it signed
+    /// may join, replicate, propose or forward.
+    pub ca_file: String,
+    /// The DNS name every node's certificate carries, checked whatever
+    /// address a node is dialed at. Empty: "starling-cluster".
+    pub server_name: String,
+}
+
+impl ClusterTlsConfig {
+    /// The files read, or `None` when TLS is off; a missing file or key is an
+    /// error naming it.
+    pub fn load(&self) -> Result<Option<starling_cluster::ClusterTls>, crate::BrokerError> {
+        if self.cert_file.is_empty() && self.key_file.is_empty() && self.ca_file.is_empty() {
+            return Ok(None);
+        }
+        let read = |key: &str, path: &str| {
+            if path.is_empty() {
+                return Err(crate::BrokerError::Config(format!(
+                    "cluster.tls.{key} is required with the other cluster.tls files"
+                )));
+            }
+            std::fs::read(path)
+                .map_err(|e| crate::BrokerError::Config(format!("cluster.tls.{key} {path}: {e}")))
+        };
+        Ok(Some(starling_cluster::ClusterTls {
+            cert_pem: read("cert_file", &self.cert_file)?,
+            key_pem: read("key_file", &self.key_file)?,
+            ca_pem: read("ca_file", &self.ca_file)?,
+            server_name: if self.server_name.is_empty() {
+                "starling-cluster".to_owned()
+            } else {
+                self.server_name.clone()
+            },
+        }))
+    }
 }
 
 impl Default for ClusterConfig {
@@ -174,6 +228,7 @@ impl Default for ClusterConfig {
             join: String::new(),
             node_down_after_ms: 3000,
             max_log_bytes: 256 * 1024 * 1024,
+            tls: ClusterTlsConfig::default(),
         }
     }
 }
@@ -197,6 +252,100 @@ impl ClusterConfig {
     }
 }
 
+impl WebSocketConfig {
+    /// `tls_listen` as an address, or `None` when it is empty.
+    pub fn tls_listen(&self) -> Result<Option<SocketAddr>, String> {
+        match self.tls_listen.trim() {
+            "" => Ok(None),
+            addr => addr
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{addr:?} is not IP:PORT")),
+        }
+    }
+}
+
+/// MQTT over TLS, as it appears under `[tls]`: its listener, and the
+/// certificates that it and the secure WebSocket listener present and ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Whether the node also serves MQTT over TLS (1.2 or 1.3).
+    pub enabled: bool,
+    /// Address of the MQTT-over-TLS listener.
+    pub listen: SocketAddr,
+    /// The server's certificate chain (PEM), its own certificate first. The
+    /// files are read again on SIGHUP and when they change: new connections
+    /// get the new certificate, open ones keep theirs.
+    pub cert_file: PathBuf,
+    /// The certificate's private key (PEM: PKCS#8, RSA or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to. Empty:
+    /// clients are not asked for a certificate; else one they present is
+    /// checked.
+    pub ca_file: PathBuf,
+    /// Whether a client must present a certificate that chains to `ca_file`;
+    /// without one its TLS handshake fails.
+    pub require_client_certificate: bool,
+    /// Whether the common name (CN) of the client certificate's subject
+    /// becomes the session's username, in place of the one in CONNECT (as
+    /// Mosquitto's option of that name). Needs `require_client_certificate`.
+    pub use_identity_as_username: bool,
+    /// As `use_identity_as_username`, with the first DNS name or email
+    /// address among the certificate's subject alternative names.
+    pub use_subject_alt_name_as_username: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            require_client_certificate: false,
+            use_identity_as_username: false,
+            use_subject_alt_name_as_username: false,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Checks what serde cannot, when a TLS listener is on (`enabled`, or a
+    /// secure WebSocket listener): the key at fault and why.
+    pub fn check(&self, secure_websocket: bool) -> Result<(), (&'static str, String)> {
+        if !self.enabled && !secure_websocket {
+            return Ok(());
+        }
+        let unset = |path: &PathBuf| path.as_os_str().is_empty();
+        let on = "required when tls.enabled or websocket.tls_listen is set";
+        if unset(&self.cert_file) {
+            return Err(("tls.cert_file", on.to_owned()));
+        }
+        if unset(&self.key_file) {
+            return Err(("tls.key_file", on.to_owned()));
+        }
+        if self.require_client_certificate && unset(&self.ca_file) {
+            let why = "required by tls.require_client_certificate";
+            return Err(("tls.ca_file", why.to_owned()));
+        }
+        if self.use_identity_as_username && self.use_subject_alt_name_as_username {
+            let why = "set with tls.use_identity_as_username: only one can name the user";
+            return Err(("tls.use_subject_alt_name_as_username", why.to_owned()));
+        }
+        if (self.use_identity_as_username || self.use_subject_alt_name_as_username)
+            && !self.require_client_certificate
+        {
+            let why = "required by tls.use_identity_as_username and \
+                       tls.use_subject_alt_name_as_username: else a client without a \
+                       certificate would name itself";
+            return Err(("tls.require_client_certificate", why.to_owned()));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +364,48 @@ mod tests {
             ..ClusterConfig::default()
         };
         assert!(bad.parse_peers().unwrap_err().contains("x=h:1"));
+    }
+
+    #[test]
+    fn tls_settings_are_checked_when_a_tls_listener_is_on() {
+        let off = TlsConfig::default();
+        assert_eq!(off.check(false), Ok(()));
+        assert_eq!(off.check(true).unwrap_err().0, "tls.cert_file");
+        let on = TlsConfig {
+            enabled: true,
+            cert_file: "cert.pem".into(),
+            ..TlsConfig::default()
+        };
+        assert_eq!(on.check(false).unwrap_err().0, "tls.key_file");
+        let on = TlsConfig {
+            key_file: "key.pem".into(),
+            ..on
+        };
+        assert_eq!(on.check(false), Ok(()));
+        let require = TlsConfig {
+            require_client_certificate: true,
+            ..on.clone()
+        };
+        assert_eq!(require.check(false).unwrap_err().0, "tls.ca_file");
+        let identity = TlsConfig {
+            use_identity_as_username: true,
+            ca_file: "ca.pem".into(),
+            ..on
+        };
+        let key = identity.check(false).unwrap_err().0;
+        assert_eq!(key, "tls.require_client_certificate");
+        let both = TlsConfig {
+            require_client_certificate: true,
+            use_subject_alt_name_as_username: true,
+            ..identity
+        };
+        let key = both.check(false).unwrap_err().0;
+        assert_eq!(key, "tls.use_subject_alt_name_as_username");
+        let websocket = WebSocketConfig {
+            tls_listen: "localhost".into(),
+            ..WebSocketConfig::default()
+        };
+        assert!(websocket.tls_listen().is_err());
+        assert_eq!(WebSocketConfig::default().tls_listen(), Ok(None));
     }
 }

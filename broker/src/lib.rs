@@ -16,6 +16,7 @@ mod session;
 mod shared;
 pub mod state;
 mod timeouts;
+mod tls;
 pub mod topic;
 
 use std::net::SocketAddr;
@@ -28,7 +29,8 @@ use starling_cluster::{Node, NodeConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{ClusterConfig, MqttConfig, WebSocketConfig};
+pub use auth::AuthConfig;
+pub use config::{ClusterConfig, MqttConfig, TlsConfig, WebSocketConfig};
 use metrics::Metrics;
 use registry::Registry;
 use shared::Shared;
@@ -42,6 +44,8 @@ pub struct BrokerConfig {
     pub mqtt: MqttConfig,
     pub websocket: WebSocketConfig,
     pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
 }
 
 /// What a node found in its storage at start.
@@ -70,6 +74,10 @@ pub enum BrokerError {
     NotApplied(Duration),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    PasswordFile(#[from] auth::PasswordFileError),
+    #[error(transparent)]
+    AclFile(#[from] auth::acl::AclError),
 }
 
 /// The most commands one Raft entry carries.
@@ -84,6 +92,10 @@ pub struct Broker {
     shared: Arc<Shared>,
     mqtt_addr: SocketAddr,
     websocket_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    websocket_tls_addr: Option<SocketAddr>,
+    /// The certificates of the listeners over TLS, if any is on.
+    tls: Option<Arc<tls::Tls>>,
     recovered: Recovered,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -98,6 +110,11 @@ impl Broker {
     ) -> Result<Broker, BrokerError> {
         // Checked before anything starts.
         let authenticators = authenticators(&config.mqtt)?;
+        let passwords = load_passwords(&config.auth)?;
+        let acl = load_acl(&config.auth)?;
+        let tls = load_tls(&config)?;
+        let tls_names_users = tls.is_some()
+            && (config.tls.use_identity_as_username || config.tls.use_subject_alt_name_as_username);
         let metrics = Arc::new(Metrics::new(registry)?);
         // The incarnation is known once storage is open; nothing is local to
         // this node before then, so the replay at start concerns none of its
@@ -112,6 +129,7 @@ impl Broker {
             .parse_peers()
             .map_err(starling_cluster::ClusterError::Config)?;
         let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        let cluster_tls = config.cluster.tls.load()?;
         let node_config = NodeConfig {
             node_id: config.node_id,
             data_dir: config.data_dir.join("raft"),
@@ -121,6 +139,7 @@ impl Broker {
             peers,
             join: non_empty(&config.cluster.join),
             node_down_after: Duration::from_millis(config.cluster.node_down_after_ms),
+            tls: cluster_tls.clone(),
         };
         let inbound = Arc::new(forward::Inbound {
             machine: machine.clone(),
@@ -139,11 +158,14 @@ impl Broker {
         let incarnation = node.incarnation();
         local.set_incarnation(incarnation);
         node.wait_ready(timeouts::READY).await?;
-        let forwarder = starling_cluster::Forwarder::from_source(
+        let forwarder = starling_cluster::Forwarder::with_dialer(
             config.node_id,
             FORWARD_BUFFER,
             FORWARD_BUFFER_BYTES,
-            starling_cluster::source_for(config.cluster.listen),
+            starling_cluster::Dialer::new(
+                starling_cluster::source_for(config.cluster.listen),
+                cluster_tls.as_ref(),
+            ),
         );
         forward::sync_peers(&node, &forwarder);
         let shared = Arc::new(Shared {
@@ -157,6 +179,11 @@ impl Broker {
             down_after: Duration::from_millis(config.cluster.node_down_after_ms),
             next_conn: AtomicU64::new(0),
             authenticators,
+            // Whether clients may authenticate with a certificate instead.
+            allow_anonymous: config.auth.anonymous_allowed(tls_names_users),
+            auth: config.auth.clone(),
+            passwords: std::sync::RwLock::new(passwords),
+            acl: std::sync::RwLock::new(acl),
         });
         shared
             .machine
@@ -182,15 +209,39 @@ impl Broker {
             false => None,
         };
         let websocket_addr = websocket.as_ref().map(|(_, addr)| *addr);
+        let mut secure = None;
+        let (mut tls_addr, mut websocket_tls_addr) = (None, None);
+        if let Some(tls) = &tls {
+            let mqtt = match config.tls.enabled {
+                true => Some(listener::bind(config.tls.listen).await?),
+                false => None,
+            };
+            let websocket = match config.websocket.tls_listen() {
+                Ok(Some(addr)) => Some(listener::bind(addr).await?),
+                _ => None,
+            };
+            tls_addr = mqtt.as_ref().map(|(_, addr)| *addr);
+            websocket_tls_addr = websocket.as_ref().map(|(_, addr)| *addr);
+            secure = Some(listener::Secure {
+                tls: tls.clone(),
+                mqtt: mqtt.map(|(listener, _)| listener),
+                websocket: websocket
+                    .map(|(listener, _)| (listener, Arc::from(&*config.websocket.path))),
+            });
+        }
         let listeners = listener::Listeners {
             mqtt: listener,
             websocket: websocket
                 .map(|(listener, _)| (listener, Arc::from(&*config.websocket.path))),
+            secure,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(events::run(shared.clone(), shutdown_rx.clone()));
         tokio::spawn(listener::expiry_loop(shared.clone(), shutdown_rx.clone()));
         tokio::spawn(clock::tick_loop(shared.clone(), shutdown_rx.clone()));
+        if let Some(tls) = &tls {
+            tokio::spawn(tls::watch_loop(tls.clone(), shutdown_rx.clone()));
+        }
         let accept = tokio::spawn(listener::accept_loop(
             listeners,
             shared.clone(),
@@ -200,6 +251,9 @@ impl Broker {
             shared,
             mqtt_addr,
             websocket_addr,
+            tls_addr,
+            websocket_tls_addr,
+            tls,
             recovered,
             shutdown,
             accept,
@@ -214,6 +268,27 @@ impl Broker {
     /// The address of the MQTT-over-WebSocket listener, if it is enabled.
     pub fn websocket_addr(&self) -> Option<SocketAddr> {
         self.websocket_addr
+    }
+
+    /// The address of the MQTT-over-TLS listener, if it is enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The address of the secure WebSocket listener, if it is enabled.
+    pub fn websocket_tls_addr(&self) -> Option<SocketAddr> {
+        self.websocket_tls_addr
+    }
+
+    /// Reads the TLS certificate, key and CA files again: connections
+    /// accepted from now on get them, open ones keep what they have. If they
+    /// cannot be read or do not fit together, the ones in use stay; logged
+    /// either way. Nothing to do without TLS.
+    pub fn reload_tls(&self) -> Result<(), BrokerError> {
+        match &self.tls {
+            Some(tls) => tls.reload("asked").map_err(BrokerError::Config),
+            None => Ok(()),
+        }
     }
 
     /// What was recovered from storage at start.
@@ -232,6 +307,26 @@ impl Broker {
     /// Raft). The node keeps serving until it is stopped.
     pub async fn leave(&self) -> Result<(), BrokerError> {
         Ok(self.shared.node.leave().await?)
+    }
+
+    /// Reads the password file again (`auth.password_file`), for the
+    /// connections that authenticate from now on; connected clients stay. If
+    /// it cannot be read, or is malformed, the users loaded before stay too,
+    /// and the error says why.
+    pub fn reload_auth(&self) -> Result<(), BrokerError> {
+        let passwords = load_passwords(&self.shared.auth)?;
+        let acl = load_acl(&self.shared.auth)?;
+        *self
+            .shared
+            .passwords
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = passwords;
+        *self
+            .shared
+            .acl
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = acl;
+        Ok(())
     }
 
     /// This node's view of the cluster: term, leader, log indexes.
@@ -255,6 +350,48 @@ impl Broker {
         );
         self.shared.node.shutdown().await;
     }
+}
+
+/// The certificates of the listeners over TLS, read from `[tls]`'s files, or
+/// `None` when no such listener is on.
+fn load_tls(config: &BrokerConfig) -> Result<Option<Arc<tls::Tls>>, BrokerError> {
+    let secure_websocket = config
+        .websocket
+        .tls_listen()
+        .map_err(|e| BrokerError::Config(format!("websocket.tls_listen: {e}")))?;
+    config
+        .tls
+        .check(secure_websocket.is_some())
+        .map_err(|(key, why)| BrokerError::Config(format!("{key}: {why}")))?;
+    if !config.tls.enabled && secure_websocket.is_none() {
+        return Ok(None);
+    }
+    let tls = tls::Tls::load(config.tls.clone()).map_err(BrokerError::Config)?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// The users of the password file `config` names, if any; a file that cannot
+/// be read or is malformed is an error naming it and the line.
+fn load_passwords(
+    config: &AuthConfig,
+) -> Result<Option<Arc<auth::PasswordFile>>, auth::PasswordFileError> {
+    let Some(path) = config.password_path() else {
+        return Ok(None);
+    };
+    let file = auth::PasswordFile::load(path)?;
+    tracing::info!(path = %path.display(), users = file.len(), "password file loaded");
+    Ok(Some(Arc::new(file)))
+}
+
+/// The rules of the ACL file `config` names, if any; a file that cannot be
+/// read or has a bad line is an error naming it.
+fn load_acl(config: &AuthConfig) -> Result<Option<Arc<auth::acl::AclFile>>, auth::acl::AclError> {
+    let Some(path) = config.acl_path() else {
+        return Ok(None);
+    };
+    let acl = auth::acl::AclFile::load(path)?;
+    tracing::info!(path = %path.display(), "ACL file loaded");
+    Ok(Some(Arc::new(acl)))
 }
 
 /// The enhanced authentication methods `config` offers: SCRAM-SHA-256 for

@@ -1,18 +1,23 @@
-//! The MQTT listeners (over TCP, and over WebSocket when enabled): accept
-//! sockets while a semaphore caps how many connections are served at once, and
-//! spawn one task per connection; and the node's one keepalive sweep.
+//! The MQTT listeners (over TCP, and over WebSocket, TLS and WebSocket over TLS
+//! when enabled): accept sockets while a semaphore caps how many connections
+//! are served at once, and spawn one task per connection; and the node's one
+//! keepalive sweep.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::connection::Transport;
 use crate::registry::Stop;
+use crate::tls::Tls;
 use crate::{BrokerError, Shared};
 
 /// The sockets a node accepts clients on.
@@ -20,6 +25,25 @@ pub(crate) struct Listeners {
     pub(crate) mqtt: TcpListener,
     /// The WebSocket listener, and the path it serves MQTT on.
     pub(crate) websocket: Option<(TcpListener, Arc<str>)>,
+    /// The listeners over TLS, if any is on.
+    pub(crate) secure: Option<Secure>,
+}
+
+/// The listeners over TLS and the certificates they share.
+pub(crate) struct Secure {
+    pub(crate) tls: Arc<Tls>,
+    /// MQTT over TLS.
+    pub(crate) mqtt: Option<TcpListener>,
+    /// WebSocket over TLS, and the path it serves MQTT on.
+    pub(crate) websocket: Option<(TcpListener, Arc<str>)>,
+}
+
+/// Which listener a socket came from, with what serving it takes.
+enum Via {
+    Tcp,
+    WebSocket(Arc<str>),
+    Tls(Arc<Tls>),
+    WebSocketTls(Arc<Tls>, Arc<str>),
 }
 
 /// Binds `addr`; a taken port fails the start.
@@ -30,48 +54,100 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), 
     Ok((listener, bound))
 }
 
-/// Accepts on `listener`, or never if there is none.
-async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+/// Accepts on `listener`, or never if there is none: a socket, and how it is
+/// served.
+async fn accept_on(
+    listener: Option<(&TcpListener, Via)>,
+) -> std::io::Result<(TcpStream, SocketAddr, Via)> {
     match listener {
-        Some(listener) => listener.accept().await,
+        Some((listener, via)) => {
+            let (stream, peer) = listener.accept().await?;
+            Ok((stream, peer, via))
+        }
         None => std::future::pending().await,
     }
 }
 
-/// Serves one socket: at once over TCP; over WebSocket once its handshake is
-/// done, within the time a client has to send CONNECT.
+/// Serves one socket: at once over TCP; otherwise once its handshakes (TLS,
+/// WebSocket, or both) are done, within the time a client has to send CONNECT.
 fn spawn_connection(
     shared: &Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    websocket_path: Option<Arc<str>>,
+    via: Via,
 ) {
     let _ = stream.set_nodelay(true);
-    let Some(path) = websocket_path else {
+    if let Via::Tcp = via {
         tokio::spawn(crate::connection::serve(
             shared.clone(),
             Transport::Tcp(stream),
             peer,
             permit,
+            None,
         ));
         return;
-    };
+    }
     let shared = shared.clone();
     tokio::spawn(async move {
-        // tungstenite's callback type: its error is a whole HTTP response.
-        #[allow(clippy::result_large_err)]
-        let choose = |request: &Request, response| choose_mqtt(&path, request, response);
-        let handshake = tokio_tungstenite::accept_hdr_async(stream, choose);
-        match tokio::time::timeout(timeouts::CONNECT, handshake).await {
-            Ok(Ok(ws)) => {
-                let transport = Transport::WebSocket(Box::new(ws));
-                crate::connection::serve(shared, transport, peer, permit).await;
+        match tokio::time::timeout(timeouts::CONNECT, handshake(stream, via)).await {
+            Ok(Ok((transport, identity))) => {
+                crate::connection::serve(shared, transport, peer, permit, identity).await;
             }
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
-            Err(_) => tracing::debug!(%peer, "WebSocket handshake not done in time"),
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake failed"),
+            Err(_) => tracing::debug!(%peer, "handshake not done in time"),
         }
     });
+}
+
+/// The handshakes `via` takes: what the connection then reads and writes, and
+/// the username the client's certificate gives it.
+async fn handshake(stream: TcpStream, via: Via) -> Result<(Transport, Option<String>), String> {
+    Ok(match via {
+        Via::Tcp => (Transport::Tcp(stream), None),
+        Via::WebSocket(path) => {
+            let ws = upgrade(stream, &path).await?;
+            (Transport::WebSocket(Box::new(ws)), None)
+        }
+        Via::Tls(tls) => {
+            let (stream, identity) = secure(stream, &tls).await?;
+            (Transport::Tls(Box::new(stream)), identity)
+        }
+        Via::WebSocketTls(tls, path) => {
+            let (stream, identity) = secure(stream, &tls).await?;
+            let ws = upgrade(stream, &path).await?;
+            (Transport::WebSocketTls(Box::new(ws)), identity)
+        }
+    })
+}
+
+/// The TLS handshake, and the username the client's certificate gives.
+async fn secure(
+    stream: TcpStream,
+    tls: &Tls,
+) -> Result<(TlsStream<TcpStream>, Option<String>), String> {
+    let stream = tls
+        .acceptor()
+        .accept(stream)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let identity = tls
+        .identity(stream.get_ref().1.peer_certificates())
+        .map_err(|e| format!("TLS: {e}"))?;
+    Ok((stream, identity))
+}
+
+/// The WebSocket upgrade, on `path` for the MQTT subprotocol.
+async fn upgrade<S>(stream: S, path: &str) -> Result<WebSocketStream<S>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // tungstenite's callback type: its error is a whole HTTP response.
+    #[allow(clippy::result_large_err)]
+    let choose = |request: &Request, response| choose_mqtt(path, request, response);
+    tokio_tungstenite::accept_hdr_async(stream, choose)
+        .await
+        .map_err(|e| format!("WebSocket: {e}"))
 }
 
 /// Accepts a WebSocket upgrade on `path` only, for the subprotocol "mqtt"
@@ -153,19 +229,28 @@ pub(crate) async fn accept_loop(
             _ = shutdown.changed() => break,
             permit = permits.clone().acquire_owned() => {
                 let Ok(permit) = permit else { break };
+                let websocket = listeners
+                    .websocket
+                    .as_ref()
+                    .map(|(listener, path)| (listener, Via::WebSocket(path.clone())));
+                let secure = listeners.secure.as_ref();
+                let tls = secure.and_then(|s| Some((s.mqtt.as_ref()?, Via::Tls(s.tls.clone()))));
+                let websocket_tls = secure.and_then(|s| {
+                    let (listener, path) = s.websocket.as_ref()?;
+                    Some((listener, Via::WebSocketTls(s.tls.clone(), path.clone())))
+                });
                 let accepted = tokio::select! {
                     _ = shutdown.changed() => break,
-                    accepted = listeners.mqtt.accept() => accepted.map(|a| (a, false)),
-                    accepted = accept_on(listeners.websocket.as_ref().map(|(l, _)| l)) => {
-                        accepted.map(|a| (a, true))
+                    accepted = listeners.mqtt.accept() => {
+                        accepted.map(|(stream, peer)| (stream, peer, Via::Tcp))
                     }
+                    accepted = accept_on(websocket) => accepted,
+                    accepted = accept_on(tls) => accepted,
+                    accepted = accept_on(websocket_tls) => accepted,
                 };
                 match accepted {
-                    Ok(((stream, peer), websocket)) => {
-                        let path = websocket
-                            .then(|| listeners.websocket.as_ref().map(|(_, p)| p.clone()))
-                            .flatten();
-                        spawn_connection(&shared, stream, peer, permit, path);
+                    Ok((stream, peer, via)) => {
+                        spawn_connection(&shared, stream, peer, permit, via);
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off a little

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub messages_dropped: IntCounterVec,
     /// Connections the server closed, by why (other than protocol errors).
     pub disconnects: IntCounterVec,
+    /// CONNECTs refused for their credentials, by why (`unknown_user`,
+    /// `wrong_password`, `anonymous`, `enhanced_auth`).
+    pub auth_failures: IntCounterVec,
     /// Messages of shared subscriptions that a member left without
     /// acknowledging, sent to another member.
     pub shared_redelivered: IntCounter,
@@ -83,6 +86,13 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "starling_auth_failures_total",
+                    "CONNECTs refused for their credentials, by why",
+                ),
+                &["reason"],
+            )?,
             forward_frames: IntCounterVec::new(
                 Opts::new(
                     "starling_forward_frames_total",
@@ -132,6 +142,7 @@ impl Metrics {
         registry.register(Box::new(metrics.messages_sent.clone()))?;
         registry.register(Box::new(metrics.messages_dropped.clone()))?;
         registry.register(Box::new(metrics.disconnects.clone()))?;
+        registry.register(Box::new(metrics.auth_failures.clone()))?;
         registry.register(Box::new(metrics.shared_redelivered.clone()))?;
         Ok(metrics)
     }
@@ -163,6 +174,11 @@ impl Metrics {
     /// Counts a connection the server closed for `reason`.
     pub fn disconnected(&self, reason: &'static str) {
         self.disconnects.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a CONNECT refused for its credentials, for `reason`.
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
     }
 
     /// A message of a shared subscription that one member did not take went

@@ -41,3 +41,6 @@ pub(crate) const EXPIRY_SWEEP: Duration = Duration::from_millis(250);
 pub(crate) const DECLARE_SILENT: Duration = Duration::from_millis(250);
 /// How often counters kept by the cluster crate are copied into the metrics.
 pub(crate) const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// How often the TLS certificate, key and CA files are looked at for a change
+/// (SIGHUP reads them at once): a renewed certificate is served within this.
+pub(crate) const TLS_FILES: Duration = Duration::from_secs(5);

@@ -22,6 +22,7 @@ mod proposer;
 mod server;
 mod shared;
 mod timeouts;
+mod tls;
 mod wire;
 
 pub use forward::{
@@ -31,6 +32,7 @@ pub use forward::{
 pub use network::source_for;
 pub use node::{Node, NodeBuilder, RaftStatus, Tuning};
 pub use starling_storage::{SnapshotEncoder, StateMachine};
+pub use tls::{ClusterTls, Dialer};
 
 /// The cluster gRPC port of [`NodeConfig::default`].
 pub const DEFAULT_CLUSTER_PORT: u16 = 7946;
@@ -64,6 +66,9 @@ pub struct NodeConfig {
     /// reports it has none ([`Node::has_quorum`]). Also how long a proposal is
     /// retried across leader changes before it fails with `Unavailable`.
     pub node_down_after: Duration,
+    /// Mutual TLS on the cluster port; `None`: plaintext (a warning is logged
+    /// when the port listens beyond loopback).
+    pub tls: Option<ClusterTls>,
 }
 
 impl Default for NodeConfig {
@@ -77,6 +82,7 @@ impl Default for NodeConfig {
             peers: BTreeMap::new(),
             join: None,
             node_down_after: Duration::from_secs(3),
+            tls: None,
         }
     }
 }

@@ -49,8 +49,9 @@ const SNAPSHOT_CHUNKS_AHEAD: usize = 4;
 /// last answered.
 pub(crate) struct Peers {
     self_id: NodeId,
-    /// The address this node's connections to other members start from.
-    source: Option<IpAddr>,
+    /// How this node's connections to other members start: their source
+    /// address, their TLS.
+    dialer: crate::tls::Dialer,
     /// Channels by address. Locked only to look up or insert one.
     channels: Mutex<HashMap<String, Channel>>,
     /// When each peer last sent a successful Raft reply. Locked only to stamp or read.
@@ -64,10 +65,10 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
-    pub(crate) fn new(self_id: NodeId, source: Option<IpAddr>) -> Peers {
+    pub(crate) fn new(self_id: NodeId, dialer: crate::tls::Dialer) -> Peers {
         Peers {
             self_id,
-            source,
+            dialer,
             channels: Mutex::default(),
             last_ok: Mutex::default(),
             heard_leader: Mutex::default(),
@@ -84,7 +85,7 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = endpoint(addr, self.source)?.connect_lazy();
+                let channel = endpoint(addr, &self.dialer)?.connect_lazy();
                 channels.insert(addr.to_owned(), channel.clone());
                 channel
             }
@@ -211,25 +212,35 @@ impl Peers {
 }
 
 /// A lazily connected gRPC endpoint to another member, with the transport
-/// settings every node-to-node channel uses. Connections start from `source`
-/// when it is given: a node listening on one address of a multi-homed host
-/// also talks from it, so peers and firewalls see one address per node.
+/// settings every node-to-node channel uses. Connections start from the
+/// dialer's source address when it has one: a node listening on one address
+/// of a multi-homed host also talks from it, so peers and firewalls see one
+/// address per node. With TLS they show this node's certificate and check the
+/// member's.
 pub(crate) fn endpoint(
     addr: &str,
-    source: Option<IpAddr>,
+    dialer: &crate::tls::Dialer,
 ) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
+    let scheme = if dialer.tls.is_some() {
+        "https"
     } else {
-        format!("http://{addr}")
+        "http"
     };
-    Ok(Endpoint::from_shared(uri)?
+    let uri = match addr.split_once("://") {
+        Some((_, rest)) => format!("{scheme}://{rest}"),
+        None => format!("{scheme}://{addr}"),
+    };
+    let endpoint = Endpoint::from_shared(uri)?
         .tcp_nodelay(true)
         .connect_timeout(timeouts::CONNECT)
         .http2_keep_alive_interval(timeouts::H2_KEEPALIVE)
         .keep_alive_timeout(timeouts::H2_KEEPALIVE)
         .keep_alive_while_idle(true)
-        .local_address(source))
+        .local_address(dialer.source);
+    match &dialer.tls {
+        Some(tls) => endpoint.tls_config(tls.clone()),
+        None => Ok(endpoint),
+    }
 }
 
 /// The address outgoing connections start from for a node listening on

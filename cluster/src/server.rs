@@ -31,17 +31,23 @@ use crate::shared::Core;
 use crate::timeouts;
 use crate::wire::{self, Refused, SnapshotHeader, MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES, VERSION};
 
-/// Serves on `listener` until `stop` turns true.
+/// Serves on `listener` until `stop` turns true; with `tls`, only to members
+/// that show a certificate of the cluster's CA.
 pub(crate) fn spawn(
     listener: TcpListener,
     core: Arc<Core>,
     forward: Option<Arc<dyn ForwardHandler>>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+) -> Result<JoinHandle<()>, tonic::transport::Error> {
     let raft = RaftServer::new(RaftService { core })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
         .http2_keepalive_interval(Some(timeouts::H2_KEEPALIVE))
         .http2_keepalive_timeout(Some(timeouts::H2_KEEPALIVE))
         .add_service(raft)
@@ -55,7 +61,7 @@ pub(crate) fn spawn(
     let shutdown = async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
-    tokio::spawn(
+    Ok(tokio::spawn(
         async move {
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, shutdown)
@@ -65,7 +71,7 @@ pub(crate) fn spawn(
             }
         }
         .in_current_span(),
-    )
+    ))
 }
 
 struct RaftService {

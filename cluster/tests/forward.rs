@@ -315,7 +315,7 @@ async fn frames_survive_a_restart_of_the_receivers_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffer_is_bounded_in_bytes_as_well_as_frames() {
     const BYTES: usize = 4 << 20;
-    let forwarder = Forwarder::from_source(1, 1024, BYTES, None);
+    let forwarder = Forwarder::with_dialer(1, 1024, BYTES, starling_cluster::Dialer::default());
     forwarder.set_peer(2, dead_addr());
     let big = Bytes::from(vec![7u8; 1 << 20]);
     let mut held = Vec::new();

@@ -1,10 +1,13 @@
 //! The command line: flags for the common settings, which override the config file and
-//! the environment, and the `config` subcommand.
+//! the environment, and the `config` and `passwd` subcommands.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use starling_broker::auth::{PasswordFile, PasswordFileError};
 
 use crate::config::{self, Config, ConfigError, LogFormat};
 
@@ -33,6 +36,33 @@ pub enum Command {
         #[arg(long)]
         example: bool,
     },
+    /// Add a user to a password file (`auth.password_file`), or change its password,
+    /// as `mosquitto_passwd` does: the file is created if missing (readable by its owner
+    /// only), and its other lines are kept.
+    ///
+    /// The password is asked twice on the terminal, without echo. When standard input is
+    /// not a terminal, its first line is the password, for scripts: `printf '%s\n'
+    /// "$PASSWORD" | starling passwd FILE USER`. With -b it is the third argument, as
+    /// with `mosquitto_passwd -b` (and as visible to other local users). A running broker
+    /// reads the file again on SIGHUP.
+    Passwd(PasswdArgs),
+}
+
+/// The arguments of `starling passwd`.
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// Batch mode: the password is the third argument
+    #[arg(short = 'b', requires = "password")]
+    pub batch: bool,
+    /// The password file
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The user to add or update
+    #[arg(value_name = "USER")]
+    pub user: String,
+    /// The password, in batch mode (-b)
+    #[arg(value_name = "PASSWORD", requires = "batch")]
+    pub password: Option<String>,
 }
 
 /// Flags that override single config keys.
@@ -128,6 +158,47 @@ impl Overrides {
             config.cluster.join = addr.clone();
         }
     }
+}
+
+/// `starling passwd`: sets the password of the user in the file.
+pub fn passwd(args: &PasswdArgs) -> anyhow::Result<()> {
+    let mut file = match PasswordFile::load(&args.file) {
+        Ok(file) => file,
+        Err(PasswordFileError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            PasswordFile::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let password = match &args.password {
+        Some(password) => password.clone(),
+        None => read_password()?,
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    file.set(&args.user, password.as_bytes())?;
+    file.save(&args.file)?;
+    Ok(())
+}
+
+/// The password, asked twice on the terminal without echo, or else the first line of
+/// standard input.
+fn read_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let password =
+            rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let again =
+            rpassword::prompt_password("Reenter password: ").context("cannot read the password")?;
+        anyhow::ensure!(password == again, "the passwords do not match");
+        return Ok(password);
+    }
+    let mut line = String::new();
+    let read = std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    anyhow::ensure!(read > 0, "no password on standard input");
+    let line = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(line.strip_suffix('\r').unwrap_or(line).to_owned())
 }
 
 #[cfg(test)]
@@ -273,6 +344,52 @@ mod tests {
         assert_eq!(cli.overrides.node_id, Some(4));
         let cli = parse(&["config", "--node-id", "5"]);
         assert_eq!(cli.overrides.node_id, Some(5));
+    }
+
+    #[test]
+    fn passwd_subcommand() {
+        let cli = parse(&["passwd", "-b", "/etc/passwd.mqtt", "alice", "secret"]);
+        let Some(Command::Passwd(args)) = cli.command else {
+            panic!("passwd expected: {cli:?}");
+        };
+        assert!(args.batch);
+        assert_eq!(args.file, PathBuf::from("/etc/passwd.mqtt"));
+        assert_eq!(args.user, "alice");
+        assert_eq!(args.password.as_deref(), Some("secret"));
+        let cli = parse(&["passwd", "f", "bob"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Passwd(PasswdArgs { password: None, .. }))
+        ));
+        // The password is an argument with -b only, and -b needs it.
+        for args in [&["passwd", "-b", "f", "u"][..], &["passwd", "f", "u", "p"]] {
+            let argv = std::iter::once("starling").chain(args.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn passwd_creates_the_file_and_adds_or_updates_users() {
+        use starling_broker::auth::Verdict;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        let set = |user: &str, password: &str| {
+            passwd(&PasswdArgs {
+                batch: true,
+                file: path.clone(),
+                user: user.to_owned(),
+                password: Some(password.to_owned()),
+            })
+        };
+        set("alice", "one").unwrap();
+        set("bob", "two").unwrap();
+        set("alice", "three").unwrap();
+        assert!(set("carol", "").is_err(), "an empty password is refused");
+        assert!(set("a:b", "p").is_err());
+        let file = PasswordFile::load(&path).unwrap();
+        assert_eq!(file.len(), 2);
+        assert_eq!(file.verify("alice", b"three"), Verdict::Ok);
+        assert_eq!(file.verify("bob", b"two"), Verdict::Ok);
     }
 
     #[test]

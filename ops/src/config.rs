@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use starling_broker::{ClusterConfig, MqttConfig, WebSocketConfig};
+use starling_broker::{AuthConfig, ClusterConfig, MqttConfig, TlsConfig, WebSocketConfig};
 
 pub use example::example;
 
@@ -20,6 +20,9 @@ pub use example::example;
 const ENV_PREFIX: &str = "STARLING_";
 /// Separates a section from its key in an environment variable's name.
 const ENV_SEPARATOR: &str = "__";
+/// Keys that have no default value: unset, they are absent from the
+/// configuration's TOML, and the environment can still set them.
+pub(crate) const UNSET_BY_DEFAULT: &[&str] = &["auth.allow_anonymous"];
 
 /// Everything a `starling` process is configured with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +37,11 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// MQTT over WebSocket: off unless enabled.
     pub websocket: WebSocketConfig,
+    /// MQTT over TLS, and the certificates of the secure WebSocket listener:
+    /// off unless enabled.
+    pub tls: TlsConfig,
+    /// Who may connect: users of a password file, anonymous clients.
+    pub auth: AuthConfig,
     /// Settings of the cluster side of a node: how it reaches the other nodes, and
     /// which cluster it forms or joins.
     pub cluster: ClusterConfig,
@@ -49,6 +57,41 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address of the HTTP server: `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
+    /// The bearer token the admin API (`/api/...`) asks for. Empty: none, and
+    /// the admin API then answers loopback addresses only.
+    pub token: Secret,
+    /// A file holding the token (its first line), instead of `token`.
+    pub token_file: String,
+}
+
+/// A configured secret: read like a string, never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl HttpConfig {
+    /// The admin token: `token_file`'s first line if set, else `token`.
+    pub fn admin_token(&self) -> std::io::Result<Option<String>> {
+        if self.token_file.is_empty() {
+            return Ok(Some(self.token.0.clone()).filter(|t| !t.is_empty()));
+        }
+        let text = std::fs::read_to_string(&self.token_file)?;
+        Ok(text
+            .lines()
+            .next()
+            .map(|line| line.trim().to_owned())
+            .filter(|t| !t.is_empty()))
+    }
 }
 
 /// Settings of the log output.
@@ -79,6 +122,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             mqtt: MqttConfig::default(),
             websocket: WebSocketConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             cluster: ClusterConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
@@ -90,6 +135,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: Secret::default(),
+            token_file: String::new(),
         }
     }
 }
@@ -144,6 +191,12 @@ pub enum ConfigError {
     },
     #[error("cannot represent the configuration as TOML: {0}")]
     Serialize(#[from] toml::ser::Error),
+    #[error("invalid {key} (set by the config file or {env}): {reason}")]
+    Setting {
+        key: &'static str,
+        env: String,
+        reason: String,
+    },
 }
 
 /// Reads the config file at `path` (if any) over the defaults, then applies the
@@ -184,6 +237,7 @@ where
     let mut config = config;
     for (var, raw) in vars {
         let path = env_path(&var).ok_or_else(|| ConfigError::UnknownEnvKey { var: var.clone() })?;
+        place_unset(&mut tree, &path, &raw);
         let slot = lookup(&mut tree, &path)
             .ok_or_else(|| ConfigError::UnknownEnvKey { var: var.clone() })?;
         *slot = match slot {
@@ -216,6 +270,20 @@ fn env_path(var: &str) -> Option<Vec<String>> {
         .map(str::to_ascii_lowercase)
         .collect();
     path.iter().all(|key| !key.is_empty()).then_some(path)
+}
+
+/// Puts a key of `UNSET_BY_DEFAULT` that `tree` lacks into it, with the value
+/// `raw` spells, so that the variable naming it finds its place.
+fn place_unset(tree: &mut toml::Value, path: &[String], raw: &str) {
+    let Some((key, section)) = path.split_last() else {
+        return;
+    };
+    if !UNSET_BY_DEFAULT.contains(&path.join(".").as_str()) {
+        return;
+    }
+    if let Some(table) = lookup(tree, section).and_then(toml::Value::as_table_mut) {
+        table.entry(key.clone()).or_insert_with(|| parse_value(raw));
+    }
 }
 
 /// The existing value at `path`, if there is one.
@@ -303,6 +371,22 @@ impl Config {
                 ));
             }
         }
+        // The TLS listeners: their files, and the options that go together.
+        let setting = |key: &'static str, reason| ConfigError::Setting {
+            key,
+            env: format!(
+                "{ENV_PREFIX}{}",
+                key.to_ascii_uppercase().replace('.', ENV_SEPARATOR)
+            ),
+            reason,
+        };
+        let secure_websocket = self
+            .websocket
+            .tls_listen()
+            .map_err(|reason| setting("websocket.tls_listen", reason))?;
+        self.tls
+            .check(secure_websocket.is_some())
+            .map_err(|(key, reason)| setting(key, reason))?;
         Ok(())
     }
 }

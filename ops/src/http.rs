@@ -1,9 +1,11 @@
 //! The HTTP server: `/healthz` (the process runs), `/readyz` (the node can serve
 //! clients), `/metrics` (Prometheus text) and the admin API under `/api/v1`.
 //!
-//! Known gap: the admin API has no authentication yet. Anyone who reaches the HTTP
-//! listener can make the node leave its cluster; until the admin API issue adds
-//! auth, keep `http.listen` on a loopback or otherwise private address.
+//! Everything under `/api/` needs the admin token (`http.token` or
+//! `http.token_file`) as `Authorization: Bearer <token>`, compared in
+//! constant time. A node configured without a token serves the admin API to
+//! loopback addresses only, for development on one machine. The probes and
+//! the metrics stay open.
 
 use std::future::Future;
 use std::io;
@@ -12,8 +14,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -66,15 +69,91 @@ struct AppState {
     registry: Registry,
 }
 
+/// The secret the admin API asks for. Never printed: `Debug` hides it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AdminToken(Option<Arc<str>>);
+
+impl AdminToken {
+    /// `None`: no token is configured.
+    pub fn new(token: Option<String>) -> AdminToken {
+        AdminToken(token.filter(|t| !t.is_empty()).map(Arc::from))
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() {
+            "<redacted>"
+        } else {
+            "<none>"
+        })
+    }
+}
+
 /// The routes, over the node and the metrics registry.
-fn router(node: Arc<dyn Node>, registry: Registry) -> Router {
+fn router(node: Arc<dyn Node>, registry: Registry, token: AdminToken) -> Router {
+    let api = Router::new()
+        .route("/api/v1/cluster/leave", post(leave))
+        .route_layer(middleware::from_fn_with_state(token, require_token));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        // No authentication yet: see the module's header.
-        .route("/api/v1/cluster/leave", post(leave))
+        .merge(api)
         .with_state(AppState { node, registry })
+}
+
+/// Lets a request to the admin API through with the right bearer token, or,
+/// on a node without one, from a loopback address.
+async fn require_token(
+    State(token): State<AdminToken>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if admitted(&token, peer.ip(), authorization) {
+        return next.run(request).await;
+    }
+    warn!(%peer, path = %request.uri().path(), "admin API request refused: no valid token");
+    ApiError {
+        status: if token.is_set() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        },
+        code: "unauthorized",
+        message: if token.is_set() {
+            "the admin API needs Authorization: Bearer <http.token>".into()
+        } else {
+            "no admin token is configured: the admin API answers loopback addresses only".into()
+        },
+    }
+    .into_response()
+}
+
+/// Whether a request from `peer` with this Authorization header may use the
+/// admin API.
+fn admitted(token: &AdminToken, peer: std::net::IpAddr, authorization: Option<&str>) -> bool {
+    match &token.0 {
+        None => peer.is_loopback(),
+        Some(expected) => authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| same_secret(given.as_bytes(), expected.as_bytes())),
+    }
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    given.len() == expected.len() && bool::from(given.ct_eq(expected))
 }
 
 async fn healthz() -> &'static str {
@@ -189,14 +268,15 @@ impl HttpServer {
         listener: TcpListener,
         node: Arc<dyn Node>,
         registry: Registry,
+        token: AdminToken,
     ) -> io::Result<HttpServer> {
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let server =
-            axum::serve(listener, router(node, registry)).with_graceful_shutdown(async move {
-                // A dropped sender stops the server as well.
-                let _ = stopped.await;
-            });
+        let app = router(node, registry, token).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            // A dropped sender stops the server as well.
+            let _ = stopped.await;
+        });
         let task = tokio::spawn(async move { server.await });
         Ok(HttpServer {
             local_addr,
@@ -261,10 +341,20 @@ mod tests {
 
     /// One request over a fresh connection: (status, content type, body).
     async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        request_with(addr, method, path, "").await
+    }
+
+    /// A request with `headers` (each ending in CRLF) besides the usual ones.
+    async fn request_with(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &str,
+    ) -> (u16, String, String) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n"
+             {headers}Connection: close\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
@@ -287,7 +377,46 @@ mod tests {
         let listener = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
-        HttpServer::serve(listener, node, registry).unwrap()
+        HttpServer::serve(listener, node, registry, AdminToken::default()).unwrap()
+    }
+
+    #[test]
+    fn the_admin_api_needs_the_token_or_loopback_without_one() {
+        let local: std::net::IpAddr = [127, 0, 0, 1].into();
+        let remote: std::net::IpAddr = [10, 1, 2, 3].into();
+        let none = AdminToken::new(None);
+        assert!(admitted(&none, local, None));
+        assert!(!admitted(&none, remote, None), "no token: loopback only");
+        let token = AdminToken::new(Some("s3cret".into()));
+        assert!(admitted(&token, remote, Some("Bearer s3cret")));
+        assert!(!admitted(&token, local, None), "a token binds loopback too");
+        assert!(!admitted(&token, remote, Some("Bearer s3cre")));
+        assert!(!admitted(&token, remote, Some("Bearer s3cret2")));
+        assert!(!admitted(&token, remote, Some("Basic s3cret")));
+        assert_eq!(format!("{token:?}"), "<redacted>");
+    }
+
+    #[tokio::test]
+    async fn with_a_token_the_admin_api_answers_only_the_bearer() {
+        let node = Arc::new(FakeNode::default());
+        let listener = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let token = AdminToken::new(Some("s3cret".into()));
+        let server = HttpServer::serve(listener, node, Registry::new(), token).unwrap();
+        let addr = server.local_addr();
+        let (status, _, body) = request(addr, "POST", "/api/v1/cluster/leave").await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("\"unauthorized\""), "{body}");
+        let wrong = "Authorization: Bearer s3cre\r\n";
+        let (status, _, _) = request_with(addr, "POST", "/api/v1/cluster/leave", wrong).await;
+        assert_eq!(status, 401);
+        let right = "Authorization: Bearer s3cret\r\n";
+        let (status, _, body) = request_with(addr, "POST", "/api/v1/cluster/leave", right).await;
+        assert_eq!((status, body.as_str()), (200, r#"{"left":true}"#));
+        assert_eq!(get(addr, "/healthz").await.0, 200, "probes stay open");
+        assert_eq!(get(addr, "/metrics").await.0, 200);
+        server.stop().await;
     }
 
     #[tokio::test]

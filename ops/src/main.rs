@@ -1,6 +1,6 @@
 //! `starling`, the broker binary and the composition root: it reads the configuration,
-//! sets up logging and metrics, starts the broker and the HTTP server, and stops both
-//! on SIGINT or SIGTERM.
+//! sets up logging and metrics, starts the broker and the HTTP server, reads the
+//! password file again on SIGHUP, and stops both on SIGINT or SIGTERM.
 
 mod cli;
 mod config;
@@ -26,6 +26,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Config { example: true }) = cli.command {
         return print_or_fail(config::example());
+    }
+    if let Some(Command::Passwd(args)) = &cli.command {
+        return match cli::passwd(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(describe(&e)),
+        };
     }
     let env = std::env::vars_os().map(|(name, value)| {
         let name = name.to_string_lossy().into_owned();
@@ -74,6 +80,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         mqtt: config.mqtt.clone(),
         websocket: config.websocket.clone(),
         cluster: config.cluster.clone(),
+        auth: config.auth.clone(),
+        tls: config.tls.clone(),
     };
     let broker = Broker::start(broker_config, &registry)
         .await
@@ -81,6 +89,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     info!("mqtt listening on {}", broker.mqtt_addr());
     if let Some(addr) = broker.websocket_addr() {
         info!("mqtt over websocket listening on {addr}");
+    }
+    if let Some(addr) = broker.tls_addr() {
+        info!("mqtt over tls listening on {addr}");
+    }
+    if let Some(addr) = broker.websocket_tls_addr() {
+        info!("mqtt over secure websocket listening on {addr}");
     }
     let recovered = broker.recovered();
     info!(
@@ -93,14 +107,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let broker = Arc::new(broker);
     let handle = Arc::new(BrokerHandle(Arc::downgrade(&broker)));
-    let http = HttpServer::serve(http_listener, handle, registry).context("cannot serve http")?;
+    let token = config
+        .http
+        .admin_token()
+        .with_context(|| format!("cannot read http.token_file {}", config.http.token_file))?;
+    if token.is_none() {
+        tracing::info!("no admin token configured: the admin API answers loopback addresses only");
+    }
+    let token = http::AdminToken::new(token);
+    let http =
+        HttpServer::serve(http_listener, handle, registry, token).context("cannot serve http")?;
     info!("http listening on {}", http.local_addr());
 
-    let name = signals.recv().await;
+    let name = signals.recv(|| reload(&broker)).await;
     info!(signal = name, "stopping");
     // A second signal means the operator does not want to wait for a clean stop.
     tokio::spawn(async move {
-        let name = signals.recv().await;
+        let name = signals.recv(|| info!("SIGHUP ignored: stopping")).await;
         warn!(signal = name, "stopping at once, without a clean shutdown");
         std::process::exit(1);
     });
@@ -128,10 +151,22 @@ fn log_cluster(cluster: &ClusterConfig) {
     }
 }
 
-/// SIGINT and SIGTERM, the two ways to ask the process to stop.
+/// SIGHUP: the password file is read again, for the clients that connect from now on.
+fn reload(broker: &Broker) {
+    info!("SIGHUP: reading the password file again");
+    if let Err(e) = broker.reload_auth() {
+        error!(error = %e, "cannot reload the password file: the users loaded before stay");
+    }
+    // And the TLS certificates, if a TLS listener is on; the broker logs how it went.
+    let _ = broker.reload_tls();
+}
+
+/// SIGINT and SIGTERM, the two ways to ask the process to stop, and SIGHUP, which asks
+/// it to read its password file again.
 struct Signals {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
 }
 
 impl Signals {
@@ -139,14 +174,19 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Waits for the next signal and names it.
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
+    /// Waits for the next signal to stop and names it; each SIGHUP meanwhile calls
+    /// `on_hangup`.
+    async fn recv(&mut self, on_hangup: impl Fn()) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => return "SIGINT",
+                _ = self.terminate.recv() => return "SIGTERM",
+                _ = self.hangup.recv() => on_hangup(),
+            }
         }
     }
 }

@@ -137,6 +137,11 @@ impl Cluster {
         Cluster::start_with_down_after(n, FAST_DOWN_AFTER).await
     }
 
+    /// `n` nodes, each with `toml` as its config file.
+    pub async fn start_with_config(n: u64, toml: &str) -> Cluster {
+        Cluster::launch(n, Some(toml.to_owned()), DEFAULT_DOWN_AFTER).await
+    }
+
     /// `n` nodes declaring a silent peer down after `down_after`.
     pub async fn start_with_down_after(n: u64, down_after: Duration) -> Cluster {
         let toml = format!(
@@ -342,13 +347,22 @@ impl Cluster {
     /// Starts one more node that joins the cluster through member `via`'s
     /// cluster address, with the same config; returns its id once it is ready.
     pub async fn add_joining_node(&mut self, via: u64) -> u64 {
+        let id = self.spawn_joining_node(via, None);
+        self.wait_ready(id).await;
+        id
+    }
+
+    /// Starts one more node that tries to join through member `via` with
+    /// `config_toml` (the cluster's own when `None`), without waiting for it:
+    /// for a node that must not get in. Returns its id.
+    pub fn spawn_joining_node(&mut self, via: u64, config_toml: Option<&str>) -> u64 {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        let mut node = Node::new(id, self.config_toml.as_deref());
+        let toml = config_toml.or(self.config_toml.as_deref());
+        let mut node = Node::new(id, toml);
         node.membership = Membership::Join(self.node(via).cluster_addr());
         eprintln!("cluster: starting node {id}, joining through node {via}");
         node.spawn();
         self.nodes.insert(id, node);
-        self.wait_ready(id).await;
         id
     }
 

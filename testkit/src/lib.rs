@@ -121,6 +121,16 @@ impl Broker {
         self.process.pid()
     }
 
+    /// Sends `signal` (as `kill` names it: HUP, TERM).
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
+    }
+
+    /// What the broker has logged so far.
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         self.process.kill9();

@@ -178,6 +178,11 @@ impl Process {
         }
     }
 
+    /// What the process has logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Prints the last `tail` bytes of the log: what explains a failure,
     /// without drowning it in a long run's output.
     pub fn print_log(&self, tail: usize) {

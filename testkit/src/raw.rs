@@ -237,6 +237,11 @@ impl RawPacket {
         self.first_byte >> 4
     }
 
+    /// The bytes after the fixed header.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
     /// The packet id of an ack (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK).
     pub fn pkid(&self) -> u16 {
         assert!(self.body.len() >= 2, "no packet id in {self:?}");

@@ -8,7 +8,14 @@
 //!
 //! The one method so far is SCRAM-SHA-256 ([`scram::ScramSha256`], RFC 5802
 //! and RFC 7677), which reads users' keys from [`Credentials`].
+//!
+//! Plain username and password (CONNECT's fields) are checked against a
+//! Mosquitto password file ([`password::PasswordFile`]), as `[auth]`
+//! ([`AuthConfig`]) says.
 
+pub mod acl;
+pub mod config;
+pub mod password;
 pub mod scram;
 #[cfg(test)]
 mod tests;
@@ -19,6 +26,8 @@ use std::sync::Arc;
 
 use starling_proto::mqtt::ReasonCode;
 
+pub use config::AuthConfig;
+pub use password::{PasswordFile, PasswordFileError, Verdict};
 pub use scram::{ScramCredential, ScramSha256};
 
 /// One Authentication Method, such as `SCRAM-SHA-256`.

@@ -46,6 +46,8 @@ pub(crate) struct Connection {
 }
 
 /// Serves one accepted socket until it closes; `permit` is held until then.
+/// `identity` is the username the client's TLS certificate gives it
+/// (`[tls] use_identity_as_username`), if it does.
 ///
 /// An idle connection costs what this future holds, so it keeps nothing that a
 /// connection does not need while idle: buffers are allocated while there is
@@ -55,6 +57,7 @@ pub(crate) fn serve(
     transport: Transport,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    identity: Option<String>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let conn = shared.next_conn_id();
     // At debug level: a span per connection costs a few hundred bytes while it
@@ -70,13 +73,17 @@ pub(crate) fn serve(
     shared.registry.open(conn, mailbox.clone());
     shared.metrics.connections.inc();
     shared.metrics.connections_total.inc();
+    let mut session = Session::new(conn, peer);
+    if let Some(identity) = identity {
+        session.set_identity(Arc::from(identity));
+    }
     // Boxed: a future holds what it captures twice (once as captured, once as
     // moved into its body), and the connection is most of an idle task.
     let mut connection = Box::new(Connection {
         shared,
         transport,
         rbuf: BytesMut::new(),
-        session: Session::new(conn, peer),
+        session,
         outcomes: Outcomes::default(),
         mailbox,
         relief: None,

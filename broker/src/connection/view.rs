@@ -1,8 +1,11 @@
 //! The session's [`View`] of a live node: its replicated state, health,
 //! settings and metrics.
 
+use std::sync::{Arc, PoisonError};
+
 use starling_proto::mqtt::QoS;
 
+use crate::auth::PasswordFile;
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 use crate::session::View;
@@ -55,5 +58,19 @@ impl View for Live<'_> {
 
     fn authenticator(&self, method: &str) -> Option<&dyn crate::auth::Authenticator> {
         self.0.authenticators.find(method)
+    }
+
+    fn passwords(&self) -> Option<Arc<PasswordFile>> {
+        let passwords = self.0.passwords.read();
+        Option::clone(&passwords.unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn allow_anonymous(&self) -> bool {
+        self.0.allow_anonymous
+    }
+
+    fn acl(&self) -> Option<Arc<crate::auth::acl::AclFile>> {
+        let acl = self.0.acl.read();
+        Option::clone(&acl.unwrap_or_else(PoisonError::into_inner))
     }
 }

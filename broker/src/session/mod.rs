@@ -73,6 +73,12 @@ pub(crate) trait View {
     fn now_ms(&self) -> u64;
     /// The enhanced authentication method called `method`, if offered.
     fn authenticator(&self, method: &str) -> Option<&dyn crate::auth::Authenticator>;
+    /// The users of the password file, if one is configured.
+    fn passwords(&self) -> Option<Arc<crate::auth::PasswordFile>>;
+    /// Whether clients that did not authenticate may connect.
+    fn allow_anonymous(&self) -> bool;
+    /// The ACL rules, if an ACL file is configured.
+    fn acl(&self) -> Option<Arc<crate::auth::acl::AclFile>>;
 }
 
 /// What the connection task does for its session.
@@ -235,6 +241,9 @@ pub(crate) struct Session {
     auth: Option<Box<inbound::Authenticating>>,
     /// The method the client authenticated with, for re-authentication.
     auth_method: Option<String>,
+    /// The user the client proved to be, with a password from the password
+    /// file or by enhanced authentication; `None` for an anonymous client.
+    username: Option<Arc<str>>,
     /// The window of messages sent to the client; allocated when the first
     /// QoS 1/2 message is (or, for a persistent session, at CONNECT).
     out: Option<Box<Window>>,
@@ -268,6 +277,7 @@ impl Session {
             new_session_expiry: None,
             auth: None,
             auth_method: None,
+            username: None,
             out: None,
             inbound_qos2: BTreeSet::new(),
             acked: Vec::new(),
@@ -289,6 +299,13 @@ impl Session {
 
     pub fn client_id(&self) -> Option<&Arc<str>> {
         self.client_id.as_ref()
+    }
+
+    /// Names the user after the client's TLS certificate, before CONNECT
+    /// (`[tls] use_identity_as_username`): the handshake authenticated it, so
+    /// CONNECT's username and password are not looked at.
+    pub(crate) fn set_identity(&mut self, identity: Arc<str>) {
+        self.username = Some(identity);
     }
 
     /// Whether the session takes messages from its mailbox now: not before

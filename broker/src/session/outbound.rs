@@ -68,6 +68,10 @@ impl Session {
     /// takes them.
     fn send_publish(&mut self, out: Outgoing<'_>, view: &impl View) -> Sent {
         let message = out.message;
+        if !self.acl_allows_receive(&message.topic, view) {
+            view.metrics().dropped("acl_denied");
+            return Sent::Skipped;
+        }
         let mut remaining = None;
         if let Some(at) = message.expires_at {
             let now = view.now_ms();

@@ -81,7 +81,9 @@ pub(super) async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
         .map_err(|e| storage_error(&e))?;
     let recovery = storage.recovery();
 
-    let peers = Arc::new(Peers::new(id, crate::network::source_for(config.listen)));
+    let source = crate::network::source_for(config.listen);
+    let dialer = crate::tls::Dialer::new(source, config.tls.as_ref());
+    let peers = Arc::new(Peers::new(id, dialer));
     let raft = Raft::new(
         id,
         raft_config(&tuning)?,
@@ -106,7 +108,16 @@ pub(super) async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
         silent: Mutex::new(Vec::new()),
         quorum: std::sync::atomic::AtomicBool::new(false),
     });
-    let server = crate::server::spawn(listener, core.clone(), forward, stop_server_rx);
+    if config.tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "the cluster port listens beyond loopback without TLS: anyone who reaches it \
+             can join, propose and forward; set [cluster.tls]"
+        );
+    }
+    let tls = config.tls.as_ref().map(crate::tls::ClusterTls::server);
+    let server = crate::server::spawn(listener, core.clone(), forward, tls, stop_server_rx)
+        .map_err(|e| ClusterError::Config(format!("cluster TLS: {e}")))?;
 
     let alone = config.peers.is_empty() && config.join.is_none();
     let started = async {

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Config, ENV_PREFIX, ENV_SEPARATOR};
+use super::{Config, ENV_PREFIX, ENV_SEPARATOR, UNSET_BY_DEFAULT};
 
 /// Every key and section of the config file, in the order the example shows them, with
 /// the doc comment of its field. Top-level keys come before the first section.
@@ -132,6 +132,76 @@ const DOCS: &[(&str, &str)] = &[
         "The HTTP path MQTT is served on; other paths are refused (404).",
     ),
     (
+        "websocket.tls_listen",
+        "Address of the secure WebSocket (wss) listener, with the certificates\n\
+         of `[tls]` and the path and subprotocol rules above; on whatever\n\
+         `enabled` says. Empty: none.",
+    ),
+    (
+        "tls",
+        "MQTT over TLS, and the certificates of the secure WebSocket listener:\n\
+         off unless enabled.",
+    ),
+    (
+        "tls.enabled",
+        "Whether the node also serves MQTT over TLS (1.2 or 1.3).",
+    ),
+    ("tls.listen", "Address of the MQTT-over-TLS listener."),
+    (
+        "tls.cert_file",
+        "The server's certificate chain (PEM), its own certificate first. The\n\
+         files are read again on SIGHUP and when they change: new connections\n\
+         get the new certificate, open ones keep theirs.",
+    ),
+    (
+        "tls.key_file",
+        "The certificate's private key (PEM: PKCS#8, RSA or SEC1).",
+    ),
+    (
+        "tls.ca_file",
+        "CA certificates (PEM) that client certificates must chain to. Empty:\n\
+         clients are not asked for a certificate; else one they present is\n\
+         checked.",
+    ),
+    (
+        "tls.require_client_certificate",
+        "Whether a client must present a certificate that chains to `ca_file`;\n\
+         without one its TLS handshake fails.",
+    ),
+    (
+        "tls.use_identity_as_username",
+        "Whether the common name (CN) of the client certificate's subject\n\
+         becomes the session's username, in place of the one in CONNECT (as\n\
+         Mosquitto's option of that name). Needs `require_client_certificate`.",
+    ),
+    (
+        "tls.use_subject_alt_name_as_username",
+        "As `use_identity_as_username`, with the first DNS name or email\n\
+         address among the certificate's subject alternative names.",
+    ),
+    (
+        "auth",
+        "Who may connect: users of a password file, anonymous clients.",
+    ),
+    (
+        "auth.password_file",
+        "A Mosquitto password file (\"user:hash\" lines, as `mosquitto_passwd` and\n\
+         `starling passwd` write them): a client that gives a username must give\n\
+         its password. Read at start and again on SIGHUP. Empty: none.",
+    ),
+    (
+        "auth.allow_anonymous",
+        "Whether clients may connect without authenticating: with no username\n\
+         (or with one but no password file to check it against) and no MQTT 5\n\
+         enhanced authentication. Unset: true when neither a password file nor\n\
+         client certificates are configured, false otherwise, as in Mosquitto 2.",
+    ),
+    (
+        "auth.acl_file",
+        "A Mosquitto ACL file: which topics each client may publish and\n\
+         subscribe to. Empty: none.",
+    ),
+    (
         "cluster",
         "Settings of the cluster side of a node: how it reaches the other nodes, and\n\
          which cluster it forms or joins.",
@@ -166,10 +236,36 @@ const DOCS: &[(&str, &str)] = &[
          down to a quarter of this (kept for followers a little behind). Bounds\n\
          disk use and restart time whatever the payloads.",
     ),
+    ("cluster.tls", "Mutual TLS between the nodes."),
+    (
+        "cluster.tls.cert_file",
+        "This node's certificate chain (PEM). Empty: the cluster port speaks\n\
+         plaintext, for one machine only.",
+    ),
+    ("cluster.tls.key_file", "This node's private key (PEM)."),
+    (
+        "cluster.tls.ca_file",
+        "The cluster's own CA (PEM): only nodes with a certificate it signed\n\
+         may join, replicate, propose or forward.",
+    ),
+    (
+        "cluster.tls.server_name",
+        "The DNS name every node's certificate carries, checked whatever\n\
+         address a node is dialed at. Empty: \"starling-cluster\".",
+    ),
     ("http", "The HTTP server for health checks and metrics."),
     (
         "http.listen",
         "Address of the HTTP server: `/healthz`, `/readyz` and `/metrics`.",
+    ),
+    (
+        "http.token",
+        "The bearer token the admin API (`/api/...`) asks for. Empty: none, and\n\
+         the admin API then answers loopback addresses only.",
+    ),
+    (
+        "http.token_file",
+        "A file holding the token (its first line), instead of `token`.",
     ),
     ("log", "What is logged, and how."),
     (
@@ -198,12 +294,24 @@ pub fn example() -> Result<String, super::ConfigError> {
     let mut out = String::from(HEADER);
     let mut after_section = false;
     for (path, doc) in DOCS {
-        // A path that is not in the config is left out; the tests make sure there
-        // is none.
+        // A key without a default is shown commented out; any other path that is
+        // not in the config is left out, and the tests make sure there is none.
         let Some(value) = path
             .split('.')
             .try_fold(&defaults, |node, key| node.get(key))
         else {
+            if UNSET_BY_DEFAULT.contains(path) {
+                if !after_section {
+                    out.push('\n');
+                }
+                after_section = false;
+                for line in doc.lines() {
+                    let _ = writeln!(out, "# {line}");
+                }
+                let key = path.rsplit('.').next().unwrap_or(path);
+                let _ = writeln!(out, "# (environment: {}; unset by default)", env_var(path));
+                let _ = writeln!(out, "# {key} = false");
+            }
             continue;
         };
         // A blank line between keys, but none between a section and its first key.
@@ -280,6 +388,7 @@ mod tests {
             "",
             &mut expected,
         );
+        expected.extend(UNSET_BY_DEFAULT.iter().map(|key| key.to_string()));
         expected.sort();
         let mut documented: Vec<String> = DOCS.iter().map(|(p, _)| p.to_string()).collect();
         documented.sort();
@@ -334,12 +443,18 @@ mod tests {
     fn docs_match_the_doc_comments_of_the_structs() {
         let mut source = doc_comments(include_str!("../config.rs"));
         source.extend(doc_comments(include_str!("../../../broker/src/config.rs")));
+        source.extend(doc_comments(include_str!(
+            "../../../broker/src/auth/config.rs"
+        )));
         let mut expected = BTreeMap::new();
         for (name, section) in [
             ("Config", ""),
             ("MqttConfig", "mqtt."),
             ("WebSocketConfig", "websocket."),
+            ("TlsConfig", "tls."),
+            ("AuthConfig", "auth."),
             ("ClusterConfig", "cluster."),
+            ("ClusterTlsConfig", "cluster.tls."),
             ("HttpConfig", "http."),
             ("LogConfig", "log."),
         ] {
@@ -355,6 +470,14 @@ mod tests {
             .map(|(path, doc)| (path.to_string(), doc.to_string()))
             .collect();
         assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn keys_without_a_default_are_shown_commented_out() {
+        let text = example().unwrap();
+        let shown = "# (environment: STARLING_AUTH__ALLOW_ANONYMOUS; unset by default)\n\
+                     # allow_anonymous = false\n\n# A Mosquitto ACL file";
+        assert!(text.contains(shown), "{text}");
     }
 
     #[test]

@@ -316,3 +316,58 @@ fn to_toml_round_trips() {
     let text = config.to_toml().unwrap();
     assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
 }
+
+#[test]
+fn the_auth_section_and_its_unset_key() {
+    let config: Config = toml::from_str(
+        "[auth]\npassword_file = \"/etc/starling/passwd\"\nallow_anonymous = true\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.auth.password_file,
+        PathBuf::from("/etc/starling/passwd")
+    );
+    assert_eq!(config.auth.allow_anonymous, Some(true));
+    assert_eq!(Config::default().auth.allow_anonymous, None);
+    // Unset, it is absent from the TOML, and the environment can still set it.
+    let text = Config::default().to_toml().unwrap();
+    assert!(!text.contains("allow_anonymous"), "{text}");
+    let config = from_env(&[
+        ("STARLING_AUTH__ALLOW_ANONYMOUS", "false"),
+        ("STARLING_AUTH__PASSWORD_FILE", "/p"),
+    ])
+    .unwrap();
+    assert_eq!(config.auth.allow_anonymous, Some(false));
+    assert_eq!(config.auth.password_file, PathBuf::from("/p"));
+    let round_trip: Config = toml::from_str(&config.to_toml().unwrap()).unwrap();
+    assert_eq!(round_trip, config);
+    assert!(from_env(&[("STARLING_AUTH__ALLOW_ANONYMOUS", "maybe")]).is_err());
+    assert!(from_env(&[("STARLING_AUTH__NO_SUCH_KEY", "1")]).is_err());
+}
+
+#[test]
+fn tls_without_its_files_names_the_missing_key() {
+    let config = from_env(&[("STARLING_TLS__ENABLED", "true")]).unwrap();
+    let error = config.validate().unwrap_err().to_string();
+    assert!(
+        error.contains("tls.cert_file") && error.contains("STARLING_TLS__CERT_FILE"),
+        "{error}"
+    );
+    let config = from_env(&[
+        ("STARLING_WEBSOCKET__TLS_LISTEN", "127.0.0.1:8084"),
+        ("STARLING_TLS__CERT_FILE", "/etc/starling/cert.pem"),
+    ])
+    .unwrap();
+    let error = config.validate().unwrap_err().to_string();
+    assert!(error.contains("tls.key_file"), "{error}");
+    let config = from_env(&[
+        ("STARLING_TLS__ENABLED", "true"),
+        ("STARLING_TLS__CERT_FILE", "/etc/starling/cert.pem"),
+        ("STARLING_TLS__KEY_FILE", "/etc/starling/key.pem"),
+    ])
+    .unwrap();
+    assert!(config.validate().is_ok());
+    let config = from_env(&[("STARLING_WEBSOCKET__TLS_LISTEN", "somewhere")]).unwrap();
+    let error = config.validate().unwrap_err().to_string();
+    assert!(error.contains("websocket.tls_listen"), "{error}");
+}

@@ -18,7 +18,9 @@ use crate::metrics::Metrics;
 use crate::registry::{Delivery, Stop};
 use crate::state::{Command, ConnId, Message, Queued, Reply, Target};
 
+mod auth;
 mod from_client;
+mod identity;
 mod to_client;
 mod v5;
 
@@ -39,6 +41,10 @@ struct Fake {
     /// The wall clock, in ms since the epoch.
     now: u64,
     authenticators: crate::auth::Authenticators,
+    /// The password file, if the node has one.
+    passwords: Option<Arc<crate::auth::PasswordFile>>,
+    allow_anonymous: bool,
+    acl: Option<Arc<crate::auth::acl::AclFile>>,
 }
 
 impl View for Fake {
@@ -84,6 +90,15 @@ impl View for Fake {
     }
     fn authenticator(&self, method: &str) -> Option<&dyn crate::auth::Authenticator> {
         self.authenticators.find(method)
+    }
+    fn passwords(&self) -> Option<Arc<crate::auth::PasswordFile>> {
+        self.passwords.clone()
+    }
+    fn allow_anonymous(&self) -> bool {
+        self.allow_anonymous
+    }
+    fn acl(&self) -> Option<Arc<crate::auth::acl::AclFile>> {
+        self.acl.clone()
     }
 }
 
@@ -146,6 +161,9 @@ impl Client {
                 retained: Vec::new(),
                 now: 1_000_000,
                 authenticators: crate::auth::Authenticators::new(),
+                passwords: None,
+                allow_anonymous: true,
+                acl: None,
             },
             inbox: Vec::new(),
             version: V311,

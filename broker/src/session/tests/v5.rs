@@ -628,3 +628,107 @@ fn a_shared_subscription_is_granted_without_retained_messages_and_refuses_no_loc
         "[MQTT-3.8.3-4]"
     );
 }
+
+#[test]
+fn the_acl_decides_publish_subscribe_and_every_delivery() {
+    let acl = crate::auth::acl::AclFile::parse(
+        "topic readwrite open/#\ntopic read feeds/#\ntopic write in/#\ntopic write will\n",
+    )
+    .expect("valid rules");
+    // A will the client may not publish refuses the CONNECT.
+    let mut refused = Client::v5();
+    refused.node.acl = Some(Arc::new(
+        crate::auth::acl::AclFile::parse("topic readwrite open/#\n").expect("valid"),
+    ));
+    refused.send(Packet::Connect(Connect {
+        protocol: ProtocolVersion::V5,
+        clean_session: true,
+        keep_alive: 0,
+        client_id: "c".into(),
+        will: Some(LastWill {
+            topic: Arc::from("will"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+        }),
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }));
+    assert_eq!(
+        refused.received(),
+        vec![Packet::ConnAck(ConnAck::new(
+            false,
+            ReasonCode::NotAuthorized
+        ))]
+    );
+    let mut c = Client::v5();
+    c.node.acl = Some(Arc::new(acl.clone()));
+    c.connect(false, 0);
+    c.node.targets = vec![direct(QoS::AtLeastOnce)];
+    // Publishing where it may not: 0x87, nothing routed.
+    c.send(publish_with(
+        1,
+        QoS::AtLeastOnce,
+        "feeds/x",
+        Properties::default(),
+    ));
+    assert_eq!(
+        c.received(),
+        vec![Packet::PubAck(Ack::with_reason(
+            1,
+            ReasonCode::NotAuthorized
+        ))]
+    );
+    assert!(c.actions().is_empty(), "a denied message goes nowhere");
+    c.send(publish_with(
+        2,
+        QoS::AtLeastOnce,
+        "in/x",
+        Properties::default(),
+    ));
+    assert!(matches!(
+        c.actions().pop(),
+        Some(Action::RouteThenAnswer { .. })
+    ));
+    // Subscribing: only what a read rule covers.
+    c.send(Packet::Subscribe(Subscribe {
+        packet_id: 3,
+        filters: vec![
+            ("feeds/+".into(), SubOptions::from(QoS::AtLeastOnce)),
+            ("in/#".into(), SubOptions::from(QoS::AtLeastOnce)),
+        ],
+        properties: Properties::default(),
+    }));
+    c.commit(Ok(Reply::Existed(vec![false])));
+    let Some(Packet::SubAck(suback)) = c.received().pop() else {
+        panic!("SUBACK");
+    };
+    assert_eq!(
+        suback.codes,
+        vec![ReasonCode::GrantedQoS1, ReasonCode::NotAuthorized]
+    );
+    // Deliveries are checked one by one.
+    for topic in ["feeds/a", "in/a", "open/a"] {
+        c.event(Event::Mail(delivery(
+            message(topic, QoS::AtMostOnce),
+            QoS::AtMostOnce,
+        )));
+    }
+    let topics: Vec<String> = c.publishes().iter().map(|p| p.topic.to_string()).collect();
+    assert_eq!(topics, vec!["feeds/a".to_string(), "open/a".to_string()]);
+
+    // 3.1.1: a denied PUBLISH is acknowledged as usual, and dropped.
+    let mut old = Client::new();
+    old.node.acl = Some(Arc::new(acl));
+    old.connect(false, 0);
+    old.send(publish_with(
+        4,
+        QoS::AtLeastOnce,
+        "feeds/x",
+        Properties::default(),
+    ));
+    assert_eq!(old.received(), vec![Packet::PubAck(Ack::new(4))]);
+    assert!(old.actions().is_empty());
+}

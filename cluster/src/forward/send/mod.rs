@@ -38,8 +38,9 @@ pub struct Forwarder {
 
 struct Inner {
     self_id: u64,
-    /// The address streams to peers start from (see `network::endpoint`).
-    source: Option<std::net::IpAddr>,
+    /// How streams to peers start: source address and TLS (see
+    /// `network::endpoint`).
+    dialer: crate::tls::Dialer,
     buffer: usize,
     /// The most bytes of frames held for one peer.
     buffer_bytes: usize,
@@ -155,23 +156,29 @@ impl Forwarder {
     /// again may be on the wire, awaiting their ack. Together they may hold at
     /// most [`DEFAULT_BUFFER_BYTES`].
     pub fn new(self_id: u64, buffer: usize) -> Forwarder {
-        Forwarder::from_source(self_id, buffer, DEFAULT_BUFFER_BYTES, None)
+        Forwarder::with_dialer(
+            self_id,
+            buffer,
+            DEFAULT_BUFFER_BYTES,
+            crate::tls::Dialer::default(),
+        )
     }
 
     /// Like [`Forwarder::new`], with at most `buffer_bytes` of frames held for
     /// each peer (queued or awaiting their ack; a frame past it is refused as
-    /// [`ForwardError::BufferFull`]), and streams that start from `source` (the
-    /// node's cluster address, see [`crate::source_for`]).
-    pub fn from_source(
+    /// [`ForwardError::BufferFull`]), and streams dialed by `dialer` (from the
+    /// node's cluster address, see [`crate::source_for`], with the cluster's
+    /// TLS).
+    pub fn with_dialer(
         self_id: u64,
         buffer: usize,
         buffer_bytes: usize,
-        source: Option<std::net::IpAddr>,
+        dialer: crate::tls::Dialer,
     ) -> Forwarder {
         Forwarder {
             inner: Arc::new(Inner {
                 self_id,
-                source,
+                dialer,
                 buffer: buffer.max(1),
                 buffer_bytes: buffer_bytes.max(1),
                 congestion: Arc::default(),

@@ -14,7 +14,7 @@ struct InFlight {
 /// Owns the stream towards one peer.
 pub(super) struct PeerTask {
     self_id: u64,
-    source: Option<std::net::IpAddr>,
+    dialer: crate::tls::Dialer,
     epoch: u64,
     addr: watch::Receiver<String>,
     /// The forwarder holds the other end.
@@ -44,7 +44,7 @@ impl PeerTask {
     ) -> PeerTask {
         PeerTask {
             self_id: inner.self_id,
-            source: inner.source,
+            dialer: inner.dialer.clone(),
             epoch,
             addr,
             queue,
@@ -110,7 +110,7 @@ impl PeerTask {
 
     /// Opens a stream, sends the window again, then streams until something ends it.
     async fn stream(&mut self, addr: &str, failures: u32) -> End {
-        let channel = match crate::network::endpoint(addr, self.source) {
+        let channel = match crate::network::endpoint(addr, &self.dialer) {
             Ok(endpoint) => endpoint.connect_lazy(),
             Err(e) => return End::Broken(StreamError::Address(e)),
         };
