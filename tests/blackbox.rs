@@ -14,6 +14,8 @@ mod cli_clients;
 mod connect;
 #[path = "durability.rs"]
 mod durability;
+#[path = "limits.rs"]
+mod limits;
 #[path = "malformed.rs"]
 mod malformed;
 #[path = "mqtt5.rs"]

@@ -69,6 +69,27 @@ pub struct MqttConfig {
     /// "user:password" entries. A stand-in until users come from a password
     /// file; empty: the method is not offered.
     pub scram_users: Vec<String>,
+    /// Seconds a new connection has to send CONNECT (after its TLS or
+    /// WebSocket handshake, within the same time); then it is closed.
+    pub connect_timeout: u64,
+    /// New connections per second accepted from one address; more are
+    /// closed at once and counted (`rate_per_ip`). 0: no limit.
+    pub max_connection_rate_per_ip: u32,
+    /// The longest client identifier accepted, in bytes (CONNACK 0x85,
+    /// 3.1.1: 2).
+    pub max_client_id_len: usize,
+    /// The longest topic name or filter accepted, in bytes (MQTT 5: PUBACK
+    /// 0x90 or SUBACK 0x8F; 3.1.1: the PUBLISH is dropped, SUBACK 0x80).
+    pub max_topic_len: usize,
+    /// The most levels a topic or filter may have. 0: no limit.
+    pub max_topic_levels: usize,
+    /// The most subscriptions one client holds (SUBACK 0x97, 3.1.1: 0x80).
+    /// 0: no limit.
+    pub max_subscriptions: usize,
+    /// PUBLISH packets one client may send per second, on average over a
+    /// second's burst; more closes the connection (MQTT 5: DISCONNECT
+    /// 0x96). 0: no limit.
+    pub max_publish_rate: u32,
 }
 
 /// Settings of MQTT over WebSocket, as they appear under `[websocket]`.
@@ -103,6 +124,17 @@ impl MqttConfig {
     /// `slow_subscriber_timeout` as a duration (at least a second).
     pub fn slow_subscriber_after(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.slow_subscriber_timeout.max(1))
+    }
+
+    /// `connect_timeout` as a duration (at least a second).
+    pub fn connect_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.connect_timeout.max(1))
+    }
+
+    /// Whether a topic name or filter is within the length and level limits.
+    pub fn topic_within_limits(&self, topic: &str) -> bool {
+        topic.len() <= self.max_topic_len
+            && (self.max_topic_levels == 0 || topic.split('/').count() <= self.max_topic_levels)
     }
 
     /// `max_qos` as a QoS (2 for anything above).
@@ -143,6 +175,13 @@ impl Default for MqttConfig {
             persistent_session_expiry: 0,
             shared_subscription_strategy: crate::state::SharedStrategy::RoundRobin,
             scram_users: Vec::new(),
+            connect_timeout: 10,
+            max_connection_rate_per_ip: 0,
+            max_client_id_len: 65_535,
+            max_topic_len: 65_535,
+            max_topic_levels: 0,
+            max_subscriptions: 0,
+            max_publish_rate: 0,
         }
     }
 }

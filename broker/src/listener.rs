@@ -90,7 +90,7 @@ fn spawn_connection(
     }
     let shared = shared.clone();
     tokio::spawn(async move {
-        match tokio::time::timeout(timeouts::CONNECT, handshake(stream, via)).await {
+        match tokio::time::timeout(shared.config.connect_deadline(), handshake(stream, via)).await {
             Ok(Ok((transport, identity))) => {
                 crate::connection::serve(shared, transport, peer, permit, identity).await;
             }
@@ -224,41 +224,49 @@ pub(crate) async fn accept_loop(
     // how shutdown knows when every connection has closed, without keeping a
     // handle per connection.
     let permits = Arc::new(Semaphore::new(max));
+    let mut rates = ConnectionRates::new(shared.config.max_connection_rate_per_ip);
     loop {
-        tokio::select! {
+        let websocket = listeners
+            .websocket
+            .as_ref()
+            .map(|(listener, path)| (listener, Via::WebSocket(path.clone())));
+        let secure = listeners.secure.as_ref();
+        let tls = secure.and_then(|s| Some((s.mqtt.as_ref()?, Via::Tls(s.tls.clone()))));
+        let websocket_tls = secure.and_then(|s| {
+            let (listener, path) = s.websocket.as_ref()?;
+            Some((listener, Via::WebSocketTls(s.tls.clone(), path.clone())))
+        });
+        let accepted = tokio::select! {
             _ = shutdown.changed() => break,
-            permit = permits.clone().acquire_owned() => {
-                let Ok(permit) = permit else { break };
-                let websocket = listeners
-                    .websocket
-                    .as_ref()
-                    .map(|(listener, path)| (listener, Via::WebSocket(path.clone())));
-                let secure = listeners.secure.as_ref();
-                let tls = secure.and_then(|s| Some((s.mqtt.as_ref()?, Via::Tls(s.tls.clone()))));
-                let websocket_tls = secure.and_then(|s| {
-                    let (listener, path) = s.websocket.as_ref()?;
-                    Some((listener, Via::WebSocketTls(s.tls.clone(), path.clone())))
-                });
-                let accepted = tokio::select! {
-                    _ = shutdown.changed() => break,
-                    accepted = listeners.mqtt.accept() => {
-                        accepted.map(|(stream, peer)| (stream, peer, Via::Tcp))
-                    }
-                    accepted = accept_on(websocket) => accepted,
-                    accepted = accept_on(tls) => accepted,
-                    accepted = accept_on(websocket_tls) => accepted,
-                };
-                match accepted {
-                    Ok((stream, peer, via)) => {
-                        spawn_connection(&shared, stream, peer, permit, via);
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off a little
-                        // rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+            accepted = listeners.mqtt.accept() => {
+                accepted.map(|(stream, peer)| (stream, peer, Via::Tcp))
+            }
+            accepted = accept_on(websocket) => accepted,
+            accepted = accept_on(tls) => accepted,
+            accepted = accept_on(websocket_tls) => accepted,
+        };
+        match accepted {
+            Ok((stream, peer, via)) => {
+                // Refused at once rather than left in the accept queue,
+                // where they would hold the kernel's backlog and the
+                // client's timeout: counted, and closed.
+                if !rates.admit(peer.ip(), tokio::time::Instant::now()) {
+                    tracing::debug!(%peer, "connection refused: too many from this address");
+                    shared.metrics.connection_refused("rate_per_ip");
+                    continue;
                 }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "connection refused: max_connections reached");
+                    shared.metrics.connection_refused("max_connections");
+                    continue;
+                };
+                spawn_connection(&shared, stream, peer, permit, via);
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little
+                // rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -270,5 +278,58 @@ pub(crate) async fn accept_loop(
             left = max - permits.available_permits(),
             "connections still open at shutdown; they end with the runtime"
         );
+    }
+}
+
+/// New connections per second from each address, at most `max` (0: no
+/// limit): a window of one second per address, forgotten once it is over.
+struct ConnectionRates {
+    max: u32,
+    windows: std::collections::HashMap<std::net::IpAddr, (tokio::time::Instant, u32)>,
+}
+
+impl ConnectionRates {
+    fn new(max: u32) -> ConnectionRates {
+        ConnectionRates {
+            max,
+            windows: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Whether one more connection from `ip` is let in at `now`.
+    fn admit(&mut self, ip: std::net::IpAddr, now: tokio::time::Instant) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        if self.windows.len() > 10_000 {
+            self.windows
+                .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(1));
+        }
+        let (start, count) = self.windows.entry(ip).or_insert((now, 0));
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_rates_are_counted_per_address_per_second() {
+        let (a, b) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let now = tokio::time::Instant::now();
+        let mut rates = ConnectionRates::new(2);
+        assert!(rates.admit(a, now) && rates.admit(a, now));
+        assert!(!rates.admit(a, now), "a third within the second");
+        assert!(rates.admit(b, now), "another address has its own");
+        let later = now + Duration::from_millis(1_001);
+        assert!(rates.admit(a, later), "a new second");
+        let mut unlimited = ConnectionRates::new(0);
+        assert!((0..1_000).all(|_| unlimited.admit(a, now)));
     }
 }

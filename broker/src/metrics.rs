@@ -22,6 +22,8 @@ pub struct Metrics {
     /// CONNECTs refused for their credentials, by why (`unknown_user`,
     /// `wrong_password`, `anonymous`, `enhanced_auth`).
     pub auth_failures: IntCounterVec,
+    /// New connections closed at once, by why.
+    pub connections_refused: IntCounterVec,
     /// Messages of shared subscriptions that a member left without
     /// acknowledging, sent to another member.
     pub shared_redelivered: IntCounter,
@@ -73,6 +75,13 @@ impl Metrics {
             )?,
             messages_dropped: IntCounterVec::new(
                 Opts::new("starling_messages_dropped_total", "Messages not delivered"),
+                &["reason"],
+            )?,
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "starling_connections_refused_total",
+                    "New connections closed at once: over max_connections or the per-address rate",
+                ),
                 &["reason"],
             )?,
             shared_redelivered: IntCounter::new(
@@ -144,6 +153,7 @@ impl Metrics {
         registry.register(Box::new(metrics.disconnects.clone()))?;
         registry.register(Box::new(metrics.auth_failures.clone()))?;
         registry.register(Box::new(metrics.shared_redelivered.clone()))?;
+        registry.register(Box::new(metrics.connections_refused.clone()))?;
         Ok(metrics)
     }
 
@@ -185,6 +195,12 @@ impl Metrics {
     /// to another.
     pub fn redelivered(&self) {
         self.shared_redelivered.inc();
+    }
+
+    /// A new connection closed at once, by why (`max_connections`,
+    /// `rate_per_ip`).
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
     }
 
     pub fn protocol_error(&self, reason: &'static str) {

@@ -5,9 +5,6 @@
 
 use std::time::Duration;
 
-/// How long a new connection may take to send CONNECT; then the client's
-/// keepalive takes over.
-pub(crate) const CONNECT: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for its acknowledgements, then its
 /// Disconnect, to be committed: each is retried across a failover at most
 /// this long before the connection lets go (the cluster cleans up after it).

@@ -67,9 +67,10 @@ pub(crate) fn serve(
         shared.config.mailbox_capacity,
         shared.config.mailbox_capacity_bytes,
     ));
-    shared
-        .registry
-        .set_deadline(&mailbox, Some(Instant::now() + timeouts::CONNECT));
+    shared.registry.set_deadline(
+        &mailbox,
+        Some(Instant::now() + shared.config.connect_deadline()),
+    );
     shared.registry.open(conn, mailbox.clone());
     shared.metrics.connections.inc();
     shared.metrics.connections_total.inc();

@@ -69,6 +69,14 @@ impl View for Live<'_> {
         self.0.allow_anonymous
     }
 
+    fn subscription_count(&self, client_id: &str) -> usize {
+        self.0.machine.subscription_count(client_id)
+    }
+
+    fn has_subscription(&self, client_id: &str, filter: &str) -> bool {
+        self.0.machine.has_subscription(client_id, filter)
+    }
+
     fn acl(&self) -> Option<Arc<crate::auth::acl::AclFile>> {
         let acl = self.0.acl.read();
         Option::clone(&acl.unwrap_or_else(PoisonError::into_inner))

@@ -205,6 +205,17 @@ impl Session {
                 return;
             }
         }
+        if connect.client_id.len() > config.max_client_id_len {
+            log!(
+                self,
+                info,
+                len = connect.client_id.len(),
+                "refusing CONNECT: client id too long"
+            );
+            view.metrics().protocol_error("client_id_too_long");
+            refuse(self, ReasonCode::ClientIdentifierNotValid);
+            return;
+        }
         let client_id: Arc<str> = if connect.client_id.is_empty() {
             if !v5 && !connect.clean_session {
                 log!(
@@ -406,6 +417,14 @@ impl Session {
     fn publish(&mut self, publish: Publish, view: &impl View) {
         view.metrics().received(publish.qos);
         let config = view.config();
+        if config.max_publish_rate > 0 && !self.rate.take(config.max_publish_rate, view.now_ms()) {
+            view.metrics().disconnected("publish_rate");
+            return self.violation_with(
+                "more PUBLISH packets per second than max_publish_rate",
+                ReasonCode::MessageRateTooHigh,
+                view,
+            );
+        }
         let id = publish.packet_id;
         let v5 = self.is_v5();
         // Past what this server takes: an MQTT 5 client was told in CONNACK
@@ -468,7 +487,10 @@ impl Session {
         if v5 {
             let refusal = if !payload_format_valid(&publish.properties, &publish.payload) {
                 Some(ReasonCode::PayloadFormatInvalid)
-            } else if topic.starts_with(SHARED_PREFIX) || topic.starts_with("$SYS") {
+            } else if topic.starts_with(SHARED_PREFIX)
+                || topic.starts_with("$SYS")
+                || !config.topic_within_limits(&topic)
+            {
                 Some(ReasonCode::TopicNameInvalid)
             } else {
                 None
@@ -494,6 +516,20 @@ impl Session {
                 }
                 return;
             }
+        }
+        if !v5 && !config.topic_within_limits(&topic) {
+            // 3.1.1 cannot say why: dropped and acknowledged, as a denied one.
+            log!(self, debug, %topic, "PUBLISH over the topic limits dropped");
+            view.metrics().dropped("topic_limits");
+            match publish.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(id))),
+                QoS::ExactlyOnce => {
+                    self.inbound_qos2.insert(id);
+                    self.send(&Packet::PubRec(Ack::new(id)));
+                }
+            }
+            return;
         }
         if !self.acl_allows_publish(&topic, view) {
             log!(self, debug, %topic, "PUBLISH denied by the ACL");
@@ -653,12 +689,19 @@ impl Session {
             .copied();
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut accepted = Vec::new();
+        let held = if config.max_subscriptions > 0 {
+            view.subscription_count(&client_id)
+        } else {
+            0
+        };
         for (filter, mut options) in subscribe.filters {
             let shared = shared_subscription(&filter);
             if matches!(shared, Some(Ok(_))) && options.no_local {
                 return self.violation("No Local on a shared subscription [MQTT-3.8.3-4]", view);
             }
-            let code = if validate_topic_filter(&filter).is_err() || matches!(shared, Some(Err(_)))
+            let code = if validate_topic_filter(&filter).is_err()
+                || matches!(shared, Some(Err(_)))
+                || !config.topic_within_limits(&filter)
             {
                 tracing::debug!(%filter, "invalid topic filter refused");
                 ReasonCode::TopicFilterInvalid
@@ -667,6 +710,13 @@ impl Session {
             } else if !self.acl_allows_subscribe(&filter, view) {
                 log!(self, debug, %filter, "SUBSCRIBE denied by the ACL");
                 ReasonCode::NotAuthorized
+            } else if config.max_subscriptions > 0
+                && held + accepted.len() >= config.max_subscriptions
+                && !view.has_subscription(&client_id, &filter)
+            {
+                log!(self, info, %filter, "SUBSCRIBE over max_subscriptions refused");
+                view.metrics().dropped("max_subscriptions");
+                ReasonCode::QuotaExceeded
             } else {
                 options.qos = options.qos.min(config.max_qos());
                 accepted.push((filter, Subscription { options, id }));

@@ -77,6 +77,10 @@ pub(crate) trait View {
     fn passwords(&self) -> Option<Arc<crate::auth::PasswordFile>>;
     /// Whether clients that did not authenticate may connect.
     fn allow_anonymous(&self) -> bool;
+    /// How many subscriptions `client_id`'s session holds.
+    fn subscription_count(&self, client_id: &str) -> usize;
+    /// Whether `client_id`'s session holds a subscription to `filter`.
+    fn has_subscription(&self, client_id: &str, filter: &str) -> bool;
     /// The ACL rules, if an ACL file is configured.
     fn acl(&self) -> Option<Arc<crate::auth::acl::AclFile>>;
 }
@@ -197,6 +201,34 @@ pub(crate) enum End {
     TakenOver,
 }
 
+/// A token bucket of PUBLISH packets: `max` a second, refilled as time goes,
+/// holding at most a second's worth.
+#[derive(Debug, Default)]
+pub(crate) struct PublishRate {
+    tokens: f64,
+    at: u64,
+}
+
+impl PublishRate {
+    /// Takes one token at `now` (ms); false when none is left.
+    fn take(&mut self, max: u32, now: u64) -> bool {
+        let max = f64::from(max);
+        if self.at == 0 {
+            self.tokens = max;
+        } else {
+            let elapsed = now.saturating_sub(self.at) as f64 / 1000.0;
+            self.tokens = (self.tokens + elapsed * max).min(max);
+        }
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What a closing connection still commits, in this order.
 #[derive(Debug, Default)]
 pub(crate) struct Closing {
@@ -237,6 +269,8 @@ pub(crate) struct Session {
     aliases: Option<Box<Aliases>>,
     /// A Session Expiry Interval the client's DISCONNECT set.
     new_session_expiry: Option<u32>,
+    /// PUBLISH packets left in this second's allowance (`max_publish_rate`).
+    rate: PublishRate,
     /// An enhanced authentication in progress (MQTT 5 section 4.12).
     auth: Option<Box<inbound::Authenticating>>,
     /// The method the client authenticated with, for re-authentication.
@@ -275,6 +309,7 @@ impl Session {
             unanswered: BTreeSet::new(),
             aliases: None,
             new_session_expiry: None,
+            rate: PublishRate::default(),
             auth: None,
             auth_method: None,
             username: None,

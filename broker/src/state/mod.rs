@@ -522,6 +522,22 @@ impl MqttMachine {
             .collect()
     }
 
+    /// How many subscriptions `client_id`'s session holds.
+    pub fn subscription_count(&self, client_id: &str) -> usize {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .map_or(0, |s| s.subscriptions.len())
+    }
+
+    /// Whether `client_id`'s session holds a subscription to `filter`.
+    pub fn has_subscription(&self, client_id: &str, filter: &str) -> bool {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.subscriptions.contains_key(filter))
+    }
+
     /// The replicated clock: the latest tick applied (ms since the epoch).
     pub fn clock(&self) -> u64 {
         self.lock().clock

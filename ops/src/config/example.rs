@@ -117,6 +117,41 @@ const DOCS: &[(&str, &str)] = &[
          \"user:password\" entries. A stand-in until users come from a password\n\
          file; empty: the method is not offered.",
     ),
+    (
+        "mqtt.connect_timeout",
+        "Seconds a new connection has to send CONNECT (after its TLS or\n\
+         WebSocket handshake, within the same time); then it is closed.",
+    ),
+    (
+        "mqtt.max_connection_rate_per_ip",
+        "New connections per second accepted from one address; more are\n\
+         closed at once and counted (`rate_per_ip`). 0: no limit.",
+    ),
+    (
+        "mqtt.max_client_id_len",
+        "The longest client identifier accepted, in bytes (CONNACK 0x85,\n\
+         3.1.1: 2).",
+    ),
+    (
+        "mqtt.max_topic_len",
+        "The longest topic name or filter accepted, in bytes (MQTT 5: PUBACK\n\
+         0x90 or SUBACK 0x8F; 3.1.1: the PUBLISH is dropped, SUBACK 0x80).",
+    ),
+    (
+        "mqtt.max_topic_levels",
+        "The most levels a topic or filter may have. 0: no limit.",
+    ),
+    (
+        "mqtt.max_subscriptions",
+        "The most subscriptions one client holds (SUBACK 0x97, 3.1.1: 0x80).\n\
+         0: no limit.",
+    ),
+    (
+        "mqtt.max_publish_rate",
+        "PUBLISH packets one client may send per second, on average over a\n\
+         second's burst; more closes the connection (MQTT 5: DISCONNECT\n\
+         0x96). 0: no limit.",
+    ),
     ("websocket", "MQTT over WebSocket: off unless enabled."),
     (
         "websocket.enabled",

@@ -45,6 +45,8 @@ struct Fake {
     passwords: Option<Arc<crate::auth::PasswordFile>>,
     allow_anonymous: bool,
     acl: Option<Arc<crate::auth::acl::AclFile>>,
+    /// How many subscriptions the client's session holds already.
+    subscriptions: usize,
 }
 
 impl View for Fake {
@@ -96,6 +98,12 @@ impl View for Fake {
     }
     fn allow_anonymous(&self) -> bool {
         self.allow_anonymous
+    }
+    fn subscription_count(&self, _client_id: &str) -> usize {
+        self.subscriptions
+    }
+    fn has_subscription(&self, _client_id: &str, _filter: &str) -> bool {
+        false
     }
     fn acl(&self) -> Option<Arc<crate::auth::acl::AclFile>> {
         self.acl.clone()
@@ -164,6 +172,7 @@ impl Client {
                 passwords: None,
                 allow_anonymous: true,
                 acl: None,
+                subscriptions: 0,
             },
             inbox: Vec::new(),
             version: V311,

@@ -732,3 +732,84 @@ fn the_acl_decides_publish_subscribe_and_every_delivery() {
     assert_eq!(old.received(), vec![Packet::PubAck(Ack::new(4))]);
     assert!(old.actions().is_empty());
 }
+
+#[test]
+fn limits_each_with_its_reason_code() {
+    // A client id over the limit: CONNACK 0x85.
+    let mut c = Client::v5();
+    c.node.config.max_client_id_len = 0;
+    c.send(Packet::Connect(Connect {
+        protocol: ProtocolVersion::V5,
+        clean_session: true,
+        keep_alive: 0,
+        client_id: "c".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }));
+    assert_eq!(
+        c.received(),
+        vec![Packet::ConnAck(ConnAck::new(
+            false,
+            ReasonCode::ClientIdentifierNotValid
+        ))]
+    );
+
+    // Topics over the length or level limits: PUBACK 0x90, SUBACK 0x8F.
+    let mut c = Client::v5();
+    c.node.config.max_topic_levels = 2;
+    c.connect(false, 0);
+    c.send(publish_with(
+        1,
+        QoS::AtLeastOnce,
+        "a/b/c",
+        Properties::default(),
+    ));
+    let Some(Packet::PubAck(ack)) = c.received().pop() else {
+        panic!("PUBACK");
+    };
+    assert_eq!(ack.reason, ReasonCode::TopicNameInvalid);
+    c.node.config.max_subscriptions = 1;
+    c.node.subscriptions = 0;
+    c.send(Packet::Subscribe(Subscribe {
+        packet_id: 2,
+        filters: vec![
+            ("a/+/c".into(), SubOptions::from(QoS::AtMostOnce)),
+            ("a/b".into(), SubOptions::from(QoS::AtMostOnce)),
+            ("a/c".into(), SubOptions::from(QoS::AtMostOnce)),
+        ],
+        properties: Properties::default(),
+    }));
+    c.commit(Ok(Reply::Existed(vec![false])));
+    let Some(Packet::SubAck(suback)) = c.received().pop() else {
+        panic!("SUBACK");
+    };
+    assert_eq!(
+        suback.codes,
+        vec![
+            ReasonCode::TopicFilterInvalid,
+            ReasonCode::Success,
+            ReasonCode::QuotaExceeded,
+        ],
+        "one subscription at most"
+    );
+
+    // More PUBLISH packets a second than allowed: DISCONNECT 0x96.
+    let mut c = Client::v5();
+    c.node.config.max_publish_rate = 3;
+    c.connect(false, 0);
+    for _ in 0..3 {
+        c.send(publish(0, QoS::AtMostOnce));
+    }
+    assert_eq!(c.session.end(), None, "three within the burst");
+    c.node.now += 400;
+    c.send(publish(0, QoS::AtMostOnce));
+    assert_eq!(c.session.end(), None, "refilled: 1.2 tokens after 400 ms");
+    c.send(publish(0, QoS::AtMostOnce));
+    assert_eq!(
+        disconnect_reason(&mut c),
+        Some(ReasonCode::MessageRateTooHigh)
+    );
+    assert_eq!(c.session.end(), Some(End::Lost));
+}
