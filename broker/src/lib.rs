@@ -183,6 +183,7 @@ impl Broker {
             allow_anonymous: config.auth.anonymous_allowed(tls_names_users),
             auth: config.auth.clone(),
             passwords: std::sync::RwLock::new(passwords),
+            has_acl: std::sync::atomic::AtomicBool::new(acl.is_some()),
             acl: std::sync::RwLock::new(acl),
         });
         shared
@@ -321,11 +322,15 @@ impl Broker {
             .passwords
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = passwords;
+        let present = acl.is_some();
         *self
             .shared
             .acl
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = acl;
+        self.shared
+            .has_acl
+            .store(present, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 

@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     /// The rules of `auth.acl_file`, if one is set; replaced whole by
     /// `Broker::reload_auth`.
     pub(crate) acl: std::sync::RwLock<Option<Arc<crate::auth::acl::AclFile>>>,
+    /// Whether `acl` holds rules: read for every delivery without touching
+    /// the lock when it does not.
+    pub(crate) has_acl: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

@@ -78,6 +78,9 @@ impl View for Live<'_> {
     }
 
     fn acl(&self) -> Option<Arc<crate::auth::acl::AclFile>> {
+        if !self.0.has_acl.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         let acl = self.0.acl.read();
         Option::clone(&acl.unwrap_or_else(PoisonError::into_inner))
     }

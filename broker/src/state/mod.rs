@@ -248,6 +248,9 @@ pub(crate) struct Index {
     /// Shared subscriptions, under the filter they stand for, keyed by
     /// (`$share/{group}/{filter}`, client).
     shared: RwLock<SharedRoutes>,
+    /// Whether `shared` holds any route: read on every publish without
+    /// touching the lock, which most brokers never need.
+    any_shared: std::sync::atomic::AtomicBool,
     /// This node's choices: the position of each shared subscription's turn.
     turns: Mutex<HashMap<Arc<str>, usize>>,
     /// [`SharedStrategy`] as a number.
@@ -277,6 +280,7 @@ impl Index {
             Some(Ok((_, inner))) => {
                 let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
                 shared.insert(inner, (Arc::from(filter), client_id.clone()), route);
+                self.any_shared.store(true, Ordering::Release);
             }
             // Never committed: sessions refuse such filters.
             Some(Err(_)) => {}
@@ -292,6 +296,7 @@ impl Index {
             Some(Ok((_, inner))) => {
                 let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
                 shared.remove(inner, &(Arc::from(filter), client_id.clone()));
+                self.any_shared.store(!shared.is_empty(), Ordering::Release);
             }
             Some(Err(_)) => {}
             None => {
@@ -312,7 +317,7 @@ impl Index {
         only: Option<&str>,
         except: Option<&str>,
     ) -> Vec<Target> {
-        if pick == Pick::None {
+        if pick == Pick::None || !self.any_shared.load(Ordering::Acquire) {
             return Vec::new();
         }
         let mut groups: BTreeMap<Arc<str>, Vec<(Arc<str>, Route)>> = BTreeMap::new();
@@ -678,8 +683,11 @@ impl StateMachine for MqttMachine {
         *state = restored;
         *self.index.routes.write().unwrap_or_else(|e| e.into_inner()) =
             index.routes.into_inner().unwrap_or_else(|e| e.into_inner());
-        *self.index.shared.write().unwrap_or_else(|e| e.into_inner()) =
-            index.shared.into_inner().unwrap_or_else(|e| e.into_inner());
+        let shared = index.shared.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.index
+            .any_shared
+            .store(!shared.is_empty(), Ordering::Release);
+        *self.index.shared.write().unwrap_or_else(|e| e.into_inner()) = shared;
         *self
             .index
             .locations
