@@ -33,7 +33,7 @@ fn publish(topic: &str, qos: QoS, packet_id: u16, payload_len: usize) -> Packet 
         topic: topic.into(),
         packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
         payload: Bytes::from(payload),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 

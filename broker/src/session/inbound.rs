@@ -149,7 +149,7 @@ impl Session {
                 let properties = properties(Some(data), &auth.method);
                 self.send(&Packet::Auth(starling_proto::mqtt::Auth {
                     reason: ReasonCode::ContinueAuthentication,
-                    properties,
+                    properties: properties.into(),
                 }));
                 self.auth = Some(auth);
             }
@@ -162,7 +162,7 @@ impl Session {
                     Some(connect) => self.accept(connect, properties, view),
                     None => self.send(&Packet::Auth(starling_proto::mqtt::Auth {
                         reason: ReasonCode::Success,
-                        properties,
+                        properties: properties.into(),
                     })),
                 }
             }
@@ -392,7 +392,7 @@ impl Session {
         self.send(&Packet::ConnAck(ConnAck {
             session_present,
             code: ReasonCode::Success,
-            properties,
+            properties: properties.into(),
         }));
         self.connacked = true;
         // The session outlives the connection, or is one that did.
@@ -729,7 +729,7 @@ impl Session {
             Packet::SubAck(SubAck {
                 packet_id,
                 codes,
-                properties: Properties::default(),
+                properties: Default::default(),
             })
         };
         if accepted.is_empty() {
@@ -777,7 +777,7 @@ impl Session {
             self.send(&Packet::UnsubAck(UnsubAck {
                 packet_id,
                 codes,
-                properties: Properties::default(),
+                properties: Default::default(),
             }));
             return;
         }

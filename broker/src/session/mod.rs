@@ -489,7 +489,7 @@ impl Session {
                 self.send(&Packet::SubAck(mqtt::SubAck {
                     packet_id,
                     codes,
-                    properties: mqtt::Properties::default(),
+                    properties: Default::default(),
                 }));
                 return;
             }
@@ -526,7 +526,7 @@ impl Session {
                 self.send(&Packet::SubAck(mqtt::SubAck {
                     packet_id,
                     codes,
-                    properties: mqtt::Properties::default(),
+                    properties: Default::default(),
                 }));
                 self.send_retained(&accepted, &existed, view);
             }
@@ -546,7 +546,7 @@ impl Session {
                 self.send(&Packet::UnsubAck(mqtt::UnsubAck {
                     packet_id,
                     codes,
-                    properties: mqtt::Properties::default(),
+                    properties: Default::default(),
                 }));
             }
             (Then::Answer(answer), _) => self.send(&answer),

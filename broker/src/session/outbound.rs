@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use starling_proto::mqtt::topic::shared_subscription;
-use starling_proto::mqtt::{self, Ack, Packet, Properties, Publish, QoS, RetainHandling};
+use starling_proto::mqtt::{self, Ack, Packet, Publish, QoS, RetainHandling};
 
 use super::aliases::Outbound;
 use super::window::{queue_packet_id, Stage, Window};
@@ -88,19 +88,23 @@ impl Session {
             topic: message.topic.clone(),
             packet_id: out.packet_id,
             payload: message.payload.clone(),
-            properties: Properties::default(),
+            properties: Default::default(),
         };
         if self.is_v5() {
-            let p = &mut publish.properties;
-            if let Some(props) = &message.props {
-                p.payload_format_indicator = props.payload_format;
-                p.content_type.clone_from(&props.content_type);
-                p.response_topic.clone_from(&props.response_topic);
-                p.correlation_data.clone_from(&props.correlation_data);
-                p.user_properties.clone_from(&props.user_properties);
+            // Written only when there is something to write: a write
+            // allocates the packet's property list.
+            if message.props.is_some() || remaining.is_some() || !out.ids.is_empty() {
+                let p = &mut *publish.properties;
+                if let Some(props) = &message.props {
+                    p.payload_format_indicator = props.payload_format;
+                    p.content_type.clone_from(&props.content_type);
+                    p.response_topic.clone_from(&props.response_topic);
+                    p.correlation_data.clone_from(&props.correlation_data);
+                    p.user_properties.clone_from(&props.user_properties);
+                }
+                p.message_expiry_interval = remaining;
+                p.subscription_identifiers.extend_from_slice(out.ids);
             }
-            p.message_expiry_interval = remaining;
-            p.subscription_identifiers.extend_from_slice(out.ids);
             if let Some(max) = self.client_max_packet {
                 let version = mqtt::ProtocolVersion::V5;
                 let len = mqtt::encoded_len(&Packet::Publish(publish.clone()), version);

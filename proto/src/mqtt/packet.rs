@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use super::v5::{Properties, ReasonCode};
+pub use super::v5::{Properties, Props, ReasonCode};
 
 /// The protocol level a client asked for in CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,7 +77,7 @@ pub struct LastWill {
     pub qos: QoS,
     pub retain: bool,
     /// MQTT 5 will properties (Will Delay Interval, and those of a PUBLISH).
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl fmt::Debug for LastWill {
@@ -103,7 +103,7 @@ pub struct Connect {
     pub will: Option<LastWill>,
     pub username: Option<String>,
     pub password: Option<Bytes>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl fmt::Debug for Connect {
@@ -128,7 +128,7 @@ impl fmt::Debug for Connect {
 pub struct ConnAck {
     pub session_present: bool,
     pub code: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl ConnAck {
@@ -136,7 +136,7 @@ impl ConnAck {
         ConnAck {
             session_present,
             code,
-            properties: Properties::default(),
+            properties: Props::default(),
         }
     }
 }
@@ -152,7 +152,7 @@ pub struct Publish {
     pub payload: Bytes,
     /// MQTT 5 only. An empty topic with a Topic Alias names the topic the
     /// alias was last set to.
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl fmt::Debug for Publish {
@@ -175,7 +175,7 @@ impl fmt::Debug for Publish {
 pub struct Ack {
     pub packet_id: u16,
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl Ack {
@@ -188,7 +188,7 @@ impl Ack {
         Ack {
             packet_id,
             reason,
-            properties: Properties::default(),
+            properties: Props::default(),
         }
     }
 }
@@ -232,7 +232,7 @@ pub struct Subscribe {
     pub packet_id: u16,
     /// At least one (filter, options) pair.
     pub filters: Vec<(String, SubOptions)>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 /// SUBACK. Codes are MQTT 5's: 0x00-0x02 grant a QoS; toward a 3.1.1 client
@@ -241,7 +241,7 @@ pub struct Subscribe {
 pub struct SubAck {
     pub packet_id: u16,
     pub codes: Vec<ReasonCode>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,7 +249,7 @@ pub struct Unsubscribe {
     pub packet_id: u16,
     /// At least one filter.
     pub filters: Vec<String>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 /// UNSUBACK. MQTT 5 gives a reason code per filter; 3.1.1 none.
@@ -257,21 +257,21 @@ pub struct Unsubscribe {
 pub struct UnsubAck {
     pub packet_id: u16,
     pub codes: Vec<ReasonCode>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 /// DISCONNECT; the reason code and properties are MQTT 5's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect {
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl Disconnect {
     pub fn new(reason: ReasonCode) -> Disconnect {
         Disconnect {
             reason,
-            properties: Properties::default(),
+            properties: Props::default(),
         }
     }
 }
@@ -286,7 +286,7 @@ impl Default for Disconnect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Auth {
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 /// Every control packet of MQTT 3.1, 3.1.1 and 5.0.

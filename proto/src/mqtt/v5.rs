@@ -278,6 +278,88 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+/// No property at all, for [`Props`] to hand out.
+static EMPTY: Properties = Properties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+/// A packet's properties as the packet holds them: nothing allocated when it
+/// has none, which is most packets (all of them before MQTT 5), so that
+/// packets stay small on the hot path. Reads and writes go to [`Properties`]
+/// through `Deref`; a write allocates.
+#[derive(Clone, Default)]
+pub struct Props(Option<Box<Properties>>);
+
+impl std::ops::Deref for Props {
+    type Target = Properties;
+
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl std::ops::DerefMut for Props {
+    fn deref_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl From<Properties> for Props {
+    fn from(properties: Properties) -> Props {
+        if properties.is_empty() {
+            Props(None)
+        } else {
+            Props(Some(Box::new(properties)))
+        }
+    }
+}
+
+impl PartialEq for Props {
+    fn eq(&self, other: &Props) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Props {}
+
+impl PartialEq<Properties> for Props {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == *other
+    }
+}
+
+impl std::fmt::Debug for Props {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// Where each property may appear (MQTT 5.0 section 2.2.2.2, table 2-4).
 fn allowed(id: u8, context: PropertyContext) -> bool {
     match id {

@@ -45,7 +45,7 @@ fn publish(
         topic: Arc::from(topic),
         packet_id,
         payload: Bytes::from_static(payload),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -73,11 +73,11 @@ pub fn full_connect_v311() -> (Vec<u8>, Packet) {
             payload: Bytes::from_static(b"bye"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"pw")),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     (bytes, packet)
 }
@@ -106,7 +106,7 @@ fn connect_v311_minimal_with_empty_client_id() {
         will: None,
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     golden(&bytes, packet, V311);
 }
@@ -132,7 +132,7 @@ fn connect_v31_mqisdp_level_3() {
         will: None,
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"p")),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     golden(&bytes, packet, V31);
 }
@@ -222,7 +222,7 @@ fn subscribe() {
             ("a/+".into(), SubOptions::from(QoS::AtLeastOnce)),
             ("#".into(), SubOptions::from(QoS::ExactlyOnce)),
         ],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     golden(&bytes, packet, V311);
 }
@@ -238,7 +238,7 @@ fn suback() {
             ReasonCode::granted(QoS::AtMostOnce),
             ReasonCode::granted(QoS::ExactlyOnce),
         ],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     golden(&bytes, packet, V311);
 }
@@ -251,7 +251,7 @@ fn unsubscribe() {
     let packet = Packet::Unsubscribe(Unsubscribe {
         packet_id: 2,
         filters: vec!["a/+".into(), "#".into()],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     golden(&bytes, packet, V311);
 }
@@ -261,7 +261,7 @@ fn unsuback_v311(packet_id: u16) -> Packet {
     Packet::UnsubAck(UnsubAck {
         packet_id,
         codes: Vec::new(),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -323,7 +323,7 @@ fn publish_with_remaining(remaining: usize) -> Packet {
         topic: Arc::from("t"),
         packet_id: 0,
         payload,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -364,7 +364,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
         topic: Arc::from(long.as_str()),
         packet_id: 0,
         payload: Bytes::new(),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     assert_eq!(
         encode(&topic, V311, &mut buf),
@@ -376,7 +376,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: 1,
         filters: vec![(long, SubOptions::from(QoS::AtMostOnce))],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     assert!(matches!(
         encode(&subscribe, V311, &mut buf),
@@ -411,17 +411,17 @@ fn mqtt_2_3_1_1_encode_refuses_packet_id_0() {
         Packet::Subscribe(Subscribe {
             packet_id: 0,
             filters: vec![("t".into(), SubOptions::from(QoS::AtMostOnce))],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         Packet::SubAck(SubAck {
             packet_id: 0,
             codes: vec![ReasonCode::UnspecifiedError],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         Packet::Unsubscribe(Unsubscribe {
             packet_id: 0,
             filters: vec!["t".into()],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
     ] {
         assert!(

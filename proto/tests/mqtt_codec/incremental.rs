@@ -25,7 +25,7 @@ fn session() -> Vec<Packet> {
             topic: Arc::from("sensors/kitchen/temp"),
             packet_id,
             payload: Bytes::from(vec![0x5A; payload_len]),
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         })
     };
     vec![
@@ -34,12 +34,12 @@ fn session() -> Vec<Packet> {
         Packet::Subscribe(Subscribe {
             packet_id: 1,
             filters: vec![("sensors/+/temp".into(), SubOptions::from(QoS::ExactlyOnce))],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         Packet::SubAck(SubAck {
             packet_id: 1,
             codes: vec![ReasonCode::granted(QoS::ExactlyOnce)],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         publish(QoS::AtMostOnce, 0, 0),
         publish(QoS::AtLeastOnce, 2, 300),
@@ -51,12 +51,12 @@ fn session() -> Vec<Packet> {
         Packet::Unsubscribe(Unsubscribe {
             packet_id: 4,
             filters: vec!["sensors/+/temp".into()],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         Packet::UnsubAck(UnsubAck {
             packet_id: 4,
             codes: Vec::new(),
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         Packet::PingReq,
         Packet::PingResp,

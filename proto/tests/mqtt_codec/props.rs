@@ -67,7 +67,7 @@ fn will() -> impl Strategy<Value = LastWill> {
             payload,
             qos,
             retain,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }
     })
 }
@@ -97,7 +97,7 @@ fn connect() -> impl Strategy<Value = Packet> {
                     will,
                     username,
                     password,
-                    properties: Properties::default(),
+                    properties: Properties::default().into(),
                 })
             },
         )
@@ -134,7 +134,7 @@ fn publish() -> impl Strategy<Value = Packet> {
                 topic,
                 packet_id: if at_most_once { 0 } else { packet_id },
                 payload,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             })
         })
 }
@@ -167,26 +167,26 @@ fn packet() -> impl Strategy<Value = Packet> {
             .prop_map(|(packet_id, filters)| Packet::Subscribe(Subscribe {
                 packet_id,
                 filters,
-                properties: no_properties(),
+                properties: no_properties().into(),
             })),
         (packet_id(), proptest::collection::vec(suback_code(), 1..5)).prop_map(
             |(packet_id, codes)| Packet::SubAck(SubAck {
                 packet_id,
                 codes,
-                properties: no_properties(),
+                properties: no_properties().into(),
             })
         ),
         (packet_id(), proptest::collection::vec(topic_filter(), 1..5)).prop_map(
             |(packet_id, filters)| Packet::Unsubscribe(Unsubscribe {
                 packet_id,
                 filters,
-                properties: no_properties(),
+                properties: no_properties().into(),
             })
         ),
         packet_id().prop_map(|packet_id| Packet::UnsubAck(UnsubAck {
             packet_id,
             codes: Vec::new(),
-            properties: no_properties(),
+            properties: no_properties().into(),
         })),
         Just(Packet::PingReq),
         Just(Packet::PingResp),

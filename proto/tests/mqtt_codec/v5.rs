@@ -125,7 +125,8 @@ fn connect_with_properties_and_will_properties() {
                 will_delay_interval: Some(10),
                 user_properties: vec![user("w", "1")],
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"pw")),
@@ -138,7 +139,8 @@ fn connect_with_properties_and_will_properties() {
             user_properties: vec![user("k", "v")],
             maximum_packet_size: Some(4096),
             ..Properties::default()
-        },
+        }
+        .into(),
     });
     golden(&bytes, packet);
 }
@@ -171,7 +173,8 @@ fn connect_with_authentication_method_and_password_without_user_name() {
             authentication_method: Some("SCRAM-SHA-256".into()),
             authentication_data: Some(Bytes::from_static(&[0x01, 0x02])),
             ..Properties::default()
-        },
+        }
+        .into(),
     });
     golden(&bytes, packet);
 }
@@ -195,7 +198,7 @@ fn connect_minimal() {
         will: None,
         username: None,
         password: None,
-        properties: no_properties(),
+        properties: no_properties().into(),
     });
     golden(&bytes, packet);
 }
@@ -234,7 +237,8 @@ fn connack_with_reason_code_and_properties() {
             subscription_identifier_available: Some(1),
             shared_subscription_available: Some(0),
             ..Properties::default()
-        },
+        }
+        .into(),
     });
     golden(&bytes, packet);
 }
@@ -260,7 +264,8 @@ fn connack_refusals_and_session_present() {
             properties: Properties {
                 reason_string: Some("no".into()),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
     #[rustfmt::skip]
@@ -277,7 +282,8 @@ fn connack_refusals_and_session_present() {
             properties: Properties {
                 server_reference: Some("b:1883".into()),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
 }
@@ -320,7 +326,8 @@ fn full_publish() -> (Vec<u8>, Packet) {
             topic_alias: Some(7),
             user_properties: vec![user("z", "1"), user("a", "2")],
             ..Properties::default()
-        },
+        }
+        .into(),
     });
     (bytes, packet)
 }
@@ -343,7 +350,7 @@ fn publish_without_properties_and_with_several_subscription_identifiers() {
             topic: Arc::from("t"),
             packet_id: 0,
             payload: Bytes::from_static(b"x"),
-            properties: no_properties(),
+            properties: no_properties().into(),
         }),
     );
     #[rustfmt::skip]
@@ -368,7 +375,8 @@ fn publish_without_properties_and_with_several_subscription_identifiers() {
             properties: Properties {
                 subscription_identifiers: vec![1, VARINT_MAX],
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
 }
@@ -394,7 +402,8 @@ fn publish_with_empty_topic_and_topic_alias() {
             properties: Properties {
                 topic_alias: Some(7),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
 }
@@ -426,7 +435,8 @@ fn puback_short_form_reason_code_only_and_with_properties() {
                 reason_string: Some("denied".into()),
                 user_properties: vec![user("k", "v")],
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
     // Success with properties: the reason code byte must be written.
@@ -445,7 +455,8 @@ fn puback_short_form_reason_code_only_and_with_properties() {
             properties: Properties {
                 reason_string: Some("queue".into()),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
     // Longer spellings of the same acknowledgements decode alike.
@@ -482,7 +493,8 @@ fn pubrec_pubrel_pubcomp() {
             properties: Properties {
                 reason_string: Some("quota".into()),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
 
@@ -513,7 +525,8 @@ fn pubrec_pubrel_pubcomp() {
             properties: Properties {
                 user_properties: vec![user("k", "v")],
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
 }
@@ -561,7 +574,8 @@ fn v5_subscribe() -> (Vec<u8>, Packet) {
             subscription_identifiers: vec![1000],
             user_properties: vec![user("k", "v")],
             ..Properties::default()
-        },
+        }
+        .into(),
     });
     (bytes, packet)
 }
@@ -599,7 +613,8 @@ fn suback_with_mixed_reason_codes() {
             properties: Properties {
                 reason_string: Some("no".into()),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
     golden(
@@ -607,7 +622,7 @@ fn suback_with_mixed_reason_codes() {
         Packet::SubAck(SubAck {
             packet_id: 1,
             codes: vec![ReasonCode::granted(QoS::AtLeastOnce)],
-            properties: no_properties(),
+            properties: no_properties().into(),
         }),
     );
 }
@@ -630,7 +645,8 @@ fn unsubscribe_with_user_property() {
             properties: Properties {
                 user_properties: vec![user("k", "v")],
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
 }
@@ -650,7 +666,7 @@ fn unsuback_with_reason_codes() {
         Packet::UnsubAck(UnsubAck {
             packet_id: 11,
             codes: vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted],
-            properties: no_properties(),
+            properties: no_properties().into(),
         }),
     );
     #[rustfmt::skip]
@@ -668,7 +684,8 @@ fn unsuback_with_reason_codes() {
             properties: Properties {
                 reason_string: Some("no".into()),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
 }
@@ -699,7 +716,8 @@ fn disconnect_forms() {
                 session_expiry_interval: Some(0),
                 reason_string: Some("taken over".into()),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
     #[rustfmt::skip]
@@ -715,7 +733,8 @@ fn disconnect_forms() {
             properties: Properties {
                 server_reference: Some("b:2".into()),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
     // Longer spellings of Success, and a reason code with an empty list.
@@ -752,7 +771,8 @@ fn auth_continue_authentication() {
                 authentication_method: Some("SCRAM-SHA-256".into()),
                 authentication_data: Some(Bytes::from_static(&[1, 2, 3, 4])),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
     // No body: Success.
@@ -760,7 +780,7 @@ fn auth_continue_authentication() {
         &[0xF0, 0x00],
         Packet::Auth(Auth {
             reason: ReasonCode::Success,
-            properties: no_properties(),
+            properties: no_properties().into(),
         }),
     );
     #[rustfmt::skip]
@@ -776,7 +796,8 @@ fn auth_continue_authentication() {
             properties: Properties {
                 authentication_method: Some("PLAIN".into()),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     );
 }
@@ -820,7 +841,7 @@ fn connack_toward_3_1_1_drops_properties_and_maps_the_reason_code() {
         Packet::ConnAck(ConnAck {
             session_present: true,
             code: ReasonCode::NotAuthorized,
-            properties: reason_string("no"),
+            properties: reason_string("no").into(),
         }),
         &[0x20, 0x02, 0x01, 0x05],
         Packet::ConnAck(ConnAck::new(true, ReasonCode::NotAuthorized)),
@@ -832,7 +853,8 @@ fn connack_toward_3_1_1_drops_properties_and_maps_the_reason_code() {
             properties: Properties {
                 server_keep_alive: Some(10),
                 ..reason_string("down")
-            },
+            }
+            .into(),
         }),
         &[0x20, 0x02, 0x00, 0x03],
         Packet::ConnAck(ConnAck::new(false, ReasonCode::ServerUnavailable)),
@@ -868,7 +890,7 @@ fn connack_toward_3_1_1_drops_properties_and_maps_the_reason_code() {
     let packet = Packet::ConnAck(ConnAck {
         session_present: true,
         code: ReasonCode::NotAuthorized,
-        properties: reason_string("no"),
+        properties: reason_string("no").into(),
     });
     assert_eq!(
         encode_vec(&packet, ProtocolVersion::V3_1),
@@ -889,7 +911,7 @@ fn suback_toward_3_1_1_writes_every_failure_as_0x80() {
                 ReasonCode::GrantedQoS2,
                 ReasonCode::NotAuthorized,
             ],
-            properties: reason_string("no"),
+            properties: reason_string("no").into(),
         }),
         &[0x90, 0x08, 0x00, 0x0A, 0x01, 0x80, 0x00, 0x80, 0x02, 0x80],
         Packet::SubAck(SubAck {
@@ -902,7 +924,7 @@ fn suback_toward_3_1_1_writes_every_failure_as_0x80() {
                 ReasonCode::GrantedQoS2,
                 ReasonCode::UnspecifiedError,
             ],
-            properties: no_properties(),
+            properties: no_properties().into(),
         }),
     );
 }
@@ -913,13 +935,13 @@ fn unsuback_toward_3_1_1_is_the_packet_identifier_alone() {
         Packet::UnsubAck(UnsubAck {
             packet_id: 11,
             codes: vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted],
-            properties: reason_string("gone"),
+            properties: reason_string("gone").into(),
         }),
         &[0xB0, 0x02, 0x00, 0x0B],
         Packet::UnsubAck(UnsubAck {
             packet_id: 11,
             codes: Vec::new(),
-            properties: no_properties(),
+            properties: no_properties().into(),
         }),
     );
 }
@@ -929,7 +951,7 @@ fn acks_toward_3_1_1_drop_reason_code_and_properties() {
     let ack = |packet_id, reason| Ack {
         packet_id,
         reason,
-        properties: reason_string("why"),
+        properties: reason_string("why").into(),
     };
     down_level(
         Packet::PubAck(ack(1, ReasonCode::NoMatchingSubscribers)),
@@ -961,7 +983,8 @@ fn disconnect_toward_3_1_1_has_no_body() {
             properties: Properties {
                 session_expiry_interval: Some(0),
                 ..reason_string("taken over")
-            },
+            }
+            .into(),
         }),
         &[0xE0, 0x00],
         Packet::Disconnect(Disconnect::default()),
@@ -985,7 +1008,7 @@ fn publish_toward_3_1_1_drops_its_properties() {
         packet,
         &bytes,
         Packet::Publish(Publish {
-            properties: no_properties(),
+            properties: no_properties().into(),
             ..publish
         }),
     );
@@ -1011,14 +1034,14 @@ fn subscribe_and_unsubscribe_toward_3_1_1_keep_only_the_qos() {
             ("c".into(), SubOptions::from(QoS::AtMostOnce)),
             ("d".into(), SubOptions::from(QoS::AtLeastOnce)),
         ],
-        properties: no_properties(),
+        properties: no_properties().into(),
     });
     down_level(packet, &bytes, read_back);
 
     let unsubscribe = Unsubscribe {
         packet_id: 11,
         filters: vec!["a/+".into(), "#".into()],
-        properties: reason_string("ignored"),
+        properties: reason_string("ignored").into(),
     };
     down_level(
         Packet::Unsubscribe(unsubscribe.clone()),
@@ -1026,7 +1049,7 @@ fn subscribe_and_unsubscribe_toward_3_1_1_keep_only_the_qos() {
             0xA2, 0x0A, 0x00, 0x0B, 0x00, 0x03, b'a', b'/', b'+', 0x00, 0x01, b'#',
         ],
         Packet::Unsubscribe(Unsubscribe {
-            properties: no_properties(),
+            properties: no_properties().into(),
             ..unsubscribe
         }),
     );
@@ -1042,12 +1065,14 @@ fn connect_in_3_1_1_leaves_properties_out() {
         session_expiry_interval: Some(60),
         receive_maximum: Some(5),
         ..Properties::default()
-    };
+    }
+    .into();
     if let Some(will) = &mut connect.will {
         will.properties = Properties {
             will_delay_interval: Some(30),
             ..Properties::default()
-        };
+        }
+        .into();
     }
     let with_properties = Packet::Connect(connect);
     // CONNECT is written in the version it names, whatever the one given.
@@ -1060,7 +1085,7 @@ fn connect_in_3_1_1_leaves_properties_out() {
 fn auth_does_not_exist_before_mqtt_5() {
     let auth = Packet::Auth(Auth {
         reason: ReasonCode::ContinueAuthentication,
-        properties: no_properties(),
+        properties: no_properties().into(),
     });
     for version in [V311, ProtocolVersion::V3_1] {
         let mut buf = BytesMut::from(&b"keep"[..]);
@@ -1329,7 +1354,7 @@ fn random_ack(rng: &mut Rng, codes: &[u8], context: PropertyContext) -> Ack {
     Ack {
         packet_id: rng.packet_id(),
         reason: reason(rng, codes),
-        properties: properties(rng, context),
+        properties: properties(rng, context).into(),
     }
 }
 
@@ -1339,7 +1364,7 @@ fn random_will(rng: &mut Rng) -> LastWill {
         payload: rng.bytes(24),
         qos: rng.qos(),
         retain: rng.chance(50),
-        properties: properties(rng, PropertyContext::Will),
+        properties: properties(rng, PropertyContext::Will).into(),
     }
 }
 
@@ -1353,7 +1378,7 @@ fn random_connect(rng: &mut Rng) -> Packet {
         username: rng.chance(50).then(|| rng.text()),
         // MQTT 5 allows a password without a user name.
         password: rng.chance(50).then(|| rng.bytes(12)),
-        properties: properties(rng, PropertyContext::Connect),
+        properties: properties(rng, PropertyContext::Connect).into(),
     })
 }
 
@@ -1383,7 +1408,7 @@ fn random_publish(rng: &mut Rng) -> Packet {
             rng.packet_id()
         },
         payload,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -1402,7 +1427,7 @@ fn random_packet_of(rng: &mut Rng, packet_type: u8) -> Packet {
         2 => Packet::ConnAck(ConnAck {
             session_present: rng.chance(50),
             code: reason(rng, CONNACK_CODES),
-            properties: properties(rng, P::ConnAck),
+            properties: properties(rng, P::ConnAck).into(),
         }),
         3 => random_publish(rng),
         4 => Packet::PubAck(random_ack(rng, PUBACK_CODES, P::PubAck)),
@@ -1429,36 +1454,36 @@ fn random_packet_of(rng: &mut Rng, packet_type: u8) -> Packet {
             Packet::Subscribe(Subscribe {
                 packet_id: rng.packet_id(),
                 filters,
-                properties: properties(rng, P::Subscribe),
+                properties: properties(rng, P::Subscribe).into(),
             })
         }
         9 => Packet::SubAck(SubAck {
             packet_id: rng.packet_id(),
             codes: random_codes(rng, SUBACK_CODES),
-            properties: properties(rng, P::SubAck),
+            properties: properties(rng, P::SubAck).into(),
         }),
         10 => {
             let count = 1 + rng.below(4);
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: rng.packet_id(),
                 filters: (0..count).map(|_| rng.topic_filter()).collect(),
-                properties: properties(rng, P::Unsubscribe),
+                properties: properties(rng, P::Unsubscribe).into(),
             })
         }
         11 => Packet::UnsubAck(UnsubAck {
             packet_id: rng.packet_id(),
             codes: random_codes(rng, UNSUBACK_CODES),
-            properties: properties(rng, P::UnsubAck),
+            properties: properties(rng, P::UnsubAck).into(),
         }),
         12 => Packet::PingReq,
         13 => Packet::PingResp,
         14 => Packet::Disconnect(Disconnect {
             reason: reason(rng, DISCONNECT_CODES),
-            properties: properties(rng, P::Disconnect),
+            properties: properties(rng, P::Disconnect).into(),
         }),
         15 => Packet::Auth(Auth {
             reason: reason(rng, AUTH_CODES),
-            properties: properties(rng, P::Auth),
+            properties: properties(rng, P::Auth).into(),
         }),
         other => unreachable!("packet type {other}"),
     }
@@ -1503,8 +1528,8 @@ const GENERATED: usize = 20_000;
 fn property_lists(packet: &Packet) -> Vec<&Properties> {
     match packet {
         Packet::Connect(c) => {
-            let mut lists = vec![&c.properties];
-            lists.extend(c.will.as_ref().map(|will| &will.properties));
+            let mut lists: Vec<&Properties> = vec![&c.properties];
+            lists.extend(c.will.as_ref().map(|will| &*will.properties));
             lists
         }
         Packet::ConnAck(c) => vec![&c.properties],
@@ -1667,9 +1692,9 @@ fn as_read_by_3_1_1(packet: &Packet) -> Option<Packet> {
             }
             Packet::Connect(Connect {
                 protocol: V311,
-                properties: no_properties(),
+                properties: no_properties().into(),
                 will: c.will.map(|will| LastWill {
-                    properties: no_properties(),
+                    properties: no_properties().into(),
                     ..will
                 }),
                 ..c
@@ -1681,7 +1706,7 @@ fn as_read_by_3_1_1(packet: &Packet) -> Option<Packet> {
         )),
         Packet::Publish(p) if p.topic.is_empty() => return None,
         Packet::Publish(p) => Packet::Publish(Publish {
-            properties: no_properties(),
+            properties: no_properties().into(),
             ..p
         }),
         Packet::PubAck(a) => Packet::PubAck(Ack::new(a.packet_id)),
@@ -1699,7 +1724,7 @@ fn as_read_by_3_1_1(packet: &Packet) -> Option<Packet> {
                     .into_iter()
                     .map(|(filter, options)| (filter, SubOptions::from(options.qos)))
                     .collect(),
-                properties: no_properties(),
+                properties: no_properties().into(),
             })
         }
         Packet::SubAck(s) => Packet::SubAck(SubAck {
@@ -1715,21 +1740,21 @@ fn as_read_by_3_1_1(packet: &Packet) -> Option<Packet> {
                     }
                 })
                 .collect(),
-            properties: no_properties(),
+            properties: no_properties().into(),
         }),
         Packet::Unsubscribe(u) => {
             if !u.filters.iter().all(|filter| valid_filter(filter)) {
                 return None;
             }
             Packet::Unsubscribe(Unsubscribe {
-                properties: no_properties(),
+                properties: no_properties().into(),
                 ..u
             })
         }
         Packet::UnsubAck(u) => Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             codes: Vec::new(),
-            properties: no_properties(),
+            properties: no_properties().into(),
         }),
         Packet::PingReq => Packet::PingReq,
         Packet::PingResp => Packet::PingResp,
@@ -2160,7 +2185,7 @@ fn auth_is_an_unknown_packet_type_before_mqtt_5() {
         decode_one(&auth, Some(V5)),
         Ok(Packet::Auth(Auth {
             reason: ReasonCode::Success,
-            properties: no_properties(),
+            properties: no_properties().into(),
         }))
     );
 }
@@ -2204,7 +2229,8 @@ fn an_empty_topic_with_a_topic_alias_decodes() {
             properties: Properties {
                 topic_alias: Some(2),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }))
     );
 }
@@ -2231,7 +2257,7 @@ fn mqtt_5_leaves_topic_filters_to_the_session() {
         Ok(Packet::Subscribe(Subscribe {
             packet_id: 1,
             filters: vec![("a#".into(), SubOptions::from(QoS::AtLeastOnce))],
-            properties: no_properties(),
+            properties: no_properties().into(),
         }))
     );
     let unsubscribe = packet(0xA2, &[0x00, 0x01, 0x00, 0x00, 0x02, b'b', b'+']);
@@ -2240,7 +2266,7 @@ fn mqtt_5_leaves_topic_filters_to_the_session() {
         Ok(Packet::Unsubscribe(Unsubscribe {
             packet_id: 1,
             filters: vec!["b+".into()],
-            properties: no_properties(),
+            properties: no_properties().into(),
         }))
     );
     // Strings they must still be.

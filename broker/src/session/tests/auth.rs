@@ -23,7 +23,7 @@ fn connect(version: ProtocolVersion, username: Option<&str>, password: Option<&s
         will: None,
         username: username.map(str::to_owned),
         password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 

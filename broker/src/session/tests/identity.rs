@@ -22,7 +22,7 @@ fn a_certificate_identity_names_the_user_whatever_connect_says() {
             will: None,
             username: Some("alice".into()),
             password: Some(Bytes::from_static(b"not hers")),
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }));
         let (command, _) = c.commit(Ok(Reply::Connected {
             session_present: false,

@@ -140,7 +140,7 @@ fn publish(id: u16, qos: QoS) -> Packet {
         topic: Arc::from("t"),
         packet_id: id,
         payload: Bytes::from_static(b"payload"),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -267,11 +267,11 @@ impl Client {
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }),
             username: None,
             password: None,
-            properties,
+            properties: properties.into(),
         }));
         assert!(self.received().is_empty(), "no CONNACK before the commit");
         let (command, wait) = self.commit(Ok(Reply::Connected {
@@ -290,7 +290,7 @@ impl Client {
             panic!("CONNACK expected");
         };
         self.inbox = received;
-        (session_present, properties)
+        (session_present, (*properties).clone())
     }
 
     fn publishes(&mut self) -> Vec<Publish> {

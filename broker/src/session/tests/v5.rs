@@ -22,7 +22,7 @@ fn publish_with(id: u16, qos: QoS, topic: &str, properties: Properties) -> Packe
     };
     Packet::Publish(Publish {
         topic: Arc::from(topic),
-        properties,
+        properties: properties.into(),
         ..p
     })
 }
@@ -67,7 +67,8 @@ fn an_empty_client_id_is_assigned_one_even_for_a_session_that_outlives_it() {
         properties: Properties {
             session_expiry_interval: Some(60),
             ..Properties::default()
-        },
+        }
+        .into(),
     }));
     let (command, _) = c.commit(Ok(Reply::Connected {
         session_present: false,
@@ -403,7 +404,8 @@ fn subscribe_codes_identifiers_and_retain_handling() {
         properties: Properties {
             subscription_identifiers: vec![7],
             ..Properties::default()
-        },
+        }
+        .into(),
     }));
     let (command, _) = c.commit(Ok(Reply::Existed(vec![false, true, false])));
     let Command::Subscribe { filters, .. } = command else {
@@ -423,7 +425,7 @@ fn subscribe_codes_identifiers_and_retain_handling() {
                 ReasonCode::TopicFilterInvalid,
                 ReasonCode::SharedSubscriptionsNotSupported,
             ],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         })
     );
     // Only "a/#" sends the retained message: "a/+" existed, "a/b" never.
@@ -442,7 +444,7 @@ fn unsubscribe_says_which_filters_had_no_subscription() {
     c.send(Packet::Unsubscribe(Unsubscribe {
         packet_id: 6,
         filters: vec!["a".into(), "a/#/b".into(), "b".into()],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     }));
     let (command, _) = c.commit(Ok(Reply::Existed(vec![true, false])));
     assert!(matches!(command, Command::Unsubscribe { filters, .. } if filters.len() == 2));
@@ -455,7 +457,7 @@ fn unsubscribe_says_which_filters_had_no_subscription() {
                 ReasonCode::TopicFilterInvalid,
                 ReasonCode::NoSubscriptionExisted,
             ],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         })]
     );
 }
@@ -469,7 +471,8 @@ fn disconnect_with_will_publishes_it_and_may_change_the_session_expiry() {
         properties: Properties {
             session_expiry_interval: Some(0),
             ..Properties::default()
-        },
+        }
+        .into(),
     }));
     let Some(Command::Disconnect {
         publish_will,
@@ -492,7 +495,8 @@ fn mqtt_3_14_2_2_disconnect_may_not_give_expiry_to_a_session_without() {
         properties: Properties {
             session_expiry_interval: Some(30),
             ..Properties::default()
-        },
+        }
+        .into(),
     }));
     assert_eq!(disconnect_reason(&mut c), Some(ReasonCode::ProtocolError));
     assert_eq!(c.session.end(), Some(End::Lost));
@@ -566,7 +570,7 @@ fn a_subscription_keeps_its_options_in_the_command() {
     c.send(Packet::Subscribe(Subscribe {
         packet_id: 1,
         filters: vec![("t".into(), options)],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     }));
     let (command, _) = c.commit(Ok(Reply::Existed(vec![false])));
     let Command::Subscribe { filters, .. } = command else {
@@ -601,7 +605,7 @@ fn a_shared_subscription_is_granted_without_retained_messages_and_refuses_no_loc
     c.send(Packet::Subscribe(Subscribe {
         packet_id: 2,
         filters: vec![("$share/g/a/#".into(), SubOptions::from(QoS::AtLeastOnce))],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     }));
     c.commit(Ok(Reply::Existed(vec![false])));
     assert_eq!(
@@ -609,7 +613,7 @@ fn a_shared_subscription_is_granted_without_retained_messages_and_refuses_no_loc
         vec![Packet::SubAck(SubAck {
             packet_id: 2,
             codes: vec![ReasonCode::GrantedQoS1],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         })],
         "no retained message for a shared subscription"
     );
@@ -620,7 +624,7 @@ fn a_shared_subscription_is_granted_without_retained_messages_and_refuses_no_loc
     c.send(Packet::Subscribe(Subscribe {
         packet_id: 3,
         filters: vec![("$share/g/a/#".into(), no_local)],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     }));
     assert_eq!(
         disconnect_reason(&mut c),
@@ -650,11 +654,11 @@ fn the_acl_decides_publish_subscribe_and_every_delivery() {
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     }));
     assert_eq!(
         refused.received(),
@@ -699,7 +703,7 @@ fn the_acl_decides_publish_subscribe_and_every_delivery() {
             ("feeds/+".into(), SubOptions::from(QoS::AtLeastOnce)),
             ("in/#".into(), SubOptions::from(QoS::AtLeastOnce)),
         ],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     }));
     c.commit(Ok(Reply::Existed(vec![false])));
     let Some(Packet::SubAck(suback)) = c.received().pop() else {
@@ -746,7 +750,7 @@ fn limits_each_with_its_reason_code() {
         will: None,
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     }));
     assert_eq!(
         c.received(),
@@ -779,7 +783,7 @@ fn limits_each_with_its_reason_code() {
             ("a/b".into(), SubOptions::from(QoS::AtMostOnce)),
             ("a/c".into(), SubOptions::from(QoS::AtMostOnce)),
         ],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     }));
     c.commit(Ok(Reply::Existed(vec![false])));
     let Some(Packet::SubAck(suback)) = c.received().pop() else {

@@ -176,7 +176,7 @@ impl Client {
             will: None,
             username: None,
             password: None,
-            properties,
+            properties: properties.into(),
         }))?;
         client.flush().await?;
         loop {

@@ -51,7 +51,7 @@ pub(super) fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
             payload,
             qos,
             retain: flags & WILL_RETAIN != 0,
-            properties,
+            properties: properties.into(),
         })
     } else {
         None
@@ -74,7 +74,7 @@ pub(super) fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         will,
         username,
         password,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -192,7 +192,7 @@ pub(super) fn decode_connack(
         return Ok(ConnAck {
             session_present,
             code,
-            properties,
+            properties: properties.into(),
         });
     }
     let byte = r.u8()?;

@@ -61,7 +61,10 @@ pub(super) fn decode_disconnect(
         return Ok(Disconnect::default());
     }
     let (reason, properties) = decode_reason_and_properties(r, PropertyContext::Disconnect)?;
-    Ok(Disconnect { reason, properties })
+    Ok(Disconnect {
+        reason,
+        properties: properties.into(),
+    })
 }
 
 pub(super) fn disconnect_len(
@@ -87,7 +90,10 @@ pub(super) fn write_disconnect(
 
 pub(super) fn decode_auth(r: &mut Reader) -> Result<Auth, DecodeError> {
     let (reason, properties) = decode_reason_and_properties(r, PropertyContext::Auth)?;
-    Ok(Auth { reason, properties })
+    Ok(Auth {
+        reason,
+        properties: properties.into(),
+    })
 }
 
 pub(super) fn auth_len(auth: &Auth, version: ProtocolVersion) -> Result<usize, EncodeError> {

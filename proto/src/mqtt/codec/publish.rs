@@ -13,7 +13,7 @@ use super::header::{PacketType, PUBLISH_DUP, PUBLISH_RETAIN};
 use super::read::{check_topic_name, Reader};
 use super::write::{prefixed_len, put_packet_id, put_prefixed};
 use crate::mqtt::packet::{Ack, ProtocolVersion, Publish, QoS, ReasonCode};
-use crate::mqtt::v5::{Properties, PropertyContext};
+use crate::mqtt::v5::{Properties, PropertyContext, Props};
 
 pub(super) fn decode_publish(
     r: &mut Reader,
@@ -40,9 +40,9 @@ pub(super) fn decode_publish(
                 other => other,
             })?;
         }
-        properties
+        Props::from(properties)
     } else {
-        Properties::default()
+        Props::default()
     };
     Ok(Publish {
         dup: flags & PUBLISH_DUP != 0,
@@ -130,7 +130,7 @@ pub(super) fn decode_ack(
     Ok(Ack {
         packet_id,
         reason,
-        properties,
+        properties: properties.into(),
     })
 }
 

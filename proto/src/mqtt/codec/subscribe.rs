@@ -109,7 +109,7 @@ pub(super) fn decode_subscribe(
     Ok(Subscribe {
         packet_id,
         filters,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -173,7 +173,7 @@ pub(super) fn decode_suback(
     Ok(SubAck {
         packet_id,
         codes,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -221,7 +221,7 @@ pub(super) fn decode_unsubscribe(
     Ok(Unsubscribe {
         packet_id,
         filters,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -266,7 +266,7 @@ pub(super) fn decode_unsuback(
     Ok(UnsubAck {
         packet_id,
         codes,
-        properties,
+        properties: properties.into(),
     })
 }
 
