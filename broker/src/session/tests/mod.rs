@@ -249,15 +249,10 @@ impl Client {
         self.connect_with(persistent, keep_alive, properties).0
     }
 
-    /// CONNECT with `properties`, committed; returns CONNACK's session
-    /// present and properties.
-    fn connect_with(
-        &mut self,
-        persistent: bool,
-        keep_alive: u16,
-        properties: Properties,
-    ) -> (bool, Properties) {
-        self.send(Packet::Connect(Connect {
+    /// The CONNECT of client "c", with a will on "will", as `connect_with`
+    /// sends it.
+    fn connect_packet(&self, persistent: bool, keep_alive: u16, properties: Properties) -> Packet {
+        Packet::Connect(Connect {
             protocol: self.version,
             clean_session: !persistent,
             keep_alive,
@@ -267,12 +262,23 @@ impl Client {
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: Properties::default().into(),
+                properties: Default::default(),
             }),
             username: None,
             password: None,
             properties: properties.into(),
-        }));
+        })
+    }
+
+    /// CONNECT with `properties`, committed; returns CONNACK's session
+    /// present and properties.
+    fn connect_with(
+        &mut self,
+        persistent: bool,
+        keep_alive: u16,
+        properties: Properties,
+    ) -> (bool, Properties) {
+        self.send(self.connect_packet(persistent, keep_alive, properties));
         assert!(self.received().is_empty(), "no CONNACK before the commit");
         let (command, wait) = self.commit(Ok(Reply::Connected {
             session_present: true,

@@ -644,22 +644,7 @@ fn the_acl_decides_publish_subscribe_and_every_delivery() {
     refused.node.acl = Some(Arc::new(
         crate::auth::acl::AclFile::parse("topic readwrite open/#\n").expect("valid"),
     ));
-    refused.send(Packet::Connect(Connect {
-        protocol: ProtocolVersion::V5,
-        clean_session: true,
-        keep_alive: 0,
-        client_id: "c".into(),
-        will: Some(LastWill {
-            topic: Arc::from("will"),
-            payload: Bytes::from_static(b"gone"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Properties::default().into(),
-        }),
-        username: None,
-        password: None,
-        properties: Properties::default().into(),
-    }));
+    refused.send(refused.connect_packet(false, 0, Properties::default()));
     assert_eq!(
         refused.received(),
         vec![Packet::ConnAck(ConnAck::new(
@@ -742,16 +727,7 @@ fn limits_each_with_its_reason_code() {
     // A client id over the limit: CONNACK 0x85.
     let mut c = Client::v5();
     c.node.config.max_client_id_len = 0;
-    c.send(Packet::Connect(Connect {
-        protocol: ProtocolVersion::V5,
-        clean_session: true,
-        keep_alive: 0,
-        client_id: "c".into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default().into(),
-    }));
+    c.send(c.connect_packet(false, 0, Properties::default()));
     assert_eq!(
         c.received(),
         vec![Packet::ConnAck(ConnAck::new(
