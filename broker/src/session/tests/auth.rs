@@ -43,26 +43,6 @@ fn failures(c: &Client, reason: &str) -> u64 {
         .get()
 }
 
-/// The CONNECT was taken: its `Connect` is proposed, and CONNACK 0 follows.
-fn assert_accepted(c: &mut Client) {
-    let (command, _) = c.commit(Ok(Reply::Connected {
-        session_present: false,
-        previous: None,
-    }));
-    assert!(matches!(command, Command::Connect { .. }), "{command:?}");
-    let received = c.received();
-    assert!(
-        matches!(
-            received.as_slice(),
-            [Packet::ConnAck(ConnAck {
-                code: ReasonCode::Success,
-                ..
-            })]
-        ),
-        "{received:?}"
-    );
-}
-
 #[test]
 fn the_right_password_connects_and_names_the_user() {
     for mut c in [node(Client::new(), false), node(Client::v5(), false)] {

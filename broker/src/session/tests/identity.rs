@@ -24,22 +24,7 @@ fn a_certificate_identity_names_the_user_whatever_connect_says() {
             password: Some(Bytes::from_static(b"not hers")),
             properties: Properties::default().into(),
         }));
-        let (command, _) = c.commit(Ok(Reply::Connected {
-            session_present: false,
-            previous: None,
-        }));
-        assert!(matches!(command, Command::Connect { .. }), "{command:?}");
-        let received = c.received();
-        assert!(
-            matches!(
-                received.as_slice(),
-                [Packet::ConnAck(ConnAck {
-                    code: ReasonCode::Success,
-                    ..
-                })]
-            ),
-            "{received:?}"
-        );
+        assert_accepted(&mut c);
         assert_eq!(c.session.username.as_deref(), Some("sensor-17"));
     }
 }

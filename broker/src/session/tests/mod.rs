@@ -331,3 +331,23 @@ fn persistent_subscriber() -> Target {
         shared: None,
     }
 }
+
+/// The CONNECT was taken: its `Connect` is proposed, and CONNACK 0 follows.
+fn assert_accepted(c: &mut Client) {
+    let (command, _) = c.commit(Ok(Reply::Connected {
+        session_present: false,
+        previous: None,
+    }));
+    assert!(matches!(command, Command::Connect { .. }), "{command:?}");
+    let received = c.received();
+    assert!(
+        matches!(
+            received.as_slice(),
+            [Packet::ConnAck(ConnAck {
+                code: ReasonCode::Success,
+                ..
+            })]
+        ),
+        "{received:?}"
+    );
+}

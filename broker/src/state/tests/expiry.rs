@@ -26,7 +26,13 @@ fn connect_v5(m: &Machine, id: &str, c: ConnId, expiry: u32, will: Option<(Messa
     );
 }
 
+/// The connection `c` of `id` is lost (its will is due).
 fn lose(m: &Machine, id: &str, c: ConnId) -> Reply {
+    lose_at(m, id, c, 0)
+}
+
+/// As [`lose`], the loss seen by its node at `at` (ms since the epoch).
+fn lose_at(m: &Machine, id: &str, c: ConnId, at: u64) -> Reply {
     apply(
         m,
         Command::Disconnect {
@@ -35,7 +41,7 @@ fn lose(m: &Machine, id: &str, c: ConnId) -> Reply {
             publish_will: true,
             sent_below: None,
             session_expiry: None,
-            at: 0,
+            at,
         },
     )
 }
@@ -132,17 +138,7 @@ fn a_delay_counts_from_when_the_connection_ended_not_from_the_last_tick() {
     tick(&m, 1_000);
     let will = msg("will/a", QoS::AtLeastOnce, false, b"gone");
     connect_v5(&m, "a", conn(1), 60, Some((will.clone(), 3)));
-    apply(
-        &m,
-        Command::Disconnect {
-            client_id: Arc::from("a"),
-            conn: conn(1),
-            publish_will: true,
-            sent_below: None,
-            session_expiry: None,
-            at: 1_900,
-        },
-    );
+    lose_at(&m, "a", conn(1), 1_900);
     m.effects();
     tick(&m, 4_899);
     assert!(m.delivered().is_empty(), "3 s after 1.9 s, not after 1 s");
