@@ -1325,6 +1325,54 @@ def persistent_session_expiry_v311(port):
     check(not session_present, "3.5 s after an expiry of 2 s: session present = 0")
     last.disconnect()
 
+
+def retained_limits(port):
+    """With max_retained_messages = 2 and max_retained_bytes = 40: a retained
+    PUBLISH that would store one more message, or pass the bytes, gets 0x97 in
+    PUBACK and PUBREC (MQTT 5), is neither kept nor delivered; a 3.1.1 one is
+    acknowledged and dropped; replacing and clearing are always accepted."""
+    watcher = v5_client(port, "rl-watch")
+    watcher.subscribe_ok("rl/#", qos=1)
+    pub = v5_client(port, "rl-pub")
+    check_eq(pub.publish("rl/1", b"one", qos=1, retain=True), 0x00, "first retained")
+    check_eq(pub.publish("rl/2", b"two", qos=1, retain=True), 0x00, "second retained")
+    watcher.expect_message(what="rl/1")
+    watcher.expect_message(what="rl/2")
+    check_eq(pub.publish("rl/3", b"three", qos=1, retain=True), 0x97,
+             "PUBACK of a third retained message")
+    raw = raw_v5(port, "rl-raw")
+    raw.send(publish_v5("rl/3", b"three", qos=2, retain=True, packet_id=5))
+    packet_id, reason, _ = decode_ack(raw.expect(PUBREC))
+    check_eq((packet_id, reason), (5, 0x97), "PUBREC of a third retained message")
+    raw.send(disconnect_v5())
+    raw.close()
+    watcher.expect_no_message(what="the refused retained messages")
+    # 3.1.1: acknowledged, not kept.
+    old = Paho(port, "rl-311", protocol=mqtt.MQTTv311)
+    old.connect()
+    check_eq(old.publish("rl/4", b"four", qos=1, retain=True), 0x00, "3.1.1 PUBACK")
+    old.disconnect()
+    watcher.expect_no_message(what="the refused 3.1.1 retained message")
+    # Replacing one within the bytes is fine; growing past 40 bytes is not.
+    check_eq(pub.publish("rl/1", b"uno", qos=1, retain=True), 0x00, "replacing rl/1")
+    watcher.expect_message(what="the replaced rl/1")
+    check_eq(pub.publish("rl/1", b"x" * 40, qos=1, retain=True), 0x97,
+             "replacing rl/1 with more than the bytes allow")
+    # Clearing makes room.
+    check_eq(pub.publish("rl/2", b"", qos=1, retain=True), 0x00, "clearing rl/2")
+    watcher.expect_message(what="the clearing of rl/2")
+    check_eq(pub.publish("rl/3", b"three", qos=1, retain=True), 0x00, "rl/3 once there is room")
+    watcher.expect_message(what="rl/3")
+    late = v5_client(port, "rl-late")
+    late.subscribe_ok("rl/#", qos=1)
+    got = sorted((m.topic, m.payload) for m in
+                 (late.expect_message(what="a retained message"),
+                  late.expect_message(what="a retained message")))
+    check_eq(got, [("rl/1", b"uno"), ("rl/3", b"three")], "the retained messages kept")
+    late.expect_no_message(what="more retained messages")
+    for client in (watcher, pub, late):
+        client.disconnect()
+
 SCENARIOS = {
     f.__name__: f
     for f in (
@@ -1348,6 +1396,7 @@ SCENARIOS = {
         scram_auth,
         cross_node_properties,
         persistent_session_expiry_v311,
+        retained_limits,
     )
 }
 

@@ -5,7 +5,7 @@
 //! runs the script's scenario of the same name against it; the script prints
 //! what it saw and exits non-zero naming the check that failed.
 
-use starling_testkit::{script, Broker};
+use starling_testkit::{http_get, script, Broker};
 
 /// Runs `scenario` against `broker`.
 async fn run(scenario: &'static str, broker: &Broker) {
@@ -129,4 +129,19 @@ async fn scram_auth() {
 async fn persistent_session_expiry_v311() {
     let broker = Broker::start_with("[mqtt]\npersistent_session_expiry = 2\n").await;
     run("persistent_session_expiry_v311", &broker).await;
+}
+
+#[tokio::test]
+async fn retained_limits() {
+    let config = "[mqtt]\nmax_retained_messages = 2\nmax_retained_bytes = 40\n";
+    let broker = Broker::start_with(config).await;
+    run("retained_limits", &broker).await;
+    let (_, metrics) = http_get(broker.http_port, "/metrics")
+        .await
+        .expect("/metrics answers");
+    let series = "starling_messages_dropped_total{reason=\"retained_full\"} 4";
+    assert!(
+        metrics.lines().any(|line| line == series),
+        "each refused retained message counted: {metrics}"
+    );
 }

@@ -90,6 +90,14 @@ pub struct MqttConfig {
     /// second's burst; more closes the connection (MQTT 5: DISCONNECT
     /// 0x96). 0: no limit.
     pub max_publish_rate: u32,
+    /// Retained messages the cluster keeps, at most: a retained PUBLISH
+    /// that would store one more is refused (MQTT 5: PUBACK or PUBREC 0x97;
+    /// 3.1.1: dropped and acknowledged) and counted (`retained_full`).
+    /// Replacing or clearing one is always accepted. 0: no limit.
+    pub max_retained_messages: u64,
+    /// Bytes of retained messages (topics and payloads) the cluster keeps,
+    /// at most; past that, as past `max_retained_messages`. 0: no limit.
+    pub max_retained_bytes: u64,
 }
 
 /// Settings of MQTT over WebSocket, as they appear under `[websocket]`.
@@ -182,6 +190,8 @@ impl Default for MqttConfig {
             max_topic_levels: 0,
             max_subscriptions: 0,
             max_publish_rate: 0,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1024 * 1024 * 1024,
         }
     }
 }

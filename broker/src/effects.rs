@@ -14,6 +14,7 @@ use crate::state::{Dispatch, Effect, MqttMachine, Pick};
 pub(crate) struct NodeEffects {
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) auth: Arc<crate::auth::AuthFiles>,
 }
 
 impl Dispatch for NodeEffects {
@@ -38,6 +39,15 @@ impl Dispatch for NodeEffects {
                 Effect::Kick(conn) => self.registry.kick(conn),
                 Effect::NodeDown { node, incarnation } => {
                     self.registry.node_down(node, incarnation)
+                }
+                Effect::ReloadAuth => {
+                    if let Err(e) = self.auth.reload() {
+                        tracing::error!(
+                            error = %e,
+                            "cannot reload the password and ACL files as the cluster asked: \
+                             the ones loaded before stay"
+                        );
+                    }
                 }
             }
         }

@@ -75,9 +75,7 @@ pub enum BrokerError {
     #[error("configuration: {0}")]
     Config(String),
     #[error(transparent)]
-    PasswordFile(#[from] auth::PasswordFileError),
-    #[error(transparent)]
-    AclFile(#[from] auth::acl::AclError),
+    AuthFiles(#[from] auth::files::LoadError),
 }
 
 /// The most commands one Raft entry carries.
@@ -110,8 +108,7 @@ impl Broker {
     ) -> Result<Broker, BrokerError> {
         // Checked before anything starts.
         let authenticators = authenticators(&config.mqtt)?;
-        let passwords = load_passwords(&config.auth)?;
-        let acl = load_acl(&config.auth)?;
+        let auth_files = Arc::new(auth::AuthFiles::load(&config.auth)?);
         let tls = load_tls(&config)?;
         let tls_names_users = tls.is_some()
             && (config.tls.use_identity_as_username || config.tls.use_subject_alt_name_as_username);
@@ -123,6 +120,7 @@ impl Broker {
         let machine = Arc::new(MqttMachine::new(Arc::new(effects::NodeEffects {
             registry: local.clone(),
             metrics: metrics.clone(),
+            auth: auth_files.clone(),
         })));
         let peers = config
             .cluster
@@ -181,10 +179,7 @@ impl Broker {
             authenticators,
             // Whether clients may authenticate with a certificate instead.
             allow_anonymous: config.auth.anonymous_allowed(tls_names_users),
-            auth: config.auth.clone(),
-            passwords: std::sync::RwLock::new(passwords),
-            has_acl: std::sync::atomic::AtomicBool::new(acl.is_some()),
-            acl: std::sync::RwLock::new(acl),
+            auth: auth_files,
         });
         shared
             .machine
@@ -310,27 +305,22 @@ impl Broker {
         Ok(self.shared.node.leave().await?)
     }
 
-    /// Reads the password file again (`auth.password_file`), for the
-    /// connections that authenticate from now on; connected clients stay. If
-    /// it cannot be read, or is malformed, the users loaded before stay too,
-    /// and the error says why.
+    /// Reads the password and ACL files again (`auth.password_file`,
+    /// `auth.acl_file`) on this node, for the connections that authenticate,
+    /// publish, subscribe or receive from now on; connected clients stay. If
+    /// a file cannot be read, or is malformed, the ones loaded before stay
+    /// too, and the error says why.
     pub fn reload_auth(&self) -> Result<(), BrokerError> {
-        let passwords = load_passwords(&self.shared.auth)?;
-        let acl = load_acl(&self.shared.auth)?;
-        *self
-            .shared
-            .passwords
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = passwords;
-        let present = acl.is_some();
-        *self
-            .shared
-            .acl
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = acl;
-        self.shared
-            .has_acl
-            .store(present, std::sync::atomic::Ordering::Release);
+        Ok(self.shared.auth.reload()?)
+    }
+
+    /// Has every node read its password and ACL files again: this node checks
+    /// its own first (an error proposes nothing), then commits
+    /// `Command::ReloadAuth`, which each node carries out on its own files
+    /// when it applies it. Returns once the nodes this one reaches have.
+    pub async fn reload_auth_everywhere(&self) -> Result<(), BrokerError> {
+        self.shared.auth.check()?;
+        self.shared.propose_synced(Command::ReloadAuth).await?;
         Ok(())
     }
 
@@ -373,30 +363,6 @@ fn load_tls(config: &BrokerConfig) -> Result<Option<Arc<tls::Tls>>, BrokerError>
     }
     let tls = tls::Tls::load(config.tls.clone()).map_err(BrokerError::Config)?;
     Ok(Some(Arc::new(tls)))
-}
-
-/// The users of the password file `config` names, if any; a file that cannot
-/// be read or is malformed is an error naming it and the line.
-fn load_passwords(
-    config: &AuthConfig,
-) -> Result<Option<Arc<auth::PasswordFile>>, auth::PasswordFileError> {
-    let Some(path) = config.password_path() else {
-        return Ok(None);
-    };
-    let file = auth::PasswordFile::load(path)?;
-    tracing::info!(path = %path.display(), users = file.len(), "password file loaded");
-    Ok(Some(Arc::new(file)))
-}
-
-/// The rules of the ACL file `config` names, if any; a file that cannot be
-/// read or has a bad line is an error naming it.
-fn load_acl(config: &AuthConfig) -> Result<Option<Arc<auth::acl::AclFile>>, auth::acl::AclError> {
-    let Some(path) = config.acl_path() else {
-        return Ok(None);
-    };
-    let acl = auth::acl::AclFile::load(path)?;
-    tracing::info!(path = %path.display(), "ACL file loaded");
-    Ok(Some(Arc::new(acl)))
 }
 
 /// The enhanced authentication methods `config` offers: SCRAM-SHA-256 for

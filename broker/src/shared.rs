@@ -29,19 +29,11 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     /// The methods of MQTT 5 enhanced authentication this node offers.
     pub(crate) authenticators: crate::auth::Authenticators,
-    /// `[auth]`, as the node started with.
-    pub(crate) auth: crate::auth::AuthConfig,
-    /// The users of `auth.password_file`, if one is set; replaced whole by
-    /// `Broker::reload_auth`.
-    pub(crate) passwords: std::sync::RwLock<Option<Arc<crate::auth::PasswordFile>>>,
+    /// The password and ACL files in use; read again on SIGHUP and on a
+    /// committed `Command::ReloadAuth`.
+    pub(crate) auth: Arc<crate::auth::AuthFiles>,
     /// Whether clients that did not authenticate may connect.
     pub(crate) allow_anonymous: bool,
-    /// The rules of `auth.acl_file`, if one is set; replaced whole by
-    /// `Broker::reload_auth`.
-    pub(crate) acl: std::sync::RwLock<Option<Arc<crate::auth::acl::AclFile>>>,
-    /// Whether `acl` holds rules: read for every delivery without touching
-    /// the lock when it does not.
-    pub(crate) has_acl: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

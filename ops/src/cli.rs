@@ -68,6 +68,11 @@ pub struct PasswdArgs {
 /// Flags that override single config keys.
 #[derive(Debug, Default, Args)]
 pub struct Overrides {
+    /// Sets any config key, as KEY=VALUE with the key as the config file
+    /// spells it (mqtt.max_inflight=64); repeatable. Applied over the
+    /// environment, under the flags below. `--help` lists every key.
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    pub settings: Vec<String>,
     /// Directory of the node's durable state [config: data_dir; default: ./data]
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
@@ -108,13 +113,22 @@ pub struct Overrides {
 }
 
 impl Cli {
+    /// Parses the command line; `--help` ends with every config key.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let command = Cli::command().after_long_help(config::keys_help());
+        let matches = command.get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
     /// The configuration to run with: defaults, overridden by the config file, then by
     /// the `STARLING_*` variables in `env`, then by the flags; checked as a whole.
     pub fn resolve_config<I>(&self, env: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let mut config = config::load(self.config.as_deref(), env)?;
+        let config = config::load(self.config.as_deref(), env)?;
+        let mut config = config::apply_settings(config, &self.overrides.settings)?;
         self.overrides.apply(&mut config);
         config.validate()?;
         Ok(config)
@@ -273,6 +287,50 @@ mod tests {
             ["1=n1.example:7000", "2=n2.example:7000", "3=[::1]:7000"]
         );
         assert_eq!(config.cluster.join, "n1.example:7000");
+    }
+
+    #[test]
+    fn set_overrides_any_key_over_the_environment_and_under_flags() {
+        let cli = parse(&[
+            "--set",
+            "mqtt.max_retained_messages=7",
+            "--set",
+            "auth.allow_anonymous=true",
+            "--set",
+            "node_id=9",
+            "--node-id",
+            "3",
+        ]);
+        let config = cli
+            .resolve_config(env(&[("STARLING_MQTT__MAX_RETAINED_MESSAGES", "5")]))
+            .unwrap();
+        assert_eq!(config.mqtt.max_retained_messages, 7);
+        assert_eq!(config.auth.allow_anonymous, Some(true));
+        assert_eq!(config.node_id, 3, "a flag wins over --set");
+
+        let error = parse(&["--set", "mqtt.max_inflight"])
+            .resolve_config(env(&[]))
+            .unwrap_err();
+        assert!(matches!(error, ConfigError::BadSetting { .. }), "{error}");
+        let error = parse(&["--set", "mqtt.no_such_key=1"])
+            .resolve_config(env(&[]))
+            .unwrap_err();
+        assert!(error.to_string().contains("MQTT__NO_SUCH_KEY"), "{error}");
+    }
+
+    #[test]
+    fn long_help_lists_the_config_keys() {
+        let mut command = Cli::command().after_long_help(config::keys_help());
+        let help = command.render_long_help().to_string();
+        assert!(help.contains("--set <KEY=VALUE>"), "{help}");
+        assert!(
+            help.contains("  auth.password_file  (STARLING_AUTH__PASSWORD_FILE)"),
+            "{help}"
+        );
+        assert!(
+            help.contains("  http.token_file  (STARLING_HTTP__TOKEN_FILE)"),
+            "{help}"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use starling_broker::{AuthConfig, ClusterConfig, MqttConfig, TlsConfig, WebSocketConfig};
 
-pub use example::example;
+pub use example::{example, keys_help};
 
 /// Prefix of the environment variables that override config keys.
 const ENV_PREFIX: &str = "STARLING_";
@@ -175,6 +175,8 @@ pub enum ConfigError {
          are separated by a double underscore, as in STARLING_MQTT__LISTEN)"
     )]
     UnknownEnvKey { var: String },
+    #[error("--set {setting}: expected KEY=VALUE, as in --set mqtt.max_inflight=64")]
+    BadSetting { setting: String },
     #[error("environment variable {var} names a config section; set its keys one by one")]
     EnvSection { var: String },
     #[error("invalid value in environment variable {var}: {source}")]
@@ -260,6 +262,21 @@ where
             .map_err(|source| ConfigError::EnvValue { var, source })?;
     }
     Ok(config)
+}
+
+/// Overrides the keys of `config` named by `KEY=VALUE` settings (`--set`),
+/// read as their environment variables would be.
+pub fn apply_settings(config: Config, settings: &[String]) -> Result<Config, ConfigError> {
+    let mut vars = Vec::with_capacity(settings.len());
+    for setting in settings {
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadSetting {
+                setting: setting.clone(),
+            })?;
+        vars.push((example::env_var(key.trim()), value.to_owned()));
+    }
+    apply_env(config, vars)
 }
 
 /// `STARLING_MQTT__MAX_INFLIGHT` -> `["mqtt", "max_inflight"]`.

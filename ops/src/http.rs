@@ -40,6 +40,25 @@ pub trait Node: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
     /// Takes this node out of the cluster's members.
     fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>>;
+    /// Has every node read its password and ACL files again.
+    fn reload_auth(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>>;
+}
+
+/// The future of a call on the broker, or `ShuttingDown` once it is gone.
+fn with_broker<'a, F, Fut>(
+    broker: Option<Arc<Broker>>,
+    call: F,
+) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + 'a>>
+where
+    F: FnOnce(Arc<Broker>) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<(), BrokerError>> + Send + 'a,
+{
+    Box::pin(async move {
+        match broker {
+            Some(broker) => call(broker).await,
+            None => Err(ClusterError::ShuttingDown.into()),
+        }
+    })
 }
 
 /// The broker as the routes see it. Only a `Weak`: the binary needs to own the broker
@@ -53,12 +72,15 @@ impl Node for BrokerHandle {
     }
 
     fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
-        let broker = self.0.upgrade();
-        Box::pin(async move {
-            match broker {
-                Some(broker) => broker.leave().await,
-                None => Err(ClusterError::ShuttingDown.into()),
-            }
+        with_broker(
+            self.0.upgrade(),
+            |broker| async move { broker.leave().await },
+        )
+    }
+
+    fn reload_auth(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
+        with_broker(self.0.upgrade(), |broker| async move {
+            broker.reload_auth_everywhere().await
         })
     }
 }
@@ -98,6 +120,7 @@ impl std::fmt::Debug for AdminToken {
 fn router(node: Arc<dyn Node>, registry: Registry, token: AdminToken) -> Router {
     let api = Router::new()
         .route("/api/v1/cluster/leave", post(leave))
+        .route("/api/v1/auth/reload", post(reload_auth))
         .route_layer(middleware::from_fn_with_state(token, require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -200,6 +223,32 @@ async fn leave(State(state): State<AppState>) -> Result<Json<LeftBody>, ApiError
         }
         Err(e) => {
             warn!(error = %e, "cannot leave the cluster");
+            Err(ApiError::unavailable(e.to_string()))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ReloadedBody {
+    reloaded: bool,
+}
+
+/// Has every node read its password and ACL files again. A file this node
+/// cannot read or parse is a 422, and no node reloads.
+async fn reload_auth(State(state): State<AppState>) -> Result<Json<ReloadedBody>, ApiError> {
+    info!("reloading the password and ACL files on every node, as asked over http");
+    match state.node.reload_auth().await {
+        Ok(()) => Ok(Json(ReloadedBody { reloaded: true })),
+        Err(BrokerError::AuthFiles(e)) => {
+            warn!(error = %e, "password and ACL files not reloaded");
+            Err(ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid_auth_file",
+                message: e.to_string(),
+            })
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot reload the password and ACL files");
             Err(ApiError::unavailable(e.to_string()))
         }
     }
@@ -336,6 +385,12 @@ mod tests {
         fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
             self.leaves.fetch_add(1, Ordering::Relaxed);
             Box::pin(async move { self.leave_error.map_or(Ok(()), |error| Err(error())) })
+        }
+
+        fn reload_auth(
+            &self,
+        ) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
+            Box::pin(async { Ok(()) })
         }
     }
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use starling_broker::{Broker, BrokerConfig, ClusterConfig};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
@@ -23,7 +22,7 @@ use crate::http::{BrokerHandle, HttpServer};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     if let Some(Command::Config { example: true }) = cli.command {
         return print_or_fail(config::example());
     }

@@ -15,6 +15,7 @@
 
 pub mod acl;
 pub mod config;
+pub mod files;
 pub mod password;
 pub mod scram;
 #[cfg(test)]
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use starling_proto::mqtt::ReasonCode;
 
 pub use config::AuthConfig;
+pub use files::AuthFiles;
 pub use password::{PasswordFile, PasswordFileError, Verdict};
 pub use scram::{ScramCredential, ScramSha256};
 

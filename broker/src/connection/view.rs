@@ -1,7 +1,7 @@
 //! The session's [`View`] of a live node: its replicated state, health,
 //! settings and metrics.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use starling_proto::mqtt::QoS;
 
@@ -61,8 +61,7 @@ impl View for Live<'_> {
     }
 
     fn passwords(&self) -> Option<Arc<PasswordFile>> {
-        let passwords = self.0.passwords.read();
-        Option::clone(&passwords.unwrap_or_else(PoisonError::into_inner))
+        self.0.auth.passwords()
     }
 
     fn allow_anonymous(&self) -> bool {
@@ -78,10 +77,6 @@ impl View for Live<'_> {
     }
 
     fn acl(&self) -> Option<Arc<crate::auth::acl::AclFile>> {
-        if !self.0.has_acl.load(std::sync::atomic::Ordering::Acquire) {
-            return None;
-        }
-        let acl = self.0.acl.read();
-        Option::clone(&acl.unwrap_or_else(PoisonError::into_inner))
+        self.0.auth.acl()
     }
 }

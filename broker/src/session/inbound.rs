@@ -13,7 +13,8 @@ use super::aliases::Aliases;
 use super::window::Stage;
 use super::{log, Action, End, Session, Then, View, Wait};
 use crate::auth::{Exchange, Step, Verdict};
-use crate::state::{Command, Message, MessageProps, Subscription, Target};
+use crate::config::MqttConfig;
+use crate::state::{Command, Message, MessageProps, RetainedLimit, Subscription, Target};
 
 /// The prefix of shared subscriptions' filters (MQTT 5 section 4.8.2).
 const SHARED_PREFIX: &str = "$share/";
@@ -183,6 +184,7 @@ impl Session {
     /// Goes on with a CONNECT that passed authentication, if it asked for
     /// any; `properties` start CONNACK's (the last Authentication Data).
     fn accept(&mut self, connect: Connect, mut properties: Properties, view: &impl View) {
+        self.retained_limit = Some(retained_limit(view.config()));
         let v5 = connect.protocol.is_v5();
         let config = view.config();
         let refuse = |this: &mut Session, code: ReasonCode| {
@@ -583,6 +585,7 @@ impl Session {
                     // retained copy is stored behind it, in order with this
                     // publisher's other proposals.
                     let command = Command::Publish {
+                        retained_limit: self.retained_limit.filter(|_| message.retain),
                         message,
                         from,
                         qos2_packet_id: None,
@@ -648,6 +651,7 @@ impl Session {
             return;
         };
         let command = Command::Publish {
+            retained_limit: self.retained_limit.filter(|_| message.retain),
             message,
             from,
             qos2_packet_id,
@@ -844,6 +848,14 @@ impl Session {
 /// limit (below 65,535). An MQTT 5 client that asked for none gets `max`
 /// too, as it is told so; a 3.1.1 client that asked for none keeps none, as
 /// it could not be told.
+/// The retained limit a retained message is committed with.
+fn retained_limit(config: &MqttConfig) -> RetainedLimit {
+    RetainedLimit {
+        messages: config.max_retained_messages,
+        bytes: config.max_retained_bytes,
+    }
+}
+
 fn granted_keep_alive(asked: u16, max: u16, v5: bool) -> u16 {
     match (asked, max) {
         (_, u16::MAX) => asked,
@@ -855,7 +867,7 @@ fn granted_keep_alive(asked: u16, max: u16, v5: bool) -> u16 {
 
 /// What CONNACK tells an MQTT 5 client of this server's limits: only what
 /// differs from the specification's defaults, plus the packet size.
-fn advertise(properties: &mut Properties, config: &crate::config::MqttConfig) {
+fn advertise(properties: &mut Properties, config: &MqttConfig) {
     if config.receive_maximum != u16::MAX {
         properties.receive_maximum = Some(config.receive_maximum.max(1));
     }

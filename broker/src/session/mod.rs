@@ -262,6 +262,9 @@ pub(crate) struct Session {
     /// The client wants no Reason String or User Property on packets other
     /// than PUBLISH, CONNACK and DISCONNECT (Request Problem Information 0).
     no_problem_info: bool,
+    /// The cluster's retained limit, from this node's configuration at
+    /// CONNECT; committed with every retained message.
+    retained_limit: Option<crate::state::RetainedLimit>,
     /// QoS 1/2 packet ids from the client not yet answered with PUBACK or
     /// PUBCOMP: at most our Receive Maximum (MQTT 5).
     unanswered: BTreeSet<u16>,
@@ -306,6 +309,7 @@ impl Session {
             client_receive_maximum: u16::MAX,
             client_max_packet: None,
             no_problem_info: false,
+            retained_limit: None,
             unanswered: BTreeSet::new(),
             aliases: None,
             new_session_expiry: None,
@@ -548,6 +552,25 @@ impl Session {
                     codes,
                     properties: Default::default(),
                 }));
+            }
+            (then, Reply::RetainedFull) => {
+                log!(
+                    self,
+                    info,
+                    "retained PUBLISH refused: the retained messages are at their limit"
+                );
+                view.metrics().dropped("retained_full");
+                if let Then::Answer(mut answer) = then {
+                    if let (true, Packet::PubAck(ack) | Packet::PubRec(ack)) =
+                        (self.is_v5(), &mut answer)
+                    {
+                        // 3.1.1 cannot say why: acknowledged, as a denied one.
+                        ack.reason = ReasonCode::QuotaExceeded;
+                        ack.properties.reason_string =
+                            Some("the retained messages are at their limit".into());
+                    }
+                    self.send(&answer);
+                }
             }
             (Then::Answer(answer), _) => self.send(&answer),
             (Then::Released(packet_id), _) => self.released(packet_id),

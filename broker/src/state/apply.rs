@@ -11,7 +11,9 @@
 
 use std::sync::Arc;
 
-use super::command::{Command, ConnId, Effect, Message, Owner, Reply, NEVER_EXPIRES};
+use super::command::{
+    Command, ConnId, Effect, Message, Owner, Reply, RetainedLimit, NEVER_EXPIRES,
+};
 use super::{Index, NodeRecord, Pick, Queued, Route, Session, State};
 
 /// What a new connection asks of its session.
@@ -142,7 +144,14 @@ impl Apply<'_> {
                 from,
                 qos2_packet_id,
                 deliver,
+                retained_limit,
             } => {
+                if owned_by(self.state, &from).is_none() {
+                    return Reply::NotOwner;
+                }
+                if message.retain && self.retained_over(&message, retained_limit) {
+                    return Reply::RetainedFull;
+                }
                 let Some(session) = owned_by(self.state, &from) else {
                     return Reply::NotOwner;
                 };
@@ -226,6 +235,10 @@ impl Apply<'_> {
                 let wills = self.end_node_connections(node, |c| c.incarnation <= incarnation);
                 self.effects.push(Effect::NodeDown { node, incarnation });
                 Reply::Disconnected { wills }
+            }
+            Command::ReloadAuth => {
+                self.effects.push(Effect::ReloadAuth);
+                Reply::Done
             }
         }
     }
@@ -387,7 +400,15 @@ impl Apply<'_> {
         for client_id in ended {
             self.remove_session(&client_id);
         }
-        self.state.retained.retain(|_, m| !m.expired(clock));
+        let mut freed = 0;
+        self.state.retained.retain(|_, m| {
+            let expired = m.expired(clock);
+            if expired {
+                freed += retained_bytes(m);
+            }
+            !expired
+        });
+        self.state.retained_bytes -= freed;
         for will in wills {
             self.publish(will, true, None);
         }
@@ -408,12 +429,16 @@ impl Apply<'_> {
     /// `publisher` is not sent it where it subscribed with No Local.
     fn publish(&mut self, message: Message, deliver: bool, publisher: Option<Arc<str>>) {
         if message.retain {
-            if message.payload.is_empty() {
-                self.state.retained.remove(&message.topic);
+            let old = if message.payload.is_empty() {
+                self.state.retained.remove(&message.topic)
             } else {
+                self.state.retained_bytes += retained_bytes(&message);
                 self.state
                     .retained
-                    .insert(message.topic.clone(), message.clone());
+                    .insert(message.topic.clone(), message.clone())
+            };
+            if let Some(old) = old {
+                self.state.retained_bytes -= retained_bytes(&old);
             }
         }
         // Shared subscriptions' members are chosen from the applied count, the
@@ -469,6 +494,30 @@ impl Apply<'_> {
             });
         }
     }
+}
+
+impl Apply<'_> {
+    /// Whether storing `message` as retained would take the retained
+    /// messages over `limit`. Clearing one never does, and neither does
+    /// replacing one with a message no bigger.
+    fn retained_over(&self, message: &Message, limit: Option<RetainedLimit>) -> bool {
+        let Some(limit) = limit else {
+            return false;
+        };
+        if message.payload.is_empty() {
+            return false;
+        }
+        let old = self.state.retained.get(&message.topic);
+        let count = self.state.retained.len() as u64 + u64::from(old.is_none());
+        let bytes = (self.state.retained_bytes + retained_bytes(message))
+            .saturating_sub(old.map_or(0, retained_bytes));
+        (limit.messages > 0 && count > limit.messages) || (limit.bytes > 0 && bytes > limit.bytes)
+    }
+}
+
+/// What a retained message counts against `max_retained_bytes`.
+pub(super) fn retained_bytes(message: &Message) -> u64 {
+    (message.topic.len() + message.payload.len()) as u64
 }
 
 /// `seconds` in the clock's milliseconds.

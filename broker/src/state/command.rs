@@ -174,6 +174,10 @@ pub enum Command {
         /// read no queue. False when the publisher's node already sent them
         /// their copies (QoS 0, which never waits on a commit).
         deliver: bool,
+        /// For a retained message: how many retained messages and bytes the
+        /// cluster may hold, from the publisher's node's configuration, so
+        /// that every node applies the same limit.
+        retained_limit: Option<RetainedLimit>,
     },
     /// PUBREL from a persistent publisher: forget the inbound QoS 2 packet id.
     Release { from: Owner, packet_id: u16 },
@@ -204,6 +208,16 @@ pub enum Command {
         incarnation: u64,
         term: u64,
     },
+    /// Every node reads its password and ACL files again.
+    ReloadAuth,
+}
+
+/// The most retained messages, and bytes of them, the cluster keeps; 0: no
+/// limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedLimit {
+    pub messages: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +245,9 @@ pub enum Reply {
         /// PUBREL: it was not published again.
         duplicate: bool,
     },
+    /// The retained message would have taken the cluster's retained
+    /// messages over their limit: it was neither stored nor published.
+    RetainedFull,
 }
 
 /// What applying a command asks of each node, for its own clients: apply only
@@ -259,4 +276,6 @@ pub enum Effect {
     Kick(ConnId),
     /// This incarnation of this node was declared down.
     NodeDown { node: u64, incarnation: u64 },
+    /// Read the password and ACL files again.
+    ReloadAuth,
 }

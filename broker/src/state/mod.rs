@@ -27,7 +27,8 @@ use tokio::sync::watch;
 use crate::topic::{filter_matches, SubscriptionTrie};
 use crate::Recovered;
 pub use command::{
-    Command, ConnId, Effect, Message, MessageProps, Owner, Reply, Subscription, NEVER_EXPIRES,
+    Command, ConnId, Effect, Message, MessageProps, Owner, Reply, RetainedLimit, Subscription,
+    NEVER_EXPIRES,
 };
 
 /// What the subscription trie stores per (filter, client).
@@ -219,6 +220,10 @@ struct State {
     /// does not hold costs far less as pointers.
     sessions: BTreeMap<Arc<str>, Box<Session>>,
     retained: BTreeMap<Arc<str>, Message>,
+    /// Bytes of `retained` (topics and payloads), for its limit; derived, so
+    /// not in snapshots but counted again when one is restored.
+    #[serde(skip)]
+    retained_bytes: u64,
     nodes: BTreeMap<u64, NodeRecord>,
     /// The replicated clock: the latest `Tick` (ms since the Unix epoch).
     clock: u64,
@@ -613,6 +618,14 @@ impl MqttMachine {
             retained: state.retained.len(),
             queued_messages: state.sessions.values().map(|s| s.queue.len()).sum(),
         }
+    }
+
+    /// How many retained messages the cluster holds, and their bytes (topics
+    /// and payloads), as `mqtt.max_retained_messages` and
+    /// `mqtt.max_retained_bytes` count them.
+    pub fn retained_usage(&self) -> (usize, u64) {
+        let state = self.lock();
+        (state.retained.len(), state.retained_bytes)
     }
 
     /// Marks one more command applied and wakes whoever waits for that.

@@ -139,5 +139,12 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
         .map_err(|e| format!("unreadable queued messages (format {FORMAT}): {e}"))?;
     let _reset = Reset;
     READING.with(|r| *r.borrow_mut() = Some(messages.into_iter().map(Arc::new).collect()));
-    postcard::from_bytes(body).map_err(|e| format!("unreadable MQTT state (format {FORMAT}): {e}"))
+    let mut state: State = postcard::from_bytes(body)
+        .map_err(|e| format!("unreadable MQTT state (format {FORMAT}): {e}"))?;
+    state.retained_bytes = state
+        .retained
+        .values()
+        .map(super::apply::retained_bytes)
+        .sum();
+    Ok(state)
 }

@@ -152,6 +152,18 @@ const DOCS: &[(&str, &str)] = &[
          second's burst; more closes the connection (MQTT 5: DISCONNECT\n\
          0x96). 0: no limit.",
     ),
+    (
+        "mqtt.max_retained_messages",
+        "Retained messages the cluster keeps, at most: a retained PUBLISH\n\
+         that would store one more is refused (MQTT 5: PUBACK or PUBREC 0x97;\n\
+         3.1.1: dropped and acknowledged) and counted (`retained_full`).\n\
+         Replacing or clearing one is always accepted. 0: no limit.",
+    ),
+    (
+        "mqtt.max_retained_bytes",
+        "Bytes of retained messages (topics and payloads) the cluster keeps,\n\
+         at most; past that, as past `max_retained_messages`. 0: no limit.",
+    ),
     ("websocket", "MQTT over WebSocket: off unless enabled."),
     (
         "websocket.enabled",
@@ -374,8 +386,35 @@ pub fn example() -> Result<String, super::ConfigError> {
     Ok(out)
 }
 
+/// Every config key with its environment variable and the first line of what
+/// it means, for `starling --help`.
+pub fn keys_help() -> String {
+    let defaults = toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Integer(0));
+    let is_section = |path: &str| {
+        path.split('.')
+            .try_fold(&defaults, |node, key| node.get(key))
+            .is_some_and(toml::Value::is_table)
+    };
+    let mut out = String::from(
+        "Config keys: in the config file (see `starling config --example` for what each \
+         means and its default), as an environment variable, or as --set KEY=VALUE:\n",
+    );
+    for (path, doc) in DOCS.iter().filter(|(path, _)| !is_section(path)) {
+        let text = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        // Up to the end of the first sentence or clause.
+        let end = [". ", ": ", "; "]
+            .iter()
+            .filter_map(|stop| text.find(stop))
+            .min()
+            .unwrap_or(text.len());
+        let first = text[..end].trim_end_matches('.');
+        let _ = writeln!(out, "  {path}  ({})\n      {first}", env_var(path));
+    }
+    out
+}
+
 /// `mqtt.max_inflight` -> `STARLING_MQTT__MAX_INFLIGHT`.
-fn env_var(path: &str) -> String {
+pub(super) fn env_var(path: &str) -> String {
     let keys: Vec<String> = path.split('.').map(str::to_ascii_uppercase).collect();
     format!("{ENV_PREFIX}{}", keys.join(ENV_SEPARATOR))
 }
@@ -527,6 +566,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# (environment: STARLING_CLUSTER__JOIN)\njoin = \"\""));
+    }
+
+    #[test]
+    fn help_lists_every_key_with_its_variable() {
+        let help = keys_help();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let mut expected = Vec::new();
+        paths(&defaults, "", &mut expected);
+        expected.extend(UNSET_BY_DEFAULT.iter().map(|key| key.to_string()));
+        for path in expected.iter().filter(|p| {
+            !p.split('.')
+                .try_fold(&defaults, |node, key| node.get(key))
+                .is_some_and(toml::Value::is_table)
+        }) {
+            let line = format!("  {path}  ({})", env_var(path));
+            assert!(help.contains(&line), "{line} missing from\n{help}");
+        }
+        assert!(help.contains("  mqtt.max_retained_messages  (STARLING_MQTT__MAX_RETAINED_MESSAGES)\n      Retained messages the cluster keeps, at most\n"), "{help}");
     }
 
     #[test]

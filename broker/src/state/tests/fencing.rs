@@ -170,6 +170,7 @@ fn committed_messages_and_wills_reach_direct_subscribers_through_effects() {
             from,
             qos2_packet_id: None,
             deliver: false,
+            retained_limit: None,
         },
     );
     assert!(m.delivered().is_empty());
@@ -229,6 +230,7 @@ fn mqtt_4_3_3_a_stale_connection_cannot_publish_ack_or_release() {
         from: owner("pub", c),
         qos2_packet_id: Some(5),
         deliver: true,
+        retained_limit: None,
     };
     // "pub" was on `old` before: its late proposal is refused.
     connect(&m, "pub", old, false, None);

@@ -157,6 +157,7 @@ fn publish(m: &Machine, message: Message) -> Reply {
             from,
             qos2_packet_id: None,
             deliver: true,
+            retained_limit: None,
         },
     )
 }
@@ -243,6 +244,7 @@ fn mixed_log() -> Vec<Command> {
             from: owner("p", conn(1)),
             qos2_packet_id: Some(i),
             deliver: true,
+            retained_limit: None,
         });
     }
     log.push(Command::Release {

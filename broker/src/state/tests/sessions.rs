@@ -216,6 +216,74 @@ fn retained_set_replace_clear() {
     assert!(m.retained_matching("r/#").is_empty());
 }
 
+fn publish_limited(m: &Machine, topic: &str, payload: &'static [u8], limit: (u64, u64)) -> Reply {
+    let from = publisher(m);
+    apply(
+        m,
+        Command::Publish {
+            message: msg(topic, QoS::AtLeastOnce, true, payload),
+            from,
+            qos2_packet_id: None,
+            deliver: true,
+            retained_limit: Some(RetainedLimit {
+                messages: limit.0,
+                bytes: limit.1,
+            }),
+        },
+    )
+}
+
+#[test]
+fn retained_messages_are_bounded_in_count_but_may_be_replaced_or_cleared() {
+    let m = machine(10);
+    connect(&m, "sub", conn(1), false, None);
+    subscribe(&m, "sub", conn(1), &[("r/#", QoS::AtLeastOnce)]);
+    let limit = (2, 0);
+    let published = Reply::Published { duplicate: false };
+    assert_eq!(publish_limited(&m, "r/1", b"a", limit), published);
+    assert_eq!(publish_limited(&m, "r/2", b"b", limit), published);
+    assert_eq!(publish_limited(&m, "r/3", b"c", limit), Reply::RetainedFull);
+    assert_eq!(m.retained_matching("r/#").len(), 2);
+    assert_eq!(
+        m.queued("sub", 0, 10).len(),
+        2,
+        "a refused message is not published either"
+    );
+    assert_eq!(publish_limited(&m, "r/1", b"new", limit), published);
+    assert_eq!(publish_limited(&m, "r/2", b"", limit), published);
+    assert_eq!(publish_limited(&m, "r/3", b"c", limit), published);
+    let mut topics: Vec<_> = m
+        .retained_matching("r/#")
+        .into_iter()
+        .map(|r| r.topic.to_string())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["r/1", "r/3"]);
+    assert_eq!(m.retained_usage(), (2, 3 + 3 + 3 + 1));
+}
+
+#[test]
+fn retained_messages_are_bounded_in_bytes_of_topic_and_payload() {
+    let m = machine(10);
+    let limit = (0, 10);
+    let published = Reply::Published { duplicate: false };
+    assert_eq!(publish_limited(&m, "r/1", b"abcd", limit), published);
+    assert_eq!(m.retained_usage(), (1, 7));
+    assert_eq!(publish_limited(&m, "r/2", b"x", limit), Reply::RetainedFull);
+    assert_eq!(publish_limited(&m, "r/1", b"ab", limit), published);
+    assert_eq!(publish_limited(&m, "r/2", b"x", limit), published);
+    assert_eq!(m.retained_usage(), (2, 9));
+    assert_eq!(publish_limited(&m, "r/2", b"xy", limit), published);
+    assert_eq!(
+        publish_limited(&m, "r/2", b"xyz", limit),
+        Reply::RetainedFull
+    );
+    assert_eq!(m.retained_usage(), (2, 10));
+    // Without a limit (a will, or an older node's command) nothing is refused.
+    publish(&m, msg("r/3", QoS::AtLeastOnce, true, b"more"));
+    assert_eq!(m.retained_usage(), (3, 17));
+}
+
 #[test]
 fn mqtt_4_3_3_inbound_qos2_duplicate_is_not_published_twice() {
     let m = machine(10);
@@ -227,6 +295,7 @@ fn mqtt_4_3_3_inbound_qos2_duplicate_is_not_published_twice() {
         from: owner("pub", conn(1)),
         qos2_packet_id: Some(7),
         deliver: true,
+        retained_limit: None,
     };
     assert_eq!(apply(&m, command()), Reply::Published { duplicate: false });
     assert_eq!(apply(&m, command()), Reply::Published { duplicate: true });

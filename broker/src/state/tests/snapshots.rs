@@ -19,6 +19,11 @@ fn snapshot_restore_round_trip_rebuilds_routes() {
         .iter()
         .any(|t| t.queued));
     assert_eq!(restored.retained_matching("r").len(), 1);
+    assert_eq!(
+        restored.retained_usage(),
+        (1, 5),
+        "retained bytes counted again"
+    );
     assert!(session_present(connect(
         &restored,
         "sub",
