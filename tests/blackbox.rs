@@ -12,6 +12,8 @@ mod bench_smoke;
 mod cli_clients;
 #[path = "connect.rs"]
 mod connect;
+#[path = "ctl.rs"]
+mod ctl;
 #[path = "durability.rs"]
 mod durability;
 #[path = "limits.rs"]

@@ -7,6 +7,8 @@
 //! Clusters run one at a time (see `starling_testkit::cluster`), so this
 //! binary takes a few minutes.
 
+#[path = "cluster/admin.rs"]
+mod admin;
 #[path = "cluster/auth.rs"]
 mod auth;
 #[path = "cluster/consistency.rs"]

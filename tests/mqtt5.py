@@ -1373,6 +1373,23 @@ def retained_limits(port):
     for client in (watcher, pub, late):
         client.disconnect()
 
+
+def admin_kick(port, http_port):
+    """DELETE /api/v1/clients/ID disconnects the client with DISCONNECT 0x98
+    (Administrative action), as a lost connection: its will is published."""
+    import urllib.request  # pylint: disable=import-outside-toplevel
+    watcher = v5_client(port, "ak-watch")
+    watcher.subscribe_ok("ak/will", qos=1)
+    raw = raw_v5(port, "ak-raw", will=("ak/will", b"kicked", 1, False, props()))
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/api/v1/clients/ak-raw", method="DELETE")
+    with urllib.request.urlopen(request, timeout=WAIT) as answer:
+        check_eq(answer.status, 204, "DELETE /api/v1/clients/ak-raw")
+    raw.expect_disconnect(0x98)
+    message = watcher.expect_message(what="the will of the kicked client")
+    check_eq((message.topic, message.payload), ("ak/will", b"kicked"), "the will")
+    watcher.disconnect()
+
 SCENARIOS = {
     f.__name__: f
     for f in (
@@ -1397,6 +1414,7 @@ SCENARIOS = {
         cross_node_properties,
         persistent_session_expiry_v311,
         retained_limits,
+        admin_kick,
     )
 }
 

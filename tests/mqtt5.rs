@@ -145,3 +145,9 @@ async fn retained_limits() {
         "each refused retained message counted: {metrics}"
     );
 }
+
+#[tokio::test]
+async fn admin_kick() {
+    let broker = Broker::start().await;
+    script::run("admin_kick", &[broker.port, broker.http_port]).await;
+}

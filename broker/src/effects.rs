@@ -40,6 +40,7 @@ impl Dispatch for NodeEffects {
                 Effect::NodeDown { node, incarnation } => {
                     self.registry.node_down(node, incarnation)
                 }
+                Effect::AdminKick(conn) => self.registry.stop(conn, crate::registry::Stop::Admin),
                 Effect::ReloadAuth => {
                     if let Err(e) = self.auth.reload() {
                         tracing::error!(

@@ -1,6 +1,7 @@
 //! MQTT semantics: topics, sessions, the replicated MQTT state machine, routing and
 //! listeners. [`Broker::start`] wires them to a Raft node of `starling-cluster`.
 
+pub mod admin;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -76,6 +77,8 @@ pub enum BrokerError {
     Config(String),
     #[error(transparent)]
     AuthFiles(#[from] auth::files::LoadError),
+    #[error("unexpected reply from the state machine: {0}")]
+    UnexpectedReply(String),
 }
 
 /// The most commands one Raft entry carries.

@@ -91,6 +91,8 @@ pub enum Stop {
     /// the cluster ended its sessions already, or nothing can be committed,
     /// so the connection ends without proposing anything.
     CutOff = 5,
+    /// An operator disconnected the client through the admin API.
+    Admin = 6,
 }
 
 impl Stop {
@@ -101,6 +103,7 @@ impl Stop {
             3 => Some(Stop::Expired),
             4 => Some(Stop::SlowSubscriber),
             5 => Some(Stop::CutOff),
+            6 => Some(Stop::Admin),
             _ => None,
         }
     }
@@ -436,9 +439,14 @@ impl Registry {
 
     /// Closes connection `conn` if this node holds it (session takeover).
     pub fn kick(&self, conn: ConnId) {
+        self.stop(conn, Stop::TakenOver);
+    }
+
+    /// Asks connection `conn`, if this node holds it, to end for `why`.
+    pub fn stop(&self, conn: ConnId, why: Stop) {
         if self.is_local(conn) {
             if let Some(mailbox) = lock(&self.kicks).get(&conn) {
-                mailbox.stop(Stop::TakenOver);
+                mailbox.stop(why);
             }
         }
     }

@@ -267,17 +267,27 @@ pub(crate) async fn join(
 /// Removes this node from the cluster through the leader, retrying until
 /// `deadline` while there is no leader or a change is in progress.
 pub(crate) async fn leave(core: &Core, deadline: Instant) -> Result<(), ClusterError> {
+    remove(core, core.id, deadline).await
+}
+
+/// Removes node `node_id` (this one or another, such as a dead member) from
+/// the cluster through the leader, retrying likewise.
+pub(crate) async fn remove(
+    core: &Core,
+    node_id: u64,
+    deadline: Instant,
+) -> Result<(), ClusterError> {
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(ClusterError::Unavailable);
         }
         let result = match route(core, false) {
-            Route::Here => leave_here(core, core.id).await,
+            Route::Here => leave_here(core, node_id).await,
             Route::Leader(addr) => {
                 // Sent to the leader itself: it must not pass it on.
                 let request = LeaveRequest {
-                    node_id: core.id,
+                    node_id,
                     relayed: true,
                 };
                 core.peers

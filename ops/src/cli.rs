@@ -46,6 +46,9 @@ pub enum Command {
     /// with `mosquitto_passwd -b` (and as visible to other local users). A running broker
     /// reads the file again on SIGHUP.
     Passwd(PasswdArgs),
+    /// Talk to a running node's admin API: members, clients, sessions,
+    /// retained messages, publishing, reloading the auth files.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// The arguments of `starling passwd`.

@@ -42,6 +42,8 @@ pub trait Node: Send + Sync + 'static {
     fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>>;
     /// Has every node read its password and ACL files again.
     fn reload_auth(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>>;
+    /// The broker, for the admin API's routes; `None` while there is none.
+    fn broker(&self) -> Option<Arc<Broker>>;
 }
 
 /// The future of a call on the broker, or `ShuttingDown` once it is gone.
@@ -83,11 +85,15 @@ impl Node for BrokerHandle {
             broker.reload_auth_everywhere().await
         })
     }
+
+    fn broker(&self) -> Option<Arc<Broker>> {
+        self.0.upgrade()
+    }
 }
 
 #[derive(Clone)]
-struct AppState {
-    node: Arc<dyn Node>,
+pub(crate) struct AppState {
+    pub(crate) node: Arc<dyn Node>,
     registry: Registry,
 }
 
@@ -121,6 +127,7 @@ fn router(node: Arc<dyn Node>, registry: Registry, token: AdminToken) -> Router 
     let api = Router::new()
         .route("/api/v1/cluster/leave", post(leave))
         .route("/api/v1/auth/reload", post(reload_auth))
+        .merge(crate::api::routes())
         .route_layer(middleware::from_fn_with_state(token, require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -258,15 +265,33 @@ async fn reload_auth(State(state): State<AppState>) -> Result<Json<ReloadedBody>
 /// `{"error":{"code":"...","message":"..."}}`. The code is stable, for programs to
 /// match on; the message is for people and may change.
 #[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl ApiError {
+    /// What the request names does not exist.
+    pub(crate) fn not_found(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message,
+        }
+    }
+
+    /// The request itself is wrong.
+    pub(crate) fn bad_request(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message,
+        }
+    }
+
     /// The node cannot do it now (no leader, no quorum, stopping); worth retrying.
-    fn unavailable(message: String) -> ApiError {
+    pub(crate) fn unavailable(message: String) -> ApiError {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "unavailable",
@@ -391,6 +416,10 @@ mod tests {
             &self,
         ) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
             Box::pin(async { Ok(()) })
+        }
+
+        fn broker(&self) -> Option<Arc<Broker>> {
+            None
         }
     }
 

@@ -2,8 +2,10 @@
 //! sets up logging and metrics, starts the broker and the HTTP server, reads the
 //! password file again on SIGHUP, and stops both on SIGINT or SIGTERM.
 
+mod api;
 mod cli;
 mod config;
+mod ctl;
 mod http;
 mod telemetry;
 
@@ -25,6 +27,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse_args();
     if let Some(Command::Config { example: true }) = cli.command {
         return print_or_fail(config::example());
+    }
+    if let Some(Command::Ctl(args)) = &cli.command {
+        return match ctl::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(describe(&e)),
+        };
     }
     if let Some(Command::Passwd(args)) = &cli.command {
         return match cli::passwd(args) {

@@ -445,10 +445,23 @@ pub async fn http_request(
     path: &str,
     timeout: Duration,
 ) -> Option<(u16, String)> {
+    http_request_with_body(port, method, path, "", timeout).await
+}
+
+/// The same with a JSON `body`.
+pub async fn http_request_with_body(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
         );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();

@@ -14,7 +14,7 @@ use super::window::Stage;
 use super::{log, Action, End, Session, Then, View, Wait};
 use crate::auth::{Exchange, Step, Verdict};
 use crate::config::MqttConfig;
-use crate::state::{Command, Message, MessageProps, RetainedLimit, Subscription, Target};
+use crate::state::{Command, ConnInfo, Message, MessageProps, RetainedLimit, Subscription, Target};
 
 /// The prefix of shared subscriptions' filters (MQTT 5 section 4.8.2).
 const SHARED_PREFIX: &str = "$share/";
@@ -308,6 +308,13 @@ impl Session {
             will_delay,
             max_queued_messages: u32::try_from(config.max_queued_messages).unwrap_or(u32::MAX),
             max_queued_bytes: config.max_queued_bytes,
+            info: ConnInfo {
+                address: self.peer.to_string(),
+                protocol: connect.protocol.level(),
+                keep_alive,
+                username: self.username.as_deref().map(str::to_owned),
+                connected_at: view.now_ms(),
+            },
         };
         // Applied here before CONNACK: on a follower the reply is the leader's,
         // and this node may apply the command a moment later. Read before its

@@ -625,6 +625,12 @@ impl Session {
                 let text = "the client read too slowly: its backlog stayed full";
                 (End::Lost, ReasonCode::QuotaExceeded, text)
             }
+            Stop::Admin => {
+                log!(self, info, "disconnected by an operator");
+                view.metrics().disconnected("admin");
+                let text = "disconnected by an operator";
+                (End::Lost, ReasonCode::AdministrativeAction, text)
+            }
             Stop::Expired => {
                 if self.version.is_some() {
                     log!(self, info, "keepalive expired [MQTT-3.1.2-24]");

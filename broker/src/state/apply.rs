@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use super::command::{
-    Command, ConnId, Effect, Message, Owner, Reply, RetainedLimit, NEVER_EXPIRES,
+    Command, ConnId, ConnInfo, Effect, Message, Owner, Reply, RetainedLimit, NEVER_EXPIRES,
 };
 use super::{Index, NodeRecord, Pick, Queued, Route, Session, State};
 
@@ -24,6 +24,7 @@ struct Connecting {
     will_delay: u32,
     max_queued_messages: u32,
     max_queued_bytes: u64,
+    info: ConnInfo,
 }
 
 /// The outcome of one command.
@@ -72,6 +73,7 @@ impl Apply<'_> {
                 will_delay,
                 max_queued_messages,
                 max_queued_bytes,
+                info,
             } => {
                 let connecting = Connecting {
                     clean_start,
@@ -80,6 +82,7 @@ impl Apply<'_> {
                     will_delay,
                     max_queued_messages,
                     max_queued_bytes,
+                    info,
                 };
                 self.connect(client_id, conn, connecting)
             }
@@ -240,6 +243,41 @@ impl Apply<'_> {
                 self.effects.push(Effect::ReloadAuth);
                 Reply::Done
             }
+            Command::Kick { client_id } => {
+                let conn = self.state.sessions.get(&client_id).and_then(|s| s.conn);
+                if let Some(conn) = conn {
+                    self.effects.push(Effect::AdminKick(conn));
+                }
+                Reply::Found(conn.is_some())
+            }
+            Command::DeleteSession { client_id } => match self.state.sessions.get(&client_id) {
+                None => Reply::Found(false),
+                Some(s) if s.conn.is_some() => Reply::InUse,
+                Some(_) => {
+                    // As if it expired: a will still waiting goes out now.
+                    let will = self
+                        .state
+                        .sessions
+                        .get_mut(&client_id)
+                        .and_then(|s| s.will_due.and(s.will.take()));
+                    self.remove_session(&client_id);
+                    if let Some(will) = will {
+                        self.publish(*will, true, None);
+                    }
+                    Reply::Found(true)
+                }
+            },
+            Command::BrokerPublish { message } => {
+                self.publish(message, true, None);
+                Reply::Published { duplicate: false }
+            }
+            Command::ClearRetained { topic } => match self.state.retained.remove(&topic) {
+                Some(old) => {
+                    self.state.retained_bytes -= retained_bytes(&old);
+                    Reply::Found(true)
+                }
+                None => Reply::Found(false),
+            },
         }
     }
 
@@ -303,6 +341,7 @@ impl Apply<'_> {
             session.will_due = None;
             session.max_queued = new.max_queued_messages;
             session.max_queued_bytes = new.max_queued_bytes;
+            *session.info = new.info;
         }
         self.index.set_location(&client_id, Some(conn.node));
         self.effects.push(Effect::Attach {

@@ -99,6 +99,22 @@ pub struct ConnId {
     pub local: u64,
 }
 
+/// What the admin API shows of a client's connection, recorded by its
+/// Connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnInfo {
+    /// The client's address as its node saw it.
+    pub address: String,
+    /// The MQTT protocol level: 3 (3.1), 4 (3.1.1) or 5.
+    pub protocol: u8,
+    /// The keepalive in force, in seconds.
+    pub keep_alive: u16,
+    /// The user it authenticated as, if any.
+    pub username: Option<String>,
+    /// When it connected, on its node's clock (ms since the epoch).
+    pub connected_at: u64,
+}
+
 /// The connection a session mutation comes from. Apply refuses it unless that
 /// connection still owns the session: a command that a connection proposed
 /// before it was taken over, or before its node was declared down, and that
@@ -130,6 +146,8 @@ pub enum Command {
         max_queued_messages: u32,
         /// The most payload bytes the session's queue holds; likewise.
         max_queued_bytes: u64,
+        /// For the admin API.
+        info: ConnInfo,
     },
     /// Connection `conn` of `client_id` ended. `publish_will` is false only after
     /// a DISCONNECT packet. Ignored if the session is owned by another connection.
@@ -210,6 +228,18 @@ pub enum Command {
     },
     /// Every node reads its password and ACL files again.
     ReloadAuth,
+    /// An operator disconnects `client_id`: its node closes the connection
+    /// (MQTT 5: DISCONNECT 0x98), as a lost one. Replies `Found`.
+    Kick { client_id: Arc<str> },
+    /// An operator removes the session of `client_id` and its queue. Replies
+    /// `Found`, or `InUse` while a connection holds it.
+    DeleteSession { client_id: Arc<str> },
+    /// A message the broker itself publishes (the admin API): stored,
+    /// queued and delivered as a client's committed message.
+    BrokerPublish { message: Message },
+    /// An operator removes the retained message of `topic`, delivering
+    /// nothing. Replies `Found`.
+    ClearRetained { topic: Arc<str> },
 }
 
 /// The most retained messages, and bytes of them, the cluster keeps; 0: no
@@ -245,6 +275,10 @@ pub enum Reply {
         /// PUBREL: it was not published again.
         duplicate: bool,
     },
+    /// Whether the client, session or retained message named existed.
+    Found(bool),
+    /// The session is held by a connection.
+    InUse,
     /// The retained message would have taken the cluster's retained
     /// messages over their limit: it was neither stored nor published.
     RetainedFull,
@@ -278,4 +312,6 @@ pub enum Effect {
     NodeDown { node: u64, incarnation: u64 },
     /// Read the password and ACL files again.
     ReloadAuth,
+    /// An operator disconnects this connection.
+    AdminKick(ConnId),
 }

@@ -12,6 +12,7 @@
 mod apply;
 pub mod command;
 mod snapshot;
+mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -27,9 +28,10 @@ use tokio::sync::watch;
 use crate::topic::{filter_matches, SubscriptionTrie};
 use crate::Recovered;
 pub use command::{
-    Command, ConnId, Effect, Message, MessageProps, Owner, Reply, RetainedLimit, Subscription,
-    NEVER_EXPIRES,
+    Command, ConnId, ConnInfo, Effect, Message, MessageProps, Owner, Reply, RetainedLimit,
+    Subscription, NEVER_EXPIRES,
 };
+pub use views::{Page, SessionView, SubscriptionView};
 
 /// What the subscription trie stores per (filter, client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +167,8 @@ struct Session {
     /// It only grows. `None` (only in state written by earlier versions) means
     /// not known: every queued message may have been sent.
     sent_below: Option<u64>,
+    /// Its latest connection, for the admin API. Boxed: read only there.
+    info: Box<ConnInfo>,
 }
 
 impl Session {
@@ -185,6 +189,7 @@ impl Session {
             queued_bytes: 0,
             max_queued_bytes: 0,
             sent_below: Some(0),
+            info: Box::default(),
         }
     }
 

@@ -21,8 +21,10 @@ use super::{Message, State};
 
 const MAGIC: &[u8; 4] = b"STSM";
 /// 1: sessions carry their queue limit. 2: and their queue's bytes and byte
-/// limit. 3: queued messages are stored once, in a table.
-pub(super) const FORMAT: u16 = 4;
+/// limit. 3: queued messages are stored once, in a table. 4: MQTT 5 state
+/// (expiry, wills with delay, subscription options). 5: sessions keep their
+/// connection's details for the admin API.
+pub(super) const FORMAT: u16 = 5;
 
 /// Queued messages met while writing one snapshot, each once.
 #[derive(Default)]

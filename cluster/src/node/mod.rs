@@ -372,6 +372,28 @@ impl Node {
         membership::leave(&self.inner.core, Instant::now() + timeouts::LEAVE).await
     }
 
+    /// Removes member `node_id` (a dead one, say) from the cluster, through
+    /// the leader, as [`Node::leave`] does for this node.
+    pub async fn remove_member(&self, node_id: u64) -> Result<(), ClusterError> {
+        membership::remove(&self.inner.core, node_id, Instant::now() + timeouts::LEAVE).await
+    }
+
+    /// On the leader: for each other member, the index of the last log entry
+    /// known replicated to it (`None`: nothing yet). Empty elsewhere.
+    pub fn replication(&self) -> Vec<(u64, Option<u64>)> {
+        let metrics = self.inner.core.raft.metrics();
+        let m = metrics.borrow();
+        m.replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.inner.core.id)
+                    .map(|(id, log)| (*id, log.map(|l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Counters of the proposal path since this node started.
     pub fn stats(&self) -> ProposalStats {
         use std::sync::atomic::Ordering::Relaxed;

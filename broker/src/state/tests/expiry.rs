@@ -22,6 +22,7 @@ fn connect_v5(m: &Machine, id: &str, c: ConnId, expiry: u32, will: Option<(Messa
             will_delay,
             max_queued_messages: 10,
             max_queued_bytes: 1 << 20,
+            info: ConnInfo::default(),
         },
     );
 }

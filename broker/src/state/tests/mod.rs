@@ -8,6 +8,7 @@ use starling_storage::StateMachine;
 
 use super::*;
 
+mod admin;
 mod expiry;
 mod fencing;
 mod sessions;
@@ -105,6 +106,18 @@ fn apply(m: &MqttMachine, command: Command) -> Reply {
 }
 
 fn connect(m: &Machine, id: &str, c: ConnId, clean: bool, will: Option<Message>) -> Reply {
+    connect_with(m, id, c, clean, will, ConnInfo::default())
+}
+
+/// `connect`, with the connection's details for the admin API.
+fn connect_with(
+    m: &Machine,
+    id: &str,
+    c: ConnId,
+    clean: bool,
+    will: Option<Message>,
+    info: ConnInfo,
+) -> Reply {
     apply(
         m,
         Command::Connect {
@@ -116,6 +129,7 @@ fn connect(m: &Machine, id: &str, c: ConnId, clean: bool, will: Option<Message>)
             will_delay: 0,
             max_queued_messages: m.max_queued,
             max_queued_bytes: m.max_queued_bytes,
+            info,
         },
     )
 }
@@ -226,6 +240,7 @@ fn mixed_log() -> Vec<Command> {
             will_delay: 0,
             max_queued_messages: 4,
             max_queued_bytes: 1 << 20,
+            info: ConnInfo::default(),
         });
     }
     for (id, c) in [("s", remote(1)), ("c", remote(2))] {

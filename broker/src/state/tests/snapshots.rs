@@ -76,6 +76,7 @@ fn the_same_log_gives_byte_identical_snapshots_on_every_node() {
         will_delay: 0,
         max_queued_messages: 4,
         max_queued_bytes: 1 << 20,
+        info: ConnInfo::default(),
     }];
     run(&a, &more);
     run(&c, &more);

@@ -1,0 +1,192 @@
+//! What the admin API asks of a node: the cluster as this node sees it, the
+//! replicated sessions and retained messages, and the operators' actions
+//! (disconnect a client, delete a session, publish as the broker, clear a
+//! retained message, remove a member). Reads come from this node's copy of
+//! the replicated state, so any node answers; actions go through Raft, so any
+//! node can take them and the node that holds the client carries them out.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::state::{Command, Message, Page, Reply, SessionView, SubscriptionView};
+use crate::{Broker, BrokerError};
+
+/// One member of the cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    pub id: u64,
+    /// Its cluster address.
+    pub address: String,
+    /// "leader", "follower", or "learner" (joining, not yet voting).
+    pub role: &'static str,
+    /// Whether this node hears from it (itself: always).
+    pub up: bool,
+    /// On the leader: the last log index known replicated to it, and how
+    /// many entries it is behind this node's log.
+    pub matched_index: Option<u64>,
+    pub lag: Option<u64>,
+}
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    /// The node answering.
+    pub node_id: u64,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    /// Commands this node has applied since the cluster began.
+    pub applied_commands: u64,
+    pub members: Vec<MemberView>,
+}
+
+/// What deleting a session did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Deleted,
+    NotFound,
+    /// A connection holds it: disconnect the client first.
+    Connected,
+}
+
+impl Broker {
+    /// The members, their roles and replication, and this node's Raft state.
+    pub fn cluster_view(&self) -> ClusterView {
+        let node = &self.shared.node;
+        let status = node.status();
+        let silent = node.silent_peers();
+        let replication = node.replication();
+        let me = node.node_id();
+        let members = node
+            .members()
+            .into_iter()
+            .map(|(id, address, voter)| {
+                let matched = replication
+                    .iter()
+                    .find(|(peer, _)| *peer == id)
+                    .map(|(_, index)| *index);
+                let role = if status.leader == Some(id) {
+                    "leader"
+                } else if voter {
+                    "follower"
+                } else {
+                    "learner"
+                };
+                MemberView {
+                    id,
+                    address,
+                    role,
+                    up: id == me || !silent.contains(&id),
+                    matched_index: matched.flatten(),
+                    lag: matched.map(|m| {
+                        status
+                            .last_log_index
+                            .unwrap_or(0)
+                            .saturating_sub(m.unwrap_or(0))
+                    }),
+                }
+            })
+            .collect();
+        ClusterView {
+            node_id: me,
+            term: status.term,
+            leader: status.leader,
+            last_log_index: status.last_log_index,
+            applied_index: status.last_applied_index,
+            snapshot_index: status.snapshot_index,
+            applied_commands: self.shared.machine.applied(),
+            members,
+        }
+    }
+
+    /// Removes member `id` from the cluster (a dead node, or one scaled
+    /// away), through the leader.
+    pub async fn remove_member(&self, id: u64) -> Result<(), BrokerError> {
+        Ok(self.shared.node.remove_member(id).await?)
+    }
+
+    /// A page of sessions (connected or not), by client id.
+    pub fn sessions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&SessionView) -> bool,
+    ) -> Page<SessionView> {
+        self.shared.machine.sessions_page(after, limit, keep)
+    }
+
+    /// One session and its subscriptions.
+    pub fn session(&self, client_id: &str) -> Option<(SessionView, Vec<SubscriptionView>)> {
+        self.shared.machine.session_view(client_id)
+    }
+
+    /// Every subscription that takes a message published to `topic`.
+    pub fn subscribers(&self, topic: &str) -> Vec<SubscriptionView> {
+        self.shared.machine.subscribers(topic)
+    }
+
+    /// A page of retained messages whose topic matches `filter`.
+    pub fn retained_page(&self, filter: &str, after: Option<&str>, limit: usize) -> Page<Message> {
+        self.shared.machine.retained_page(filter, after, limit)
+    }
+
+    /// The retained message of `topic`.
+    pub fn retained(&self, topic: &str) -> Option<Message> {
+        self.shared.machine.retained(topic)
+    }
+
+    /// Disconnects `client_id` wherever it is connected (MQTT 5: DISCONNECT
+    /// 0x98), as a lost connection: its will is published. False if it is
+    /// not connected.
+    pub async fn kick(&self, client_id: &str) -> Result<bool, BrokerError> {
+        let command = Command::Kick {
+            client_id: Arc::from(client_id),
+        };
+        found(self.shared.propose_synced(command).await?)
+    }
+
+    /// Removes the session of `client_id` and its queue, if no connection
+    /// holds it.
+    pub async fn delete_session(&self, client_id: &str) -> Result<Deleted, BrokerError> {
+        let command = Command::DeleteSession {
+            client_id: Arc::from(client_id),
+        };
+        match self.shared.propose_synced(command).await? {
+            Reply::InUse => Ok(Deleted::Connected),
+            reply => Ok(if found(reply)? {
+                Deleted::Deleted
+            } else {
+                Deleted::NotFound
+            }),
+        }
+    }
+
+    /// Publishes `message` as the broker, with a client's durability: it is
+    /// committed through Raft (so retained, queued for persistent sessions
+    /// and delivered by every node) before this returns.
+    pub async fn publish(&self, message: Message) -> Result<(), BrokerError> {
+        self.shared
+            .propose_synced(Command::BrokerPublish { message })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the retained message of `topic`, delivering nothing. False if
+    /// there was none.
+    pub async fn clear_retained(&self, topic: &str) -> Result<bool, BrokerError> {
+        let command = Command::ClearRetained {
+            topic: Arc::from(topic),
+        };
+        found(self.shared.propose_synced(command).await?)
+    }
+}
+
+fn found(reply: Reply) -> Result<bool, BrokerError> {
+    match reply {
+        Reply::Found(found) => Ok(found),
+        other => Err(BrokerError::UnexpectedReply(format!("{other:?}"))),
+    }
+}
