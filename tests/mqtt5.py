@@ -1390,6 +1390,67 @@ def admin_kick(port, http_port):
     check_eq((message.topic, message.payload), ("ak/will", b"kicked"), "the will")
     watcher.disconnect()
 
+
+def metrics_move(port, http_port):
+    """/metrics, read with the Prometheus project's own text parser, has the
+    cluster-wide gauges from the first scrape, and they move as clients act."""
+    import urllib.request  # pylint: disable=import-outside-toplevel
+    from prometheus_client.parser import (  # pylint: disable=import-outside-toplevel
+        text_string_to_metric_families)
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics",
+                                    timeout=WAIT) as answer:
+            text = answer.read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                samples[key] = sample.value
+        return samples
+
+    def value(samples, name, **labels):
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    def wait_for(name, want, what, **labels):
+        deadline = time.monotonic() + 5
+        while True:
+            got = value(scrape(), name, **labels)
+            if got == want:
+                return
+            if time.monotonic() > deadline:
+                check_eq(got, want, what)
+            time.sleep(0.2)
+
+    first = scrape()
+    for name, labels in [("starling_sessions", {"state": "online"}),
+                         ("starling_sessions", {"state": "offline"}),
+                         ("starling_subscriptions", {"kind": "direct"}),
+                         ("starling_subscriptions", {"kind": "shared"}),
+                         ("starling_retained_messages", {}),
+                         ("starling_retained_bytes", {}),
+                         ("starling_queued_messages", {})]:
+        check_eq(value(first, name, **labels), 0.0, f"{name}{labels} at the first scrape")
+    sub = Paho(port, "mm-sub", protocol=mqtt.MQTTv311, clean_session=False)
+    sub.connect()
+    sub.subscribe_ok("mm/#", qos=1)
+    sub.subscribe_ok("$share/g/mm/#", qos=1)
+    wait_for("starling_sessions", 1.0, "one session online", state="online")
+    wait_for("starling_subscriptions", 1.0, "one direct subscription", kind="direct")
+    wait_for("starling_subscriptions", 1.0, "one shared subscription", kind="shared")
+    pub = v5_client(port, "mm-pub")
+    pub.publish_ok("mm/r", b"12345", qos=1, retain=True)
+    wait_for("starling_retained_messages", 1.0, "one retained message")
+    wait_for("starling_retained_bytes", 9.0, "its topic and payload bytes")
+    received = value(scrape(), "starling_messages_received_total", qos="1")
+    check(received is not None and received >= 1, f"QoS 1 messages received: {received}")
+    sub.disconnect()
+    wait_for("starling_sessions", 1.0, "the persistent session offline", state="offline")
+    pub.publish_ok("mm/q", b"x", qos=1)
+    # One copy for its subscription, one for its shared one's group.
+    wait_for("starling_queued_messages", 2.0, "a message queued for it, twice")
+    pub.disconnect()
+
 SCENARIOS = {
     f.__name__: f
     for f in (
@@ -1415,6 +1476,7 @@ SCENARIOS = {
         persistent_session_expiry_v311,
         retained_limits,
         admin_kick,
+        metrics_move,
     )
 }
 

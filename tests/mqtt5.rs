@@ -151,3 +151,9 @@ async fn admin_kick() {
     let broker = Broker::start().await;
     script::run("admin_kick", &[broker.port, broker.http_port]).await;
 }
+
+#[tokio::test]
+async fn metrics_move() {
+    let broker = Broker::start().await;
+    script::run("metrics_move", &[broker.port, broker.http_port]).await;
+}

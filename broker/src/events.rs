@@ -69,6 +69,31 @@ fn refresh_metrics(shared: &Shared) {
     gauge("snapshot_index", status.snapshot_index.unwrap_or(0));
     gauge("purged_index", status.purged_index.unwrap_or(0));
     gauge("log_bytes", shared.node.log_bytes());
+    let census = shared.machine.census();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    m.sessions
+        .with_label_values(&["online"])
+        .set(count(census.online));
+    m.sessions
+        .with_label_values(&["offline"])
+        .set(count(census.offline));
+    m.subscriptions
+        .with_label_values(&["direct"])
+        .set(count(census.subscriptions - census.shared_subscriptions));
+    m.subscriptions
+        .with_label_values(&["shared"])
+        .set(count(census.shared_subscriptions));
+    m.queued_messages.set(count(census.queued_messages));
+    m.retained_messages.set(count(census.retained_messages));
+    m.retained_bytes
+        .set(i64::try_from(census.retained_bytes).unwrap_or(i64::MAX));
+    let last = status.last_log_index.unwrap_or(0);
+    m.replication_lag.reset();
+    for (peer, matched) in shared.node.replication() {
+        m.replication_lag
+            .with_label_values(&[peer.to_string().as_str()])
+            .set(i64::try_from(last.saturating_sub(matched.unwrap_or(0))).unwrap_or(i64::MAX));
+    }
     let forward = shared.forwarder.stats();
     for peer in &forward.peers {
         let id = peer.id.to_string();

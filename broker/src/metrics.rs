@@ -40,7 +40,24 @@ pub struct Metrics {
     /// Where Raft stands on this node: term, leader (0: none known), whether
     /// it leads, log indexes and the log's size. Refreshed every second.
     pub raft: IntGaugeVec,
+    /// Sessions by state (`online`, `offline`), subscriptions by kind
+    /// (`direct`, `shared`), messages queued for persistent sessions, and
+    /// the retained messages and their bytes: cluster-wide, from this node's
+    /// copy of the replicated state. Refreshed every second.
+    pub sessions: IntGaugeVec,
+    pub subscriptions: IntGaugeVec,
+    pub queued_messages: IntGauge,
+    pub retained_messages: IntGauge,
+    pub retained_bytes: IntGauge,
+    /// On the leader, how many log entries each peer is behind.
+    pub replication_lag: IntGaugeVec,
+    /// When a drop was last logged (ms since the epoch): drops are logged
+    /// at most every `DROP_LOG_EVERY_MS`, counted always.
+    drop_logged_at: std::sync::atomic::AtomicU64,
 }
+
+/// How often drops are logged, at most, in milliseconds.
+const DROP_LOG_EVERY_MS: u64 = 10_000;
 
 impl Metrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Metrics> {
@@ -137,7 +154,50 @@ impl Metrics {
                 "starling_raft_log_flushes_total",
                 "fsyncs of the Raft log",
             )?,
+            sessions: IntGaugeVec::new(
+                Opts::new(
+                    "starling_sessions",
+                    "Sessions in the cluster: online (connected) or offline (persistent)",
+                ),
+                &["state"],
+            )?,
+            subscriptions: IntGaugeVec::new(
+                Opts::new("starling_subscriptions", "Subscriptions in the cluster"),
+                &["kind"],
+            )?,
+            queued_messages: IntGauge::new(
+                "starling_queued_messages",
+                "QoS 1/2 messages in the queues of persistent sessions",
+            )?,
+            retained_messages: IntGauge::new(
+                "starling_retained_messages",
+                "Retained messages in the cluster",
+            )?,
+            retained_bytes: IntGauge::new(
+                "starling_retained_bytes",
+                "Bytes of retained messages (topics and payloads) in the cluster",
+            )?,
+            replication_lag: IntGaugeVec::new(
+                Opts::new(
+                    "starling_raft_replication_lag_entries",
+                    "On the leader: log entries each peer is behind",
+                ),
+                &["peer"],
+            )?,
+            drop_logged_at: std::sync::atomic::AtomicU64::new(0),
         };
+        for state in ["online", "offline"] {
+            metrics.sessions.with_label_values(&[state]);
+        }
+        for kind in ["direct", "shared"] {
+            metrics.subscriptions.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(metrics.sessions.clone()))?;
+        registry.register(Box::new(metrics.subscriptions.clone()))?;
+        registry.register(Box::new(metrics.queued_messages.clone()))?;
+        registry.register(Box::new(metrics.retained_messages.clone()))?;
+        registry.register(Box::new(metrics.retained_bytes.clone()))?;
+        registry.register(Box::new(metrics.replication_lag.clone()))?;
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.forward_frames.clone()))?;
         registry.register(Box::new(metrics.forward_buffered.clone()))?;
@@ -176,9 +236,27 @@ impl Metrics {
         self.dropped_many(reason, 1);
     }
 
-    /// Counts `n` messages dropped for `reason`.
+    /// Counts `n` messages dropped for `reason`, and logs it unless a drop
+    /// was logged in the last ten seconds.
     pub fn dropped_many(&self, reason: &'static str, n: u64) {
-        self.messages_dropped.with_label_values(&[reason]).inc_by(n);
+        let counter = self.messages_dropped.with_label_values(&[reason]);
+        counter.inc_by(n);
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = crate::clock::now_ms();
+        let last = self.drop_logged_at.load(Relaxed);
+        if now >= last.saturating_add(DROP_LOG_EVERY_MS)
+            && self
+                .drop_logged_at
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                reason,
+                total = counter.get(),
+                "messages dropped (logged at most every 10 s; \
+                 starling_messages_dropped_total counts every one)"
+            );
+        }
     }
 
     /// Counts a connection the server closed for `reason`.

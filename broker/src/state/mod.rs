@@ -31,7 +31,7 @@ pub use command::{
     Command, ConnId, ConnInfo, Effect, Message, MessageProps, Owner, Reply, RetainedLimit,
     Subscription, NEVER_EXPIRES,
 };
-pub use views::{Page, SessionView, SubscriptionView};
+pub use views::{Census, Page, SessionView, SubscriptionView};
 
 /// What the subscription trie stores per (filter, client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

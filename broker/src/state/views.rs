@@ -50,6 +50,21 @@ pub struct SubscriptionView {
     pub subscription_id: Option<u32>,
 }
 
+/// Counts over the whole replicated state, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Sessions with a connection, and without one (persistent, offline).
+    pub online: usize,
+    pub offline: usize,
+    /// Subscriptions, and of those the shared ones (`$share/...`).
+    pub subscriptions: usize,
+    pub shared_subscriptions: usize,
+    /// Messages in the queues of persistent sessions.
+    pub queued_messages: usize,
+    pub retained_messages: usize,
+    pub retained_bytes: u64,
+}
+
 /// One page of a listing, and where the next one starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Page<T> {
@@ -165,6 +180,32 @@ impl MqttMachine {
         page(range, limit, |topic, m| {
             filter_matches(filter, topic).then(|| m.clone())
         })
+    }
+
+    /// Counts sessions, subscriptions, queued and retained messages: one
+    /// pass over the sessions, under the state's lock.
+    pub fn census(&self) -> Census {
+        let state = self.lock();
+        let mut census = Census {
+            retained_messages: state.retained.len(),
+            retained_bytes: state.retained_bytes,
+            ..Census::default()
+        };
+        for s in state.sessions.values() {
+            if s.conn.is_some() {
+                census.online += 1;
+            } else {
+                census.offline += 1;
+            }
+            census.subscriptions += s.subscriptions.len();
+            census.shared_subscriptions += s
+                .subscriptions
+                .keys()
+                .filter(|f| f.starts_with("$share/"))
+                .count();
+            census.queued_messages += s.queue.len();
+        }
+        census
     }
 
     /// The retained message of `topic`, if any.
