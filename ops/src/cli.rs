@@ -276,8 +276,6 @@ mod tests {
             "n2.example:7000",
             "--peers",
             "1=n1.example:7000, 2=n2.example:7000,3=[::1]:7000",
-            "--join",
-            "n1.example:7000",
         ]);
         let config = cli.resolve_config(env(&[])).unwrap();
         assert_eq!(config.cluster.listen, "0.0.0.0:7000".parse().unwrap());
@@ -286,6 +284,9 @@ mod tests {
             config.cluster.peers,
             ["1=n1.example:7000", "2=n2.example:7000", "3=[::1]:7000"]
         );
+        // `--join` on its own: with `--peers` the configuration is refused.
+        let cli = parse(&["--node-id", "2", "--join", "n1.example:7000"]);
+        let config = cli.resolve_config(env(&[])).unwrap();
         assert_eq!(config.cluster.join, "n1.example:7000");
     }
 
