@@ -23,7 +23,7 @@ use crate::http::{BrokerHandle, HttpServer};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse_args();
-    if let Some(Command::Config { example: true }) = cli.command {
+    if let Some(Command::Config { example: true, .. }) = cli.command {
         return print_or_fail(config::example());
     }
     if let Some(Command::Passwd(args)) = &cli.command {
@@ -40,8 +40,10 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(e),
     };
-    if let Some(Command::Config { example: false }) = cli.command {
-        return print_or_fail(config.to_toml());
+    match cli.command {
+        Some(Command::Config { check: true, .. }) => return check_config(&config),
+        Some(Command::Config { .. }) => return print_or_fail(config.to_toml()),
+        _ => {}
     }
     if let Err(e) = telemetry::init(&config.log, std::env::var("RUST_LOG").ok()) {
         return fail(e);
@@ -130,6 +132,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
     sole_owner(broker).await.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// `starling config --check`: what a start would read besides the validated
+/// configuration, the log filter (`RUST_LOG` included) and the admin token file,
+/// read without starting anything.
+fn check_config(config: &Config) -> ExitCode {
+    if let Err(e) = telemetry::check_filter(&config.log, std::env::var("RUST_LOG").ok()) {
+        return fail(e);
+    }
+    if let Err(e) = config.http.admin_token() {
+        return fail(format!(
+            "cannot read http.token_file {}: {e}",
+            config.http.token_file
+        ));
+    }
+    println!("configuration OK");
+    ExitCode::SUCCESS
 }
 
 /// The cluster settings the node starts with, and what it will do with them.

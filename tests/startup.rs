@@ -1,0 +1,51 @@
+//! What an operator meets before the broker serves: `starling config --check`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use starling_testkit::process::starling_bin;
+
+/// `starling --config FILE config --check` over `toml`, with no `STARLING_*`
+/// variable or `RUST_LOG` of the test's environment in the way.
+fn check(dir: &Path, toml: &str) -> Output {
+    let file = dir.join("starling.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut command = Command::new(starling_bin());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("STARLING_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(&file)
+        .args(["config", "--check"])
+        .output()
+        .expect("run starling config --check")
+}
+
+#[test]
+fn config_check_says_ok_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let toml = format!("data_dir = {:?}\n[mqtt]\nmax_inflight = 64\n", data);
+    let output = check(dir.path(), &toml);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout.trim(), "configuration OK");
+    assert!(!data.exists(), "config --check created the data dir");
+}
+
+#[test]
+fn config_check_names_the_key_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let toml = format!("data_dir = {:?}\n[mqtt]\nmax_connections = 0\n", data);
+    let output = check(dir.path(), &toml);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(stderr.contains("mqtt.max_connections"), "{stderr}");
+    assert!(output.stdout.is_empty(), "{output:?}");
+    assert!(!data.exists(), "config --check created the data dir");
+}
