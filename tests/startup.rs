@@ -1,9 +1,15 @@
-//! What an operator meets before the broker serves: `starling config --check`.
+//! What an operator meets before the broker serves: `starling config --check`, and
+//! a taken port refused before anything is written.
 
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use starling_testkit::process::starling_bin;
+use starling_testkit::process::{starling_bin, Process};
+
+/// How long a process that refuses to start may take to exit.
+const REFUSAL: Duration = Duration::from_secs(10);
 
 /// `starling --config FILE config --check` over `toml`, with no `STARLING_*`
 /// variable or `RUST_LOG` of the test's environment in the way.
@@ -48,4 +54,35 @@ fn config_check_names_the_key_at_fault() {
     assert!(stderr.contains("mqtt.max_connections"), "{stderr}");
     assert!(output.stdout.is_empty(), "{output:?}");
     assert!(!data.exists(), "config --check created the data dir");
+}
+
+/// Waits for `process` to exit, at most `timeout`, and returns how it exited.
+async fn exit_within(process: &mut Process, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = process.exited() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_taken_mqtt_port_fails_the_start_before_the_data_dir_exists() {
+    let mut process = Process::new("starling", "starling-taken-", "127.0.0.1", None);
+    let taken = TcpListener::bind(("127.0.0.1", process.mqtt)).unwrap();
+    let addr = taken.local_addr().unwrap();
+    process.spawn("127.0.0.1", &[]);
+    let status = exit_within(&mut process, REFUSAL).await;
+    assert!(!status.success(), "{status}");
+    let log = process.log_text();
+    assert!(
+        log.contains(&format!("cannot listen on {addr}")) && log.contains("mqtt.listen"),
+        "{log}"
+    );
+    assert!(
+        !process.data_dir().exists(),
+        "the data dir was created before every port was bound"
+    );
 }

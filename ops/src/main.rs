@@ -66,13 +66,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     // Listening from the start, so that a signal during start-up stops us cleanly.
     let mut signals = Signals::new().context("cannot listen for signals")?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let registry = prometheus::Registry::new();
     telemetry::register_process_metrics(&registry).context("cannot register metrics")?;
     let http_listener = HttpServer::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen for http on {}", config.http.listen))?;
+    check_ports(&config)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
 
     log_cluster(&config.cluster);
     let broker_config = BrokerConfig {
@@ -131,6 +132,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     http.stop().await;
     sole_owner(broker).await.shutdown().await;
     info!("stopped");
+    Ok(())
+}
+
+/// Checks that every listener other than HTTP (bound already) can be bound, by
+/// binding it and letting it go, so that a taken port fails the start before
+/// `data_dir` is created. The broker binds the cluster listener only as its
+/// storage opens, and the MQTT, WebSocket and TLS listeners once Raft is ready;
+/// binding them here for good would take a larger change of `Broker::start`. A
+/// port taken between this check and then still fails the start, later. Port 0,
+/// any free port, is not checked.
+fn check_ports(config: &Config) -> anyhow::Result<()> {
+    let listeners = config.listeners().map_err(anyhow::Error::msg)?;
+    for (key, addr) in listeners {
+        if key == "http.listen" || addr.port() == 0 {
+            continue;
+        }
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} ({key})"))?;
+    }
     Ok(())
 }
 
