@@ -1,5 +1,6 @@
-//! What an operator meets before the broker serves: `starling config --check`, and
-//! a taken port refused before anything is written.
+//! What an operator meets before the broker serves: `starling config --check`, a
+//! taken port refused before anything is written, and a node waiting for its
+//! cluster that answers `/healthz` and stops at once on SIGTERM.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use starling_testkit::process::{starling_bin, Process};
+use starling_testkit::{free_port, http_status, SHUTDOWN_TIMEOUT};
 
 /// How long a process that refuses to start may take to exit.
 const REFUSAL: Duration = Duration::from_secs(10);
@@ -84,5 +86,42 @@ async fn a_taken_mqtt_port_fails_the_start_before_the_data_dir_exists() {
     assert!(
         !process.data_dir().exists(),
         "the data dir was created before every port was bound"
+    );
+}
+
+#[tokio::test]
+async fn a_node_waiting_for_its_cluster_is_alive_and_stops_on_sigterm() {
+    let mut process = Process::new("node 2", "starling-waiting-", "127.0.0.1", None);
+    // Node 1 never starts: node 2 waits for it to bootstrap the cluster.
+    let peers = format!(
+        "1=127.0.0.1:{},2=127.0.0.1:{}",
+        free_port(),
+        process.cluster
+    );
+    let args = ["--node-id", "2", "--peers", &peers].map(String::from);
+    process.spawn("127.0.0.1", &args);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_status(process.http, "/healthz").await != Some(200) {
+        process.assert_running();
+        assert!(Instant::now() < deadline, "no /healthz 200 within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http_status(process.http, "/readyz").await, Some(503));
+    // HTTP serves before storage is open; the wait is logged once it is.
+    while !process.log_text().contains("waiting for a leader") {
+        assert!(
+            Instant::now() < deadline,
+            "the wait for a leader is not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http_status(process.http, "/readyz").await, Some(503));
+    let asked = Instant::now();
+    let status = process.terminate(SHUTDOWN_TIMEOUT).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
     );
 }

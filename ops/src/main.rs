@@ -57,6 +57,10 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Runs the node until SIGINT or SIGTERM. In this order: signals are handled,
+/// the HTTP port is bound and every other listener's port checked, and only then
+/// is `data_dir` created; HTTP serves (`/readyz` 503) while the broker starts, and
+/// a signal meanwhile stops the process at once.
 async fn run(config: Config) -> anyhow::Result<()> {
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -74,6 +78,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     check_ports(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let token = config
+        .http
+        .admin_token()
+        .with_context(|| format!("cannot read http.token_file {}", config.http.token_file))?;
+    if token.is_none() {
+        tracing::info!("no admin token configured: the admin API answers loopback addresses only");
+    }
+    let token = http::AdminToken::new(token);
+    let handle = Arc::new(BrokerHandle::starting());
+    let http = HttpServer::serve(http_listener, handle.clone(), registry.clone(), token)
+        .context("cannot serve http")?;
+    info!("http listening on {}", http.local_addr());
 
     log_cluster(&config.cluster);
     let broker_config = BrokerConfig {
@@ -85,9 +101,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         auth: config.auth.clone(),
         tls: config.tls.clone(),
     };
-    let broker = Broker::start(broker_config, &registry)
+    // Start-up may wait a minute for a leader: a signal meanwhile gives it up.
+    let stop = async {
+        let name = signals
+            .recv(|| info!("SIGHUP ignored: still starting"))
+            .await;
+        info!(signal = name, "stopping before the start completed");
+    };
+    let started = Broker::start_until(broker_config, &registry, stop)
         .await
         .context("cannot start the broker")?;
+    let Some(broker) = started else {
+        http.stop().await;
+        info!("stopped");
+        return Ok(());
+    };
     info!("mqtt listening on {}", broker.mqtt_addr());
     if let Some(addr) = broker.websocket_addr() {
         info!("mqtt over websocket listening on {addr}");
@@ -108,18 +136,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let broker = Arc::new(broker);
-    let handle = Arc::new(BrokerHandle(Arc::downgrade(&broker)));
-    let token = config
-        .http
-        .admin_token()
-        .with_context(|| format!("cannot read http.token_file {}", config.http.token_file))?;
-    if token.is_none() {
-        tracing::info!("no admin token configured: the admin API answers loopback addresses only");
-    }
-    let token = http::AdminToken::new(token);
-    let http =
-        HttpServer::serve(http_listener, handle, registry, token).context("cannot serve http")?;
-    info!("http listening on {}", http.local_addr());
+    handle.started(Arc::downgrade(&broker));
 
     let name = signals.recv(|| reload(&broker)).await;
     info!(signal = name, "stopping");
