@@ -30,6 +30,8 @@ mod retained_will;
 mod sessions;
 #[path = "slow_subscriber.rs"]
 mod slow_subscriber;
+#[path = "startup.rs"]
+mod startup;
 #[path = "tls.rs"]
 mod tls;
 #[path = "websocket.rs"]

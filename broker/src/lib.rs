@@ -109,6 +109,20 @@ impl Broker {
         config: BrokerConfig,
         registry: &prometheus::Registry,
     ) -> Result<Broker, BrokerError> {
+        let started = Broker::start_until(config, registry, std::future::pending()).await?;
+        Ok(started.expect("a pending stop never resolves"))
+    }
+
+    /// [`Broker::start`], given up when `stop` resolves first: `None` then. While
+    /// the node waits to be ready (for a leader, up to a minute) it is shut down
+    /// cleanly; while it opens its storage or joins, it is dropped where it
+    /// stands, its writes as durable as ever.
+    pub async fn start_until(
+        config: BrokerConfig,
+        registry: &prometheus::Registry,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<Broker>, BrokerError> {
+        tokio::pin!(stop);
         // Checked before anything starts.
         let authenticators = authenticators(&config.mqtt)?;
         let auth_files = Arc::new(auth::AuthFiles::load(&config.auth)?);
@@ -154,11 +168,20 @@ impl Broker {
         let node = Node::builder(node_config, machine.clone())
             .tuning(tuning)
             .forward_handler(inbound)
-            .start()
-            .await?;
+            .start();
+        let node = tokio::select! {
+            node = node => node?,
+            () = &mut stop => return Ok(None),
+        };
         let incarnation = node.incarnation();
         local.set_incarnation(incarnation);
-        node.wait_ready(timeouts::READY).await?;
+        tokio::select! {
+            ready = wait_ready(&node, &config.cluster) => ready?,
+            () = &mut stop => {
+                node.shutdown().await;
+                return Ok(None);
+            }
+        }
         let forwarder = starling_cluster::Forwarder::with_dialer(
             config.node_id,
             FORWARD_BUFFER,
@@ -246,7 +269,7 @@ impl Broker {
             shared.clone(),
             shutdown_rx,
         ));
-        Ok(Broker {
+        Ok(Some(Broker {
             shared,
             mqtt_addr,
             websocket_addr,
@@ -256,7 +279,7 @@ impl Broker {
             recovered,
             shutdown,
             accept,
-        })
+        }))
     }
 
     /// The address the MQTT listener is bound to (useful with port 0).
@@ -347,6 +370,66 @@ impl Broker {
             "raft proposal totals"
         );
         self.shared.node.shutdown().await;
+    }
+}
+
+/// Waits until `node` is ready, at most `timeouts::READY`, saying at once and
+/// then every `timeouts::READY_REPORT` what it waits for, so that a node that
+/// cannot find its cluster does not stay silent for a minute.
+async fn wait_ready(node: &Node, cluster: &ClusterConfig) -> Result<(), BrokerError> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + timeouts::READY;
+    let mut first = true;
+    loop {
+        if node.is_ready() {
+            return Ok(());
+        }
+        report_waiting(node, cluster, start.elapsed(), first);
+        first = false;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let round = left.min(timeouts::READY_REPORT);
+        match node.wait_ready(round).await {
+            Ok(()) => return Ok(()),
+            Err(starling_cluster::ClusterError::Unavailable) if left > round => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Logs what a starting node waits for: a leader, a quorum, or the replay of its
+/// log; with the members it knows and the peers or join address it was given.
+/// The `first` time at info, later ones as a warning.
+fn report_waiting(node: &Node, cluster: &ClusterConfig, waited: Duration, first: bool) {
+    let status = node.status();
+    let waiting_for = match status.leader {
+        None => "a leader: none is known yet",
+        Some(_) if !node.quorum_hint() => "a quorum: the leader has not been heard from",
+        Some(_) => "the replay of the log on disk",
+    };
+    let leader = status
+        .leader
+        .map_or_else(|| "none".to_owned(), |id| id.to_string());
+    let members = node
+        .members()
+        .iter()
+        .map(|(id, addr, _)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let peers = cluster.peers.join(",");
+    let join = cluster.join.trim();
+    let applied = status.last_applied_index.unwrap_or(0);
+    let last_log = status.last_log_index.unwrap_or(0);
+    let waited = waited.as_secs();
+    if first {
+        tracing::info!(
+            %leader, term = status.term, %members, %peers, join, applied, last_log,
+            "waiting for {waiting_for}"
+        );
+    } else {
+        tracing::warn!(
+            waited_s = waited, %leader, term = status.term, %members, %peers, join,
+            applied, last_log, "still waiting for {waiting_for}"
+        );
     }
 }
 

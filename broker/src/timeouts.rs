@@ -28,6 +28,10 @@ pub(crate) const SYNC: Duration = Duration::from_secs(1);
 /// How long a starting node waits for Raft to be ready: replaying a log of
 /// `max_log_bytes` and finding a leader.
 pub(crate) const READY: Duration = Duration::from_secs(60);
+/// How often a node still waiting to be ready says what it waits for: often
+/// enough that an operator watching the log sees it within a glance, rarely
+/// enough that a minute's wait is six lines.
+pub(crate) const READY_REPORT: Duration = Duration::from_secs(10);
 /// How long a stopping node waits for its connections to close.
 pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 /// How often connections are checked for an expired keepalive or a mailbox

@@ -33,8 +33,14 @@ pub enum Command {
     Config {
         /// Print a commented example file instead: every key, what it means, and its
         /// default.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "check")]
         example: bool,
+        /// Check the configuration as a start would (config file, environment,
+        /// --set and flags), without starting anything or touching the data
+        /// directory: print "configuration OK" and exit 0, or print what is wrong
+        /// and exit 1.
+        #[arg(long)]
+        check: bool,
     },
     /// Add a user to a password file (`auth.password_file`), or change its password,
     /// as `mosquitto_passwd` does: the file is created if missing (readable by its owner
@@ -279,8 +285,6 @@ mod tests {
             "n2.example:7000",
             "--peers",
             "1=n1.example:7000, 2=n2.example:7000,3=[::1]:7000",
-            "--join",
-            "n1.example:7000",
         ]);
         let config = cli.resolve_config(env(&[])).unwrap();
         assert_eq!(config.cluster.listen, "0.0.0.0:7000".parse().unwrap());
@@ -289,6 +293,9 @@ mod tests {
             config.cluster.peers,
             ["1=n1.example:7000", "2=n2.example:7000", "3=[::1]:7000"]
         );
+        // `--join` on its own: with `--peers` the configuration is refused.
+        let cli = parse(&["--node-id", "2", "--join", "n1.example:7000"]);
+        let config = cli.resolve_config(env(&[])).unwrap();
         assert_eq!(config.cluster.join, "n1.example:7000");
     }
 
@@ -395,16 +402,39 @@ mod tests {
         let cli = parse(&["config", "--example"]);
         assert!(matches!(
             cli.command,
-            Some(Command::Config { example: true })
+            Some(Command::Config {
+                example: true,
+                check: false
+            })
         ));
         let cli = parse(&["--node-id", "4", "config"]);
         assert!(matches!(
             cli.command,
-            Some(Command::Config { example: false })
+            Some(Command::Config {
+                example: false,
+                check: false
+            })
         ));
         assert_eq!(cli.overrides.node_id, Some(4));
         let cli = parse(&["config", "--node-id", "5"]);
         assert_eq!(cli.overrides.node_id, Some(5));
+    }
+
+    #[test]
+    fn config_check_takes_the_file_before_or_after_it() {
+        for args in [
+            &["config", "--check", "--config", "/etc/starling.toml"][..],
+            &["--config", "/etc/starling.toml", "config", "--check"],
+        ] {
+            let cli = parse(args);
+            assert!(
+                matches!(cli.command, Some(Command::Config { check: true, .. })),
+                "{args:?}"
+            );
+            assert_eq!(cli.config, Some(PathBuf::from("/etc/starling.toml")));
+        }
+        let argv = ["starling", "config", "--check", "--example"];
+        assert!(Cli::try_parse_from(argv).is_err(), "one or the other");
     }
 
     #[test]

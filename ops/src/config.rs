@@ -330,25 +330,74 @@ pub fn split_list(raw: &str) -> toml::Value {
     )
 }
 
-impl Config {
-    /// Checks what serde cannot: the cluster addresses and the peer list. Run on the
-    /// merged configuration, so that a mistake fails the start whatever set it.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let cluster = &self.cluster;
-        let invalid = |key, env, flag, reason| ConfigError::Invalid {
+/// The keys that a command-line flag also sets, with their environment variable
+/// and that flag: an error about one of them names all three.
+const FLAGS: &[(&str, &str, &str)] = &[
+    ("data_dir", "STARLING_DATA_DIR", "--data-dir"),
+    ("mqtt.listen", "STARLING_MQTT__LISTEN", "--mqtt-listen"),
+    ("http.listen", "STARLING_HTTP__LISTEN", "--http-listen"),
+    ("node_id", "STARLING_NODE_ID", "--node-id"),
+    (
+        "cluster.listen",
+        "STARLING_CLUSTER__LISTEN",
+        "--cluster-listen",
+    ),
+    (
+        "cluster.advertise",
+        "STARLING_CLUSTER__ADVERTISE",
+        "--advertise",
+    ),
+    ("cluster.peers", "STARLING_CLUSTER__PEERS", "--peers"),
+    ("cluster.join", "STARLING_CLUSTER__JOIN", "--join"),
+];
+
+/// The smallest `cluster.node_down_after_ms` the cluster accepts: Raft's
+/// longest election timeout, under which a live node would be declared down.
+const MIN_NODE_DOWN_AFTER_MS: u64 = 500;
+
+/// The error for an unusable value of `key`, naming its environment variable,
+/// and its flag if it has one.
+fn refuse(key: &'static str, reason: String) -> ConfigError {
+    match FLAGS.iter().find(|(k, _, _)| *k == key) {
+        Some(&(key, env, flag)) => ConfigError::Invalid {
             key,
             env,
             flag,
             reason,
-        };
-        let peers = |reason| {
-            invalid(
-                "cluster.peers",
-                "STARLING_CLUSTER__PEERS",
-                "--peers",
-                reason,
-            )
-        };
+        },
+        None => ConfigError::Setting {
+            key,
+            env: example::env_var(key),
+            reason,
+        },
+    }
+}
+
+impl Config {
+    /// Checks what serde cannot: values that cannot work, alone or together. Run on
+    /// the merged configuration, so that a mistake fails the start whatever set it,
+    /// and by `starling config --check`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_peers()?;
+        self.check_cluster()?;
+        self.check_limits()?;
+        self.check_listeners()?;
+        self.check_log_level()?;
+        // The TLS listeners: their files, and the options that go together.
+        let secure_websocket = self
+            .websocket
+            .tls_listen()
+            .map_err(|reason| refuse("websocket.tls_listen", reason))?;
+        self.tls
+            .check(secure_websocket.is_some())
+            .map_err(|(key, reason)| refuse(key, reason))?;
+        Ok(())
+    }
+
+    /// The peer list: entries of "ID=HOST:PORT", ids unique, this node among them.
+    fn check_peers(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        let peers = |reason| refuse("cluster.peers", reason);
         let ids = cluster.parse_peers().map_err(peers)?;
         if ids.len() != cluster.peers.len() {
             return Err(peers("two entries have the same id".to_owned()));
@@ -365,47 +414,118 @@ impl Config {
                 self.node_id
             )));
         }
-        for (key, env, flag, value) in [
-            (
-                "cluster.advertise",
-                "STARLING_CLUSTER__ADVERTISE",
-                "--advertise",
-                &cluster.advertise,
-            ),
-            (
-                "cluster.join",
-                "STARLING_CLUSTER__JOIN",
-                "--join",
-                &cluster.join,
-            ),
+        Ok(())
+    }
+
+    /// The other cluster keys: addresses that are HOST:PORT, `peers` or `join` but
+    /// not both, and a `node_down_after_ms` Raft can live with.
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        for (key, value) in [
+            ("cluster.advertise", &cluster.advertise),
+            ("cluster.join", &cluster.join),
         ] {
             if !value.is_empty() && !is_host_port(value) {
-                return Err(invalid(
+                return Err(refuse(key, format!("{value:?} is not HOST:PORT")));
+            }
+        }
+        if !cluster.peers.is_empty() && !cluster.join.trim().is_empty() {
+            return Err(refuse(
+                "cluster.join",
+                "set together with cluster.peers: peers form a new cluster, join enters \
+                 a running one; set only one of them"
+                    .to_owned(),
+            ));
+        }
+        if cluster.node_down_after_ms < MIN_NODE_DOWN_AFTER_MS {
+            return Err(refuse(
+                "cluster.node_down_after_ms",
+                format!(
+                    "{} is under {MIN_NODE_DOWN_AFTER_MS} ms, Raft's election timeout: \
+                     live nodes would be declared down",
+                    cluster.node_down_after_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The MQTT limits that would refuse every client.
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("mqtt.max_packet_size", self.mqtt.max_packet_size),
+            ("mqtt.max_connections", self.mqtt.max_connections),
+        ] {
+            if value == 0 {
+                return Err(refuse(key, "0 would refuse every client".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// No two listeners on the same address, which would fail the start at the
+    /// second one, after storage was opened.
+    fn check_listeners(&self) -> Result<(), ConfigError> {
+        let listeners = self.listeners().map_err(|reason| {
+            // Only `websocket.tls_listen` is text that may not parse.
+            refuse("websocket.tls_listen", reason)
+        })?;
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let earlier = listeners[..i]
+                .iter()
+                .find(|(_, other)| overlap(*addr, *other));
+            if let Some((other, other_addr)) = earlier {
+                return Err(refuse(
                     key,
-                    env,
-                    flag,
-                    format!("{value:?} is not HOST:PORT"),
+                    format!(
+                        "{addr} takes the port of {other} ({other_addr}); every listener \
+                         needs its own"
+                    ),
                 ));
             }
         }
-        // The TLS listeners: their files, and the options that go together.
-        let setting = |key: &'static str, reason| ConfigError::Setting {
-            key,
-            env: format!(
-                "{ENV_PREFIX}{}",
-                key.to_ascii_uppercase().replace('.', ENV_SEPARATOR)
-            ),
-            reason,
-        };
-        let secure_websocket = self
-            .websocket
-            .tls_listen()
-            .map_err(|reason| setting("websocket.tls_listen", reason))?;
-        self.tls
-            .check(secure_websocket.is_some())
-            .map_err(|(key, reason)| setting(key, reason))?;
         Ok(())
     }
+
+    /// A `log.level` that tracing's filter parser accepts, as `telemetry::init`
+    /// parses it. Checked even when `RUST_LOG` replaces it, so that a mistake in
+    /// the file does not wait for the day `RUST_LOG` is unset.
+    fn check_log_level(&self) -> Result<(), ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map(drop)
+            .map_err(|e| refuse("log.level", format!("{:?}: {e}", self.log.level)))
+    }
+
+    /// Every TCP listener this configuration opens, by key: MQTT, HTTP and
+    /// cluster always, WebSocket and TLS when they are on. An unparsable
+    /// `websocket.tls_listen` is an error.
+    pub fn listeners(&self) -> Result<Vec<(&'static str, SocketAddr)>, String> {
+        let mut listeners = vec![
+            ("mqtt.listen", self.mqtt.listen),
+            ("http.listen", self.http.listen),
+            ("cluster.listen", self.cluster.listen),
+        ];
+        if self.websocket.enabled {
+            listeners.push(("websocket.listen", self.websocket.listen));
+        }
+        if self.tls.enabled {
+            listeners.push(("tls.listen", self.tls.listen));
+        }
+        if let Some(addr) = self.websocket.tls_listen()? {
+            listeners.push(("websocket.tls_listen", addr));
+        }
+        Ok(listeners)
+    }
+}
+
+/// Whether listeners on `a` and `b` would take the same port: the same port
+/// number, not 0 (any free port), on the same address or on the wildcard
+/// address of the same family.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let (x, y) = (a.ip(), b.ip());
+    a.port() != 0
+        && a.port() == b.port()
+        && (x == y || ((x.is_unspecified() || y.is_unspecified()) && x.is_ipv4() == y.is_ipv4()))
 }
 
 /// Whether `addr` looks like "HOST:PORT" ("[::1]:7946" included), spaces around it

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -46,9 +46,10 @@ pub trait Node: Send + Sync + 'static {
     fn broker(&self) -> Option<Arc<Broker>>;
 }
 
-/// The future of a call on the broker, or `ShuttingDown` once it is gone.
+/// The future of a call on the broker, or of the error that says why there is
+/// none.
 fn with_broker<'a, F, Fut>(
-    broker: Option<Arc<Broker>>,
+    broker: Result<Arc<Broker>, ClusterError>,
     call: F,
 ) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + 'a>>
 where
@@ -57,31 +58,50 @@ where
 {
     Box::pin(async move {
         match broker {
-            Some(broker) => call(broker).await,
-            None => Err(ClusterError::ShuttingDown.into()),
+            Ok(broker) => call(broker).await,
+            Err(e) => Err(e.into()),
         }
     })
 }
 
-/// The broker as the routes see it. Only a `Weak`: the binary needs to own the broker
-/// alone to shut it down, so a route holds it for one call at most.
-pub struct BrokerHandle(pub Weak<Broker>);
+/// The broker as the routes see it: none while it starts, so that `/healthz`
+/// answers from the first moment. Only a `Weak` then: the binary needs to own the
+/// broker alone to shut it down, so a route holds it for one call at most.
+#[derive(Default)]
+pub struct BrokerHandle(OnceLock<Weak<Broker>>);
+
+impl BrokerHandle {
+    /// A handle whose broker is still starting: not ready, and the admin API
+    /// answers that there is no leader yet.
+    pub fn starting() -> BrokerHandle {
+        BrokerHandle::default()
+    }
+
+    /// The broker has started: the routes reach it from now on. Only the first
+    /// call counts.
+    pub fn started(&self, broker: Weak<Broker>) {
+        let _ = self.0.set(broker);
+    }
+
+    /// The broker, `Unavailable` while it starts, `ShuttingDown` once it is gone.
+    fn broker(&self) -> Result<Arc<Broker>, ClusterError> {
+        let broker = self.0.get().ok_or(ClusterError::Unavailable)?;
+        broker.upgrade().ok_or(ClusterError::ShuttingDown)
+    }
+}
 
 impl Node for BrokerHandle {
     fn is_ready(&self) -> bool {
-        // Once the broker is shutting down the upgrade fails and the node is not ready.
-        self.0.upgrade().is_some_and(|broker| broker.is_ready())
+        // Starting, or shutting down: then the node is not ready.
+        self.broker().is_ok_and(|broker| broker.is_ready())
     }
 
     fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
-        with_broker(
-            self.0.upgrade(),
-            |broker| async move { broker.leave().await },
-        )
+        with_broker(self.broker(), |broker| async move { broker.leave().await })
     }
 
     fn reload_auth(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
-        with_broker(self.0.upgrade(), |broker| async move {
+        with_broker(self.broker(), |broker| async move {
             broker.reload_auth_everywhere().await
         })
     }
@@ -578,12 +598,40 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopped_broker_cannot_leave() {
-        let handle = BrokerHandle(Weak::new());
+        let handle = BrokerHandle::starting();
+        handle.started(Weak::new());
         assert!(!handle.is_ready());
         let err = handle.leave().await.unwrap_err();
         assert!(
             matches!(err, BrokerError::Cluster(ClusterError::ShuttingDown)),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_starting_broker_is_alive_but_not_ready() {
+        let handle = Arc::new(BrokerHandle::starting());
+        assert!(!handle.is_ready());
+        let err = handle.leave().await.unwrap_err();
+        assert!(
+            matches!(err, BrokerError::Cluster(ClusterError::Unavailable)),
+            "{err}"
+        );
+        let err = handle.reload_auth().await.unwrap_err();
+        assert!(
+            matches!(err, BrokerError::Cluster(ClusterError::Unavailable)),
+            "{err}"
+        );
+        let listener = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let server =
+            HttpServer::serve(listener, handle, Registry::new(), AdminToken::default()).unwrap();
+        let addr = server.local_addr();
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        assert_eq!(get(addr, "/readyz").await.0, 503);
+        let (status, _, body) = request(addr, "POST", "/api/v1/cluster/leave").await;
+        assert_eq!(status, 503, "{body}");
+        server.stop().await;
     }
 }

@@ -25,7 +25,7 @@ use crate::http::{BrokerHandle, HttpServer};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse_args();
-    if let Some(Command::Config { example: true }) = cli.command {
+    if let Some(Command::Config { example: true, .. }) = cli.command {
         return print_or_fail(config::example());
     }
     if let Some(Command::Ctl(args)) = &cli.command {
@@ -48,8 +48,10 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(e),
     };
-    if let Some(Command::Config { example: false }) = cli.command {
-        return print_or_fail(config.to_toml());
+    match cli.command {
+        Some(Command::Config { check: true, .. }) => return check_config(&config),
+        Some(Command::Config { .. }) => return print_or_fail(config.to_toml()),
+        _ => {}
     }
     if let Err(e) = telemetry::init(&config.log, std::env::var("RUST_LOG").ok()) {
         return fail(e);
@@ -63,6 +65,10 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Runs the node until SIGINT or SIGTERM. In this order: signals are handled,
+/// the HTTP port is bound and every other listener's port checked, and only then
+/// is `data_dir` created; HTTP serves (`/readyz` 503) while the broker starts, and
+/// a signal meanwhile stops the process at once.
 async fn run(config: Config) -> anyhow::Result<()> {
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -72,13 +78,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     // Listening from the start, so that a signal during start-up stops us cleanly.
     let mut signals = Signals::new().context("cannot listen for signals")?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let registry = prometheus::Registry::new();
     telemetry::register_process_metrics(&registry).context("cannot register metrics")?;
     let http_listener = HttpServer::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen for http on {}", config.http.listen))?;
+    check_ports(&config)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let token = config
+        .http
+        .admin_token()
+        .with_context(|| format!("cannot read http.token_file {}", config.http.token_file))?;
+    if token.is_none() {
+        tracing::info!("no admin token configured: the admin API answers loopback addresses only");
+    }
+    let token = http::AdminToken::new(token);
+    let handle = Arc::new(BrokerHandle::starting());
+    let http = HttpServer::serve(http_listener, handle.clone(), registry.clone(), token)
+        .context("cannot serve http")?;
+    info!("http listening on {}", http.local_addr());
 
     log_cluster(&config.cluster);
     let broker_config = BrokerConfig {
@@ -90,9 +109,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         auth: config.auth.clone(),
         tls: config.tls.clone(),
     };
-    let broker = Broker::start(broker_config, &registry)
+    // Start-up may wait a minute for a leader: a signal meanwhile gives it up.
+    let stop = async {
+        let name = signals
+            .recv(|| info!("SIGHUP ignored: still starting"))
+            .await;
+        info!(signal = name, "stopping before the start completed");
+    };
+    let started = Broker::start_until(broker_config, &registry, stop)
         .await
         .context("cannot start the broker")?;
+    let Some(broker) = started else {
+        http.stop().await;
+        info!("stopped");
+        return Ok(());
+    };
     info!("mqtt listening on {}", broker.mqtt_addr());
     if let Some(addr) = broker.websocket_addr() {
         info!("mqtt over websocket listening on {addr}");
@@ -113,18 +144,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let broker = Arc::new(broker);
-    let handle = Arc::new(BrokerHandle(Arc::downgrade(&broker)));
-    let token = config
-        .http
-        .admin_token()
-        .with_context(|| format!("cannot read http.token_file {}", config.http.token_file))?;
-    if token.is_none() {
-        tracing::info!("no admin token configured: the admin API answers loopback addresses only");
-    }
-    let token = http::AdminToken::new(token);
-    let http =
-        HttpServer::serve(http_listener, handle, registry, token).context("cannot serve http")?;
-    info!("http listening on {}", http.local_addr());
+    handle.started(Arc::downgrade(&broker));
 
     let name = signals.recv(|| reload(&broker)).await;
     info!(signal = name, "stopping");
@@ -138,6 +158,42 @@ async fn run(config: Config) -> anyhow::Result<()> {
     sole_owner(broker).await.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// Checks that every listener other than HTTP (bound already) can be bound, by
+/// binding it and letting it go, so that a taken port fails the start before
+/// `data_dir` is created. The broker binds the cluster listener only as its
+/// storage opens, and the MQTT, WebSocket and TLS listeners once Raft is ready;
+/// binding them here for good would take a larger change of `Broker::start`. A
+/// port taken between this check and then still fails the start, later. Port 0,
+/// any free port, is not checked.
+fn check_ports(config: &Config) -> anyhow::Result<()> {
+    let listeners = config.listeners().map_err(anyhow::Error::msg)?;
+    for (key, addr) in listeners {
+        if key == "http.listen" || addr.port() == 0 {
+            continue;
+        }
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} ({key})"))?;
+    }
+    Ok(())
+}
+
+/// `starling config --check`: what a start would read besides the validated
+/// configuration, the log filter (`RUST_LOG` included) and the admin token file,
+/// read without starting anything.
+fn check_config(config: &Config) -> ExitCode {
+    if let Err(e) = telemetry::check_filter(&config.log, std::env::var("RUST_LOG").ok()) {
+        return fail(e);
+    }
+    if let Err(e) = config.http.admin_token() {
+        return fail(format!(
+            "cannot read http.token_file {}: {e}",
+            config.http.token_file
+        ));
+    }
+    println!("configuration OK");
+    ExitCode::SUCCESS
 }
 
 /// The cluster settings the node starts with, and what it will do with them.

@@ -38,6 +38,12 @@ pub fn init(log: &LogConfig, rust_log: Option<String>) -> Result<(), TelemetryEr
     installed.map_err(|e| TelemetryError::Install(e.to_string()))
 }
 
+/// Checks the filter `init` would install, without installing it.
+pub fn check_filter(log: &LogConfig, rust_log: Option<String>) -> Result<(), TelemetryError> {
+    filter(log, rust_log).map(drop)
+}
+
+/// The filter of `log.level`, or of `rust_log` when it is set and not empty.
 fn filter(log: &LogConfig, rust_log: Option<String>) -> Result<EnvFilter, TelemetryError> {
     let (origin, filter) = match rust_log.filter(|s| !s.trim().is_empty()) {
         Some(filter) => ("RUST_LOG", filter),

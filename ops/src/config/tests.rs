@@ -371,3 +371,119 @@ fn tls_without_its_files_names_the_missing_key() {
     let error = config.validate().unwrap_err().to_string();
     assert!(error.contains("websocket.tls_listen"), "{error}");
 }
+
+/// The error `config` fails validation with, after checking that it names `key`
+/// as its key and in its text.
+fn refused(config: &Config, key: &str) -> String {
+    let err = config.validate().unwrap_err();
+    let named = match &err {
+        ConfigError::Invalid { key: k, .. } | ConfigError::Setting { key: k, .. } => *k,
+        other => panic!("{key}: not a key's error: {other}"),
+    };
+    let text = err.to_string();
+    assert_eq!(named, key, "{text}");
+    assert!(text.contains(key), "{text}");
+    text
+}
+
+#[test]
+fn limits_that_refuse_every_client_are_refused() {
+    let mut config = Config::default();
+    config.mqtt.max_packet_size = 0;
+    let text = refused(&config, "mqtt.max_packet_size");
+    assert!(text.contains("STARLING_MQTT__MAX_PACKET_SIZE"), "{text}");
+    let mut config = Config::default();
+    config.mqtt.max_connections = 0;
+    refused(&config, "mqtt.max_connections");
+}
+
+#[test]
+fn node_down_after_under_the_election_timeout_is_refused() {
+    let mut config = Config::default();
+    config.cluster.node_down_after_ms = 0;
+    refused(&config, "cluster.node_down_after_ms");
+    config.cluster.node_down_after_ms = 499;
+    refused(&config, "cluster.node_down_after_ms");
+    config.cluster.node_down_after_ms = 500;
+    config.validate().unwrap();
+}
+
+#[test]
+fn peers_and_join_together_are_refused() {
+    let config = with_cluster(1, &["1=a:1", "2=b:1"], "", "b:1");
+    let text = refused(&config, "cluster.join");
+    assert!(
+        text.contains("cluster.peers") && text.contains("--join"),
+        "{text}"
+    );
+}
+
+#[test]
+fn two_listeners_on_one_address_are_refused() {
+    let addr = |text: &str| -> SocketAddr { text.parse().unwrap() };
+    let mut config = Config::default();
+    config.http.listen = config.mqtt.listen;
+    let text = refused(&config, "http.listen");
+    assert!(
+        text.contains("mqtt.listen") && text.contains("--http-listen"),
+        "{text}"
+    );
+
+    let mut config = Config::default();
+    config.cluster.listen = addr("0.0.0.0:1883");
+    let text = refused(&config, "cluster.listen");
+    assert!(
+        text.contains("mqtt.listen"),
+        "the wildcard takes the port too: {text}"
+    );
+
+    let mut config = Config::default();
+    config.websocket.listen = config.http.listen;
+    config.validate().unwrap();
+    config.websocket.enabled = true;
+    refused(&config, "websocket.listen");
+
+    let mut config = from_env(&[
+        ("STARLING_TLS__CERT_FILE", "/c.pem"),
+        ("STARLING_TLS__KEY_FILE", "/k.pem"),
+    ])
+    .unwrap();
+    config.tls.listen = config.cluster.listen;
+    config.validate().unwrap();
+    config.tls.enabled = true;
+    refused(&config, "tls.listen");
+    config.tls.enabled = false;
+    config.websocket.tls_listen = config.mqtt.listen.to_string();
+    refused(&config, "websocket.tls_listen");
+}
+
+#[test]
+fn listeners_on_port_0_or_other_addresses_do_not_collide() {
+    let mut config = Config::default();
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.cluster.listen = "127.0.0.2:1883".parse().unwrap();
+    config.validate().unwrap();
+    config.cluster.listen = "[::1]:0".parse().unwrap();
+    config.mqtt.listen = "[::1]:1883".parse().unwrap();
+    config.http.listen = "0.0.0.0:1883".parse().unwrap();
+    config.validate().unwrap();
+}
+
+#[test]
+fn a_log_level_tracing_cannot_parse_is_refused() {
+    let mut config = Config::default();
+    config.log.level = "info,starling_broker=loud".to_owned();
+    let text = refused(&config, "log.level");
+    assert!(text.contains("STARLING_LOG__LEVEL"), "{text}");
+    config.log.level = "warn,starling_broker=debug,openraft=off".to_owned();
+    config.validate().unwrap();
+}
+
+#[test]
+fn keys_with_flags_name_their_variable_and_flag() {
+    for (key, env, flag) in FLAGS {
+        assert_eq!(*env, example::env_var(key), "{key}");
+        assert!(flag.starts_with("--"), "{key}");
+    }
+}
