@@ -84,7 +84,7 @@ impl BrokerHandle {
     }
 
     /// The broker, `Unavailable` while it starts, `ShuttingDown` once it is gone.
-    fn broker(&self) -> Result<Arc<Broker>, ClusterError> {
+    fn current(&self) -> Result<Arc<Broker>, ClusterError> {
         let broker = self.0.get().ok_or(ClusterError::Unavailable)?;
         broker.upgrade().ok_or(ClusterError::ShuttingDown)
     }
@@ -93,21 +93,21 @@ impl BrokerHandle {
 impl Node for BrokerHandle {
     fn is_ready(&self) -> bool {
         // Starting, or shutting down: then the node is not ready.
-        self.broker().is_ok_and(|broker| broker.is_ready())
+        self.current().is_ok_and(|broker| broker.is_ready())
     }
 
     fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
-        with_broker(self.broker(), |broker| async move { broker.leave().await })
+        with_broker(self.current(), |broker| async move { broker.leave().await })
     }
 
     fn reload_auth(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
-        with_broker(self.broker(), |broker| async move {
+        with_broker(self.current(), |broker| async move {
             broker.reload_auth_everywhere().await
         })
     }
 
     fn broker(&self) -> Option<Arc<Broker>> {
-        self.0.upgrade()
+        self.current().ok()
     }
 }
 
