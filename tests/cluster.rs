@@ -13,6 +13,8 @@ mod admin;
 mod auth;
 #[path = "cluster/consistency.rs"]
 mod consistency;
+#[path = "cluster/drain.rs"]
+mod drain;
 #[path = "cluster/failover.rs"]
 mod failover;
 #[path = "cluster/large.rs"]

@@ -1451,6 +1451,22 @@ def metrics_move(port, http_port):
     wait_for("starling_queued_messages", 2.0, "a message queued for it, twice")
     pub.disconnect()
 
+
+def drain_v5(port, http_port):
+    """A draining node tells its MQTT 5 clients DISCONNECT 0x8B (Server
+    shutting down), with a reason string, before it stops."""
+    import urllib.request  # pylint: disable=import-outside-toplevel
+    raw = raw_v5(port, "dr-raw")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/api/v1/nodes/1/drain", method="POST")
+    with urllib.request.urlopen(request, timeout=WAIT) as answer:
+        check_eq(answer.status, 200, "POST /api/v1/nodes/1/drain")
+    reason, found = decode_disconnect(raw.expect(DISCONNECT))
+    say(f"dr-raw: DISCONNECT {reason:#04x} {found}")
+    check_eq(reason, 0x8B, "DISCONNECT reason of a draining node")
+    check(REASON_STRING in found, "a reason string says why")
+    raw.expect_closed(after="DISCONNECT 0x8B")
+
 SCENARIOS = {
     f.__name__: f
     for f in (
@@ -1477,6 +1493,7 @@ SCENARIOS = {
         retained_limits,
         admin_kick,
         metrics_move,
+        drain_v5,
     )
 }
 

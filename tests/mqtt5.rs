@@ -157,3 +157,14 @@ async fn metrics_move() {
     let broker = Broker::start().await;
     script::run("metrics_move", &[broker.port, broker.http_port]).await;
 }
+
+#[tokio::test]
+async fn drain_v5() {
+    let mut broker = Broker::start().await;
+    script::run("drain_v5", &[broker.port, broker.http_port]).await;
+    let status = broker.terminate().await;
+    assert!(
+        status.success(),
+        "the drained node exited cleanly: {status}"
+    );
+}

@@ -174,6 +174,24 @@ impl Broker {
         Ok(())
     }
 
+    /// Asks node `node` to drain and stop, as SIGTERM does. False if it is
+    /// not a live node of the cluster.
+    pub async fn drain_node(&self, node: u64) -> Result<bool, BrokerError> {
+        found(
+            self.shared
+                .propose_synced(Command::DrainNode { node })
+                .await?,
+        )
+    }
+
+    /// Resolves once an operator asked, through the cluster, that this node
+    /// drain ([`Broker::drain_node`] on any node).
+    pub async fn drain_requested(&self) {
+        let mut asked = self.drain.subscribe();
+        // The sender lives as long as the broker: an error cannot happen.
+        let _ = asked.wait_for(|asked| *asked).await;
+    }
+
     /// Removes the retained message of `topic`, delivering nothing. False if
     /// there was none.
     pub async fn clear_retained(&self, topic: &str) -> Result<bool, BrokerError> {

@@ -98,6 +98,14 @@ pub struct MqttConfig {
     /// Bytes of retained messages (topics and payloads) the cluster keeps,
     /// at most; past that, as past `max_retained_messages`. 0: no limit.
     pub max_retained_bytes: u64,
+    /// Seconds a client of a draining node (SIGTERM, or the admin API's
+    /// drain) has to connect again, to any node, before its will is
+    /// published; for an MQTT 5 client, the longer of this and its Will
+    /// Delay. Its session is kept that long too.
+    pub drain_will_grace: u64,
+    /// Seconds a draining node waits for its clients to go before it stops
+    /// anyway.
+    pub drain_timeout: u64,
 }
 
 /// Settings of MQTT over WebSocket, as they appear under `[websocket]`.
@@ -192,6 +200,8 @@ impl Default for MqttConfig {
             max_publish_rate: 0,
             max_retained_messages: 1_000_000,
             max_retained_bytes: 1024 * 1024 * 1024,
+            drain_will_grace: 30,
+            drain_timeout: 30,
         }
     }
 }

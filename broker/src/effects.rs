@@ -15,6 +15,8 @@ pub(crate) struct NodeEffects {
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) auth: Arc<crate::auth::AuthFiles>,
+    /// Set when an operator asked this node to drain (`Command::DrainNode`).
+    pub(crate) drain: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Dispatch for NodeEffects {
@@ -39,6 +41,12 @@ impl Dispatch for NodeEffects {
                 Effect::Kick(conn) => self.registry.kick(conn),
                 Effect::NodeDown { node, incarnation } => {
                     self.registry.node_down(node, incarnation)
+                }
+                Effect::Drain { node, incarnation } => {
+                    if node == self.registry.node() && incarnation == self.registry.incarnation() {
+                        tracing::info!("asked to drain through the cluster");
+                        self.drain.send_replace(true);
+                    }
                 }
                 Effect::AdminKick(conn) => self.registry.stop(conn, crate::registry::Stop::Admin),
                 Effect::ReloadAuth => {

@@ -100,6 +100,8 @@ pub struct Broker {
     recovered: Recovered,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
+    /// Set once an operator asked, through the cluster, that this node drain.
+    drain: Arc<watch::Sender<bool>>,
 }
 
 impl Broker {
@@ -134,10 +136,12 @@ impl Broker {
         // this node before then, so the replay at start concerns none of its
         // connections.
         let local = Arc::new(Registry::new(config.node_id, 0));
+        let drain = Arc::new(watch::Sender::new(false));
         let machine = Arc::new(MqttMachine::new(Arc::new(effects::NodeEffects {
             registry: local.clone(),
             metrics: metrics.clone(),
             auth: auth_files.clone(),
+            drain: drain.clone(),
         })));
         let peers = config
             .cluster
@@ -279,6 +283,7 @@ impl Broker {
             recovered,
             shutdown,
             accept,
+            drain,
         }))
     }
 

@@ -272,7 +272,8 @@ pub(crate) async fn accept_loop(
     }
     drop(listeners);
     shared.registry.stop_all(Stop::NodeStopping);
-    let drained = tokio::time::timeout(timeouts::DRAIN, permits.acquire_many(all)).await;
+    let timeout = Duration::from_secs(shared.config.drain_timeout.max(1));
+    let drained = tokio::time::timeout(timeout, permits.acquire_many(all)).await;
     if drained.is_err() {
         tracing::warn!(
             left = max - permits.available_permits(),

@@ -32,8 +32,6 @@ pub(crate) const READY: Duration = Duration::from_secs(60);
 /// enough that an operator watching the log sees it within a glance, rarely
 /// enough that a minute's wait is six lines.
 pub(crate) const READY_REPORT: Duration = Duration::from_secs(10);
-/// How long a stopping node waits for its connections to close.
-pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 /// How often connections are checked for an expired keepalive or a mailbox
 /// over its bound for too long: one sweep for the whole node, no timer per
 /// connection.

@@ -47,6 +47,26 @@ pub(crate) fn routes() -> Router<AppState> {
             get(retained_one).delete(retained_delete),
         )
         .route("/api/v1/publish", post(publish))
+        .route("/api/v1/nodes/{id}/drain", post(drain))
+}
+
+#[derive(Serialize)]
+struct Draining {
+    draining: bool,
+}
+
+/// Asks node `id` (this one or another) to drain and stop, as SIGTERM does.
+async fn drain(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+) -> Result<Json<Draining>, ApiError> {
+    let broker = broker(&state)?;
+    info!(node = id, "draining a node, as asked over http");
+    match broker.drain_node(id).await {
+        Ok(true) => Ok(Json(Draining { draining: true })),
+        Ok(false) => Err(ApiError::not_found(format!("no live node {id}"))),
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
 }
 
 /// The OpenAPI 3 description of the admin API, served as it is.

@@ -70,6 +70,9 @@ pub enum CtlCommand {
     },
     /// Have every node read its password and ACL files again
     ReloadAuth,
+    /// Drain node N and stop it, as SIGTERM does: its clients are told to
+    /// go and reconnect elsewhere
+    Drain { id: u64 },
 }
 
 /// Runs one `ctl` command; what it prints goes to standard output.
@@ -139,6 +142,11 @@ pub async fn run(args: &CtlArgs) -> anyhow::Result<()> {
             });
             api.call("POST", "/api/v1/publish", Some(&body)).await?;
             println!("published to {topic}");
+        }
+        CtlCommand::Drain { id } => {
+            api.call("POST", &format!("/api/v1/nodes/{id}/drain"), None)
+                .await?;
+            println!("node {id} drains and stops");
         }
         CtlCommand::ReloadAuth => {
             api.call("POST", "/api/v1/auth/reload", None).await?;

@@ -146,8 +146,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let broker = Arc::new(broker);
     handle.started(Arc::downgrade(&broker));
 
-    let name = signals.recv(|| reload(&broker)).await;
-    info!(signal = name, "stopping");
+    let name = tokio::select! {
+        name = signals.recv(|| reload(&broker)) => name,
+        () = broker.drain_requested() => "the admin API",
+    };
+    info!(
+        asked_by = name,
+        "draining: no new connections, clients told to go (MQTT 5: 0x8B), then stop"
+    );
     // A second signal means the operator does not want to wait for a clean stop.
     tokio::spawn(async move {
         let name = signals.recv(|| info!("SIGHUP ignored: stopping")).await;

@@ -229,11 +229,32 @@ impl Cluster {
 
     /// SIGTERM node `id` (a clean stop) and waits, without blocking the
     /// runtime's clients, until the process has exited.
-    pub async fn sigterm(&mut self, id: u64) {
+    pub async fn sigterm(&mut self, id: u64) -> std::process::ExitStatus {
         eprintln!("cluster: kill -TERM node {id}");
         let node = self.node_mut(id);
-        node.process.terminate(Duration::from_secs(30)).await;
+        let status = node.process.terminate(Duration::from_secs(30)).await;
         node.stopped = false;
+        status
+    }
+
+    /// Waits until node `id` exits on its own (asked to drain, say), at most
+    /// `timeout`; its exit status, or `None` if it still runs.
+    pub async fn wait_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let node = self.node_mut(id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = node.process.exited() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Cuts node `id` off from every other node with firewall rules on their

@@ -36,7 +36,9 @@ async fn resending_qos2_publisher_loses_and_repeats_nothing(stop: Stop) {
     its_nodes.remove(1);
     everyone.remove(1);
     match stop {
-        Stop::Term => cluster.sigterm(1).await,
+        Stop::Term => {
+            cluster.sigterm(1).await;
+        }
         Stop::Kill => cluster.kill9(1),
     }
     publisher

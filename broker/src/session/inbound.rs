@@ -185,6 +185,7 @@ impl Session {
     /// any; `properties` start CONNACK's (the last Authentication Data).
     fn accept(&mut self, connect: Connect, mut properties: Properties, view: &impl View) {
         self.retained_limit = Some(retained_limit(view.config()));
+        self.drain_grace = u32::try_from(view.config().drain_will_grace).unwrap_or(u32::MAX);
         let v5 = connect.protocol.is_v5();
         let config = view.config();
         let refuse = |this: &mut Session, code: ReasonCode| {

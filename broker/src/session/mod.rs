@@ -192,8 +192,11 @@ pub(crate) enum End {
     Graceful,
     /// DISCONNECT with reason 0x04 (MQTT 5): the will is published.
     GracefulWithWill,
-    /// Socket closed, keepalive expired, protocol violation, node shutdown.
+    /// Socket closed, keepalive expired, protocol violation.
     Lost,
+    /// Its node drains (stops cleanly): the will is published only if the
+    /// client does not come back within `mqtt.drain_will_grace`.
+    Drained,
     /// The cluster ends the session, not this connection: another connection
     /// took it over, or this node was cut off (declared down, or without a
     /// quorum too long). Nothing is proposed; the will is the business of the
@@ -265,6 +268,8 @@ pub(crate) struct Session {
     /// The cluster's retained limit, from this node's configuration at
     /// CONNECT; committed with every retained message.
     retained_limit: Option<crate::state::RetainedLimit>,
+    /// `mqtt.drain_will_grace`, from this node's configuration at CONNECT.
+    drain_grace: u32,
     /// QoS 1/2 packet ids from the client not yet answered with PUBACK or
     /// PUBCOMP: at most our Receive Maximum (MQTT 5).
     unanswered: BTreeSet<u16>,
@@ -310,6 +315,7 @@ impl Session {
             client_max_packet: None,
             no_problem_info: false,
             retained_limit: None,
+            drain_grace: 0,
             unanswered: BTreeSet::new(),
             aliases: None,
             new_session_expiry: None,
@@ -454,7 +460,7 @@ impl Session {
             (Some(client_id), _) => Some(Command::Disconnect {
                 client_id: client_id.clone(),
                 conn: self.conn,
-                publish_will: matches!(end, End::Lost | End::GracefulWithWill),
+                publish_will: matches!(end, End::Lost | End::GracefulWithWill | End::Drained),
                 sent_below: self
                     .out
                     .as_ref()
@@ -462,6 +468,11 @@ impl Session {
                     .map(|out| out.next_seq),
                 session_expiry: self.new_session_expiry,
                 at: now,
+                will_grace: if end == End::Drained {
+                    self.drain_grace
+                } else {
+                    0
+                },
             }),
         };
         let redeliver = self
@@ -602,9 +613,9 @@ impl Session {
                 (End::TakenOver, ReasonCode::SessionTakenOver, text)
             }
             Stop::NodeStopping => {
-                tracing::debug!("node shutting down");
-                let text = "this node is shutting down";
-                (End::Lost, ReasonCode::ServerShuttingDown, text)
+                tracing::debug!("node draining");
+                let text = "this node is shutting down: connect to another";
+                (End::Drained, ReasonCode::ServerShuttingDown, text)
             }
             Stop::CutOff => {
                 log!(

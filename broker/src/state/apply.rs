@@ -93,6 +93,7 @@ impl Apply<'_> {
                 sent_below,
                 session_expiry,
                 at,
+                will_grace,
             } => match self.state.sessions.get_mut(&client_id) {
                 Some(s) if s.conn == Some(conn) => {
                     // Never lowered: a connection that resumed the session and
@@ -103,6 +104,14 @@ impl Apply<'_> {
                     }
                     if let Some(expiry) = session_expiry {
                         s.expiry = expiry;
+                    }
+                    if will_grace > 0 {
+                        // Drained: kept, and its will held back, for the
+                        // grace; a new connection in that time is the
+                        // client coming back, not a loss.
+                        s.drained = true;
+                        s.expiry = s.expiry.max(will_grace);
+                        s.will_delay = s.will_delay.max(will_grace);
                     }
                     let ended = self.state.clock.max(at);
                     let wills = self.end_connection(&client_id, publish_will, ended);
@@ -271,6 +280,16 @@ impl Apply<'_> {
                 self.publish(message, true, None);
                 Reply::Published { duplicate: false }
             }
+            Command::DrainNode { node } => match self.state.nodes.get(&node) {
+                Some(record) if !record.down => {
+                    self.effects.push(Effect::Drain {
+                        node,
+                        incarnation: record.incarnation,
+                    });
+                    Reply::Found(true)
+                }
+                _ => Reply::Found(false),
+            },
             Command::ClearRetained { topic } => match self.state.retained.remove(&topic) {
                 Some(old) => {
                     self.state.retained_bytes -= retained_bytes(&old);
@@ -320,8 +339,9 @@ impl Apply<'_> {
                 if old.will_delay == 0 || !session_present {
                     old_will = old.will.take();
                 }
-            } else if old.will_due.is_some() && !session_present {
-                // A delayed will of a session that ends here.
+            } else if old.will_due.is_some() && !session_present && !old.drained {
+                // A delayed will of a session that ends here; unless its
+                // node drained it, and this is the client coming back.
                 old_will = old.will.take();
             }
         }
@@ -339,6 +359,7 @@ impl Apply<'_> {
             session.will = new.will.map(Box::new);
             session.will_delay = new.will_delay;
             session.will_due = None;
+            session.drained = false;
             session.max_queued = new.max_queued_messages;
             session.max_queued_bytes = new.max_queued_bytes;
             *session.info = new.info;

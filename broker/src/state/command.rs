@@ -166,6 +166,11 @@ pub enum Command {
         /// epoch): Session Expiry and Will Delay count from here, or from the
         /// replicated clock if that is later.
         at: u64,
+        /// Seconds the client has to come back, when its node drains: the
+        /// session is kept and its will held back at least this long, and a
+        /// new connection for the client in that time discards the will
+        /// (whatever its Clean Start). 0: an ordinary end.
+        will_grace: u32,
     },
     /// Adds or replaces subscriptions (filters already validated).
     Subscribe {
@@ -240,6 +245,10 @@ pub enum Command {
     /// An operator removes the retained message of `topic`, delivering
     /// nothing. Replies `Found`.
     ClearRetained { topic: Arc<str> },
+    /// An operator asks node `node` to drain and stop, as on SIGTERM. Only
+    /// its incarnation current when this applies acts on it, so a restarted
+    /// node replaying its log does not drain again.
+    DrainNode { node: u64 },
 }
 
 /// The most retained messages, and bytes of them, the cluster keeps; 0: no
@@ -314,4 +323,6 @@ pub enum Effect {
     ReloadAuth,
     /// An operator disconnects this connection.
     AdminKick(ConnId),
+    /// That incarnation of that node drains and stops.
+    Drain { node: u64, incarnation: u64 },
 }

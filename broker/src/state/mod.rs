@@ -169,6 +169,9 @@ struct Session {
     sent_below: Option<u64>,
     /// Its latest connection, for the admin API. Boxed: read only there.
     info: Box<ConnInfo>,
+    /// Its connection ended because its node drained: a new connection
+    /// within the grace discards the will instead of publishing it.
+    drained: bool,
 }
 
 impl Session {
@@ -190,6 +193,7 @@ impl Session {
             max_queued_bytes: 0,
             sent_below: Some(0),
             info: Box::default(),
+            drained: false,
         }
     }
 

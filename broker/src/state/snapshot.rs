@@ -23,8 +23,8 @@ const MAGIC: &[u8; 4] = b"STSM";
 /// 1: sessions carry their queue limit. 2: and their queue's bytes and byte
 /// limit. 3: queued messages are stored once, in a table. 4: MQTT 5 state
 /// (expiry, wills with delay, subscription options). 5: sessions keep their
-/// connection's details for the admin API.
-pub(super) const FORMAT: u16 = 5;
+/// connection's details for the admin API. 6: and whether a drain ended it.
+pub(super) const FORMAT: u16 = 6;
 
 /// Queued messages met while writing one snapshot, each once.
 #[derive(Default)]

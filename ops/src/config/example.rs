@@ -164,6 +164,18 @@ const DOCS: &[(&str, &str)] = &[
         "Bytes of retained messages (topics and payloads) the cluster keeps,\n\
          at most; past that, as past `max_retained_messages`. 0: no limit.",
     ),
+    (
+        "mqtt.drain_will_grace",
+        "Seconds a client of a draining node (SIGTERM, or the admin API's\n\
+         drain) has to connect again, to any node, before its will is\n\
+         published; for an MQTT 5 client, the longer of this and its Will\n\
+         Delay. Its session is kept that long too.",
+    ),
+    (
+        "mqtt.drain_timeout",
+        "Seconds a draining node waits for its clients to go before it stops\n\
+         anyway.",
+    ),
     ("websocket", "MQTT over WebSocket: off unless enabled."),
     (
         "websocket.enabled",

@@ -34,6 +34,11 @@ fn lose(m: &Machine, id: &str, c: ConnId) -> Reply {
 
 /// As [`lose`], the loss seen by its node at `at` (ms since the epoch).
 fn lose_at(m: &Machine, id: &str, c: ConnId, at: u64) -> Reply {
+    drained_at(m, id, c, at, 0)
+}
+
+/// As [`lose_at`], by a drain of its node with `grace` seconds to come back.
+fn drained_at(m: &Machine, id: &str, c: ConnId, at: u64, grace: u32) -> Reply {
     apply(
         m,
         Command::Disconnect {
@@ -43,8 +48,99 @@ fn lose_at(m: &Machine, id: &str, c: ConnId, at: u64) -> Reply {
             sent_below: None,
             session_expiry: None,
             at,
+            will_grace: grace,
         },
     )
+}
+
+/// A 3.1.1 clean-session client with a will, as most devices are.
+fn connect_clean_with_will(m: &Machine, id: &str, c: ConnId, will: &Message) {
+    connect(m, id, c, true, Some(will.clone()));
+}
+
+#[test]
+fn a_drained_client_that_comes_back_within_the_grace_has_no_will() {
+    let m = machine(10);
+    connect(&m, "sub", conn(9), true, None);
+    subscribe(&m, "sub", conn(9), &[("will/#", QoS::AtLeastOnce)]);
+    tick(&m, 1_000);
+    let will = msg("will/a", QoS::AtLeastOnce, false, b"gone");
+    connect_clean_with_will(&m, "a", conn(1), &will);
+    assert_eq!(
+        drained_at(&m, "a", conn(1), 1_000, 30),
+        Reply::Disconnected { wills: 0 },
+        "a clean session is kept for the grace, its will held back"
+    );
+    m.effects();
+    tick(&m, 20_000);
+    assert!(m.delivered().is_empty());
+    // Back on another node, with a clean session again: no will, ever.
+    connect_clean_with_will(&m, "a", conn(2), &will);
+    m.effects();
+    tick(&m, 100_000);
+    assert!(m.delivered().is_empty(), "the client came back: not lost");
+    // And its new connection's will still works as usual.
+    assert_eq!(lose(&m, "a", conn(2)), Reply::Disconnected { wills: 1 });
+}
+
+#[test]
+fn a_drained_client_that_never_comes_back_gets_its_will_once_after_the_grace() {
+    let m = machine(10);
+    connect(&m, "sub", conn(9), true, None);
+    subscribe(&m, "sub", conn(9), &[("will/#", QoS::AtLeastOnce)]);
+    tick(&m, 1_000);
+    let will = msg("will/b", QoS::AtLeastOnce, false, b"gone");
+    connect_clean_with_will(&m, "b", conn(1), &will);
+    drained_at(&m, "b", conn(1), 1_000, 30);
+    m.effects();
+    tick(&m, 30_999);
+    assert!(m.delivered().is_empty(), "not within the grace");
+    tick(&m, 31_000);
+    assert_eq!(m.delivered(), vec![will.clone()]);
+    tick(&m, 90_000);
+    assert!(m.delivered().is_empty(), "once");
+    assert!(
+        m.session_view("b").is_none(),
+        "the clean session ended with the grace"
+    );
+
+    // An MQTT 5 Will Delay longer than the grace is kept.
+    connect_v5(&m, "c", conn(3), 600, Some((will.clone(), 100)));
+    drained_at(&m, "c", conn(3), 100_000, 30);
+    m.effects();
+    tick(&m, 199_999);
+    assert!(m.delivered().is_empty());
+    tick(&m, 200_000);
+    assert_eq!(m.delivered(), vec![will]);
+}
+
+#[test]
+fn only_the_current_incarnation_of_the_named_node_is_asked_to_drain() {
+    let m = machine(10);
+    apply(
+        &m,
+        Command::NodeStarted {
+            node: 2,
+            incarnation: 7,
+        },
+    );
+    m.effects();
+    assert_eq!(
+        apply(&m, Command::DrainNode { node: 2 }),
+        Reply::Found(true)
+    );
+    assert_eq!(
+        m.effects(),
+        vec![Effect::Drain {
+            node: 2,
+            incarnation: 7
+        }]
+    );
+    assert_eq!(
+        apply(&m, Command::DrainNode { node: 5 }),
+        Reply::Found(false)
+    );
+    assert!(m.effects().is_empty());
 }
 
 #[test]

@@ -195,6 +195,7 @@ fn disconnect(m: &Machine, id: &str, c: ConnId, sent_below: Option<u64>) -> Repl
             sent_below,
             session_expiry: None,
             at: 0,
+            will_grace: 0,
         },
     )
 }
@@ -286,6 +287,7 @@ fn mixed_log() -> Vec<Command> {
         sent_below: Some(0),
         session_expiry: None,
         at: 0,
+        will_grace: 0,
     });
     log
 }

@@ -98,6 +98,7 @@ fn mqtt_3_1_2_8_will_published_on_lost_connection_not_after_disconnect() {
             sent_below: None,
             session_expiry: None,
             at: 0,
+            will_grace: 0,
         },
     );
     assert_eq!(reply, Reply::Disconnected { wills: 1 });
@@ -119,6 +120,7 @@ fn mqtt_3_1_2_8_will_published_on_lost_connection_not_after_disconnect() {
             sent_below: None,
             session_expiry: None,
             at: 0,
+            will_grace: 0,
         },
     );
     assert_eq!(reply, Reply::Disconnected { wills: 0 });
@@ -167,6 +169,7 @@ fn mqtt_3_1_4_2_takeover_publishes_old_will_and_fences_old_connection() {
             sent_below: None,
             session_expiry: None,
             at: 0,
+            will_grace: 0,
         },
     );
     assert_eq!(stale, Reply::NotOwner);
@@ -195,6 +198,7 @@ fn clean_session_ends_with_its_connection() {
             sent_below: None,
             session_expiry: None,
             at: 0,
+            will_grace: 0,
         },
     );
     assert!(m
