@@ -1431,6 +1431,10 @@ def metrics_move(port, http_port):
                          ("starling_retained_bytes", {}),
                          ("starling_queued_messages", {})]:
         check_eq(value(first, name, **labels), 0.0, f"{name}{labels} at the first scrape")
+    for name in ("process_resident_memory_bytes", "process_open_fds", "process_max_fds",
+                 "process_threads", "process_start_time_seconds"):
+        check((value(first, name) or 0) > 0, f"{name} under its standard name")
+    check(value(first, "process_cpu_seconds_total") is not None, "process_cpu_seconds_total")
     sub = Paho(port, "mm-sub", protocol=mqtt.MQTTv311, clean_session=False)
     sub.connect()
     sub.subscribe_ok("mm/#", qos=1)

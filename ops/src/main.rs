@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod ctl;
 mod http;
+mod process_metrics;
 mod telemetry;
 
 use std::process::ExitCode;

@@ -58,7 +58,8 @@ fn filter(log: &LogConfig, rust_log: Option<String>) -> Result<EnvFilter, Teleme
 
 /// Registers the metrics that describe the process rather than the broker:
 /// `starling_build_info{version}` (always 1) and
-/// `starling_process_start_time_seconds`.
+/// `starling_process_start_time_seconds`, and the standard `process_*`
+/// metrics (CPU, memory, file descriptors, threads).
 pub fn register_process_metrics(registry: &Registry) -> prometheus::Result<()> {
     let build_info = IntGaugeVec::new(
         Opts::new(
@@ -82,6 +83,7 @@ pub fn register_process_metrics(registry: &Registry) -> prometheus::Result<()> {
         .unwrap_or_default();
     start_time.set(now);
     registry.register(Box::new(start_time))?;
+    registry.register(Box::new(crate::process_metrics::ProcessCollector::new()?))?;
     Ok(())
 }
 
