@@ -98,6 +98,9 @@ pub struct MqttConfig {
     /// Bytes of retained messages (topics and payloads) the cluster keeps,
     /// at most; past that, as past `max_retained_messages`. 0: no limit.
     pub max_retained_bytes: u64,
+    /// Seconds between two publications of this node's `$SYS/broker/...`
+    /// topics to the clients connected to it. 0: none are published.
+    pub sys_interval: u64,
 }
 
 /// Settings of MQTT over WebSocket, as they appear under `[websocket]`.
@@ -192,6 +195,7 @@ impl Default for MqttConfig {
             max_publish_rate: 0,
             max_retained_messages: 1_000_000,
             max_retained_bytes: 1024 * 1024 * 1024,
+            sys_interval: 10,
         }
     }
 }

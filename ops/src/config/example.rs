@@ -164,6 +164,11 @@ const DOCS: &[(&str, &str)] = &[
         "Bytes of retained messages (topics and payloads) the cluster keeps,\n\
          at most; past that, as past `max_retained_messages`. 0: no limit.",
     ),
+    (
+        "mqtt.sys_interval",
+        "Seconds between two publications of this node's `$SYS/broker/...`\n\
+         topics to the clients connected to it. 0: none are published.",
+    ),
     ("websocket", "MQTT over WebSocket: off unless enabled."),
     (
         "websocket.enabled",
