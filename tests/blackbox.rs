@@ -32,6 +32,8 @@ mod sessions;
 mod slow_subscriber;
 #[path = "startup.rs"]
 mod startup;
+#[path = "sys.rs"]
+mod sys;
 #[path = "tls.rs"]
 mod tls;
 #[path = "websocket.rs"]

@@ -33,6 +33,8 @@ mod resend;
 mod sessions;
 #[path = "cluster/shared.rs"]
 mod shared;
+#[path = "cluster/sys.rs"]
+mod sys;
 #[path = "cluster/takeover.rs"]
 mod takeover;
 #[path = "cluster/tls.rs"]

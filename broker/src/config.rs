@@ -106,6 +106,9 @@ pub struct MqttConfig {
     /// Seconds a draining node waits for its clients to go before it stops
     /// anyway.
     pub drain_timeout: u64,
+    /// Seconds between two publications of this node's `$SYS/broker/...`
+    /// topics to the clients connected to it. 0: none are published.
+    pub sys_interval: u64,
 }
 
 /// Settings of MQTT over WebSocket, as they appear under `[websocket]`.
@@ -202,6 +205,7 @@ impl Default for MqttConfig {
             max_retained_bytes: 1024 * 1024 * 1024,
             drain_will_grace: 30,
             drain_timeout: 30,
+            sys_interval: 10,
         }
     }
 }

@@ -16,6 +16,7 @@ mod router;
 mod session;
 mod shared;
 pub mod state;
+mod sys;
 mod timeouts;
 mod tls;
 pub mod topic;
@@ -125,6 +126,8 @@ impl Broker {
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<Option<Broker>, BrokerError> {
         tokio::pin!(stop);
+        // Uptime, as `$SYS/broker/uptime` reports it, counts from here.
+        let began = tokio::time::Instant::now();
         // Checked before anything starts.
         let authenticators = authenticators(&config.mqtt)?;
         let auth_files = Arc::new(auth::AuthFiles::load(&config.auth)?);
@@ -265,6 +268,7 @@ impl Broker {
         tokio::spawn(events::run(shared.clone(), shutdown_rx.clone()));
         tokio::spawn(listener::expiry_loop(shared.clone(), shutdown_rx.clone()));
         tokio::spawn(clock::tick_loop(shared.clone(), shutdown_rx.clone()));
+        tokio::spawn(sys::run(shared.clone(), began, shutdown_rx.clone()));
         if let Some(tls) = &tls {
             tokio::spawn(tls::watch_loop(tls.clone(), shutdown_rx.clone()));
         }

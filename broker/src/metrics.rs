@@ -14,6 +14,10 @@ pub struct Metrics {
     /// is on the hot path.
     received_by_qos: [IntCounter; 3],
     sent_by_qos: [IntCounter; 3],
+    /// Bytes of MQTT read from clients and written to them (inside TLS and
+    /// WebSocket framing), counted once per read and per write.
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
     /// Messages not delivered, by why (`queue_full`, `mailbox_full`,
     /// `forward_failed`, `forward_unreadable`).
     pub messages_dropped: IntCounterVec,
@@ -78,6 +82,14 @@ impl Metrics {
             sent_by_qos: by_qos(&messages_sent),
             messages_received,
             messages_sent,
+            bytes_received: IntCounter::new(
+                "starling_bytes_received_total",
+                "Bytes of MQTT packets read from clients",
+            )?,
+            bytes_sent: IntCounter::new(
+                "starling_bytes_sent_total",
+                "Bytes of MQTT packets written to clients",
+            )?,
             connections: IntGauge::new("starling_connections", "Open MQTT connections")?,
             connections_total: IntCounter::new(
                 "starling_connections_total",
@@ -209,6 +221,8 @@ impl Metrics {
         registry.register(Box::new(metrics.protocol_errors.clone()))?;
         registry.register(Box::new(metrics.messages_received.clone()))?;
         registry.register(Box::new(metrics.messages_sent.clone()))?;
+        registry.register(Box::new(metrics.bytes_received.clone()))?;
+        registry.register(Box::new(metrics.bytes_sent.clone()))?;
         registry.register(Box::new(metrics.messages_dropped.clone()))?;
         registry.register(Box::new(metrics.disconnects.clone()))?;
         registry.register(Box::new(metrics.auth_failures.clone()))?;
@@ -230,6 +244,18 @@ impl Metrics {
     /// Counts a PUBLISH sent at `qos`.
     pub fn sent(&self, qos: starling_proto::mqtt::QoS) {
         self.sent_by_qos[qos as usize].inc();
+    }
+
+    /// This node's running totals since it started, for `$SYS`.
+    pub fn totals(&self) -> Totals {
+        let sum = |counters: &[IntCounter; 3]| counters.iter().map(IntCounter::get).sum();
+        Totals {
+            messages_received: sum(&self.received_by_qos),
+            messages_sent: sum(&self.sent_by_qos),
+            messages_dropped: sum_counters(&self.messages_dropped),
+            bytes_received: self.bytes_received.get(),
+            bytes_sent: self.bytes_sent.get(),
+        }
     }
 
     pub fn dropped(&self, reason: &'static str) {
@@ -286,10 +312,62 @@ impl Metrics {
     }
 }
 
+/// What this node counted since it started: PUBLISH packets received, sent
+/// and not delivered (for any reason), and bytes read and written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
+/// The sum of every child of `vec`, whatever its labels.
+fn sum_counters(vec: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    let total: f64 = vec
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value())
+        .sum();
+    // Counters of whole numbers, well within f64's exact integers.
+    total as u64
+}
+
 /// Raises `counter` to `total`, a running total kept elsewhere.
 pub fn catch_up(counter: &IntCounter, total: u64) {
     let seen = counter.get();
     if total > seen {
         counter.inc_by(total - seen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_proto::mqtt::QoS;
+
+    #[test]
+    fn totals_add_up_every_qos_and_every_drop_reason() {
+        let m = Metrics::unregistered();
+        m.received(QoS::AtMostOnce);
+        m.received(QoS::ExactlyOnce);
+        m.sent(QoS::AtLeastOnce);
+        m.dropped("mailbox_full");
+        m.dropped_many("queue_full", 3);
+        m.bytes_received.inc_by(100);
+        m.bytes_sent.inc_by(7);
+        assert_eq!(
+            m.totals(),
+            Totals {
+                messages_received: 2,
+                messages_sent: 1,
+                messages_dropped: 4,
+                bytes_received: 100,
+                bytes_sent: 7,
+            }
+        );
     }
 }

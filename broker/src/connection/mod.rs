@@ -200,6 +200,10 @@ impl Connection {
             // The replicated queue may have grown.
             self.handle(Event::QueueGrew);
         }
+        if let Some(Ok(read)) = woken.read {
+            // One add per read, however many packets it brought.
+            self.shared.metrics.bytes_received.inc_by(read as u64);
+        }
         match woken.read {
             Some(Ok(0)) => {
                 tracing::debug!("connection closed by the client");
@@ -339,9 +343,10 @@ impl Connection {
         // publishers waiting on its mailbox) for longer than a slow subscriber
         // may.
         let slow_after = self.shared.config.slow_subscriber_after();
+        let bytes = self.session.transmit().len() as u64;
         let write = self.transport.write_all(self.session.transmit());
         match tokio::time::timeout(slow_after, write).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.shared.metrics.bytes_sent.inc_by(bytes),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "write failed");
                 self.handle(Event::SocketClosed);

@@ -19,6 +19,12 @@ use crate::state::{Command, ConnInfo, Message, MessageProps, RetainedLimit, Subs
 /// The prefix of shared subscriptions' filters (MQTT 5 section 4.8.2).
 const SHARED_PREFIX: &str = "$share/";
 
+/// Whether `topic` is in the tree the server publishes (`$SYS/...`), where
+/// clients may not publish.
+fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
 /// An enhanced authentication under way: its method, its exchange, and the
 /// CONNECT it is for (none when the client re-authenticates).
 pub(crate) struct Authenticating {
@@ -498,7 +504,7 @@ impl Session {
             let refusal = if !payload_format_valid(&publish.properties, &publish.payload) {
                 Some(ReasonCode::PayloadFormatInvalid)
             } else if topic.starts_with(SHARED_PREFIX)
-                || topic.starts_with("$SYS")
+                || is_sys_topic(&topic)
                 || !config.topic_within_limits(&topic)
             {
                 Some(ReasonCode::TopicNameInvalid)
@@ -527,18 +533,19 @@ impl Session {
                 return;
             }
         }
+        if !v5 && is_sys_topic(&topic) {
+            // Only the server publishes there. 3.1.1 cannot say why: dropped
+            // and acknowledged, as a denied one.
+            log!(self, debug, %topic, "PUBLISH to a $SYS topic dropped");
+            view.metrics().dropped("refused");
+            self.acknowledge_dropped(publish.qos, id);
+            return;
+        }
         if !v5 && !config.topic_within_limits(&topic) {
             // 3.1.1 cannot say why: dropped and acknowledged, as a denied one.
             log!(self, debug, %topic, "PUBLISH over the topic limits dropped");
             view.metrics().dropped("topic_limits");
-            match publish.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(id))),
-                QoS::ExactlyOnce => {
-                    self.inbound_qos2.insert(id);
-                    self.send(&Packet::PubRec(Ack::new(id)));
-                }
-            }
+            self.acknowledge_dropped(publish.qos, id);
             return;
         }
         if !self.acl_allows_publish(&topic, view) {
@@ -825,6 +832,20 @@ impl Session {
 
 impl Session {
     /// Whether the ACL, if any, lets this client publish to `topic`.
+    /// Answers a 3.1.1 PUBLISH that is dropped as if it had been delivered:
+    /// 3.1.1 has no way to say why not. A QoS 2 one's PUBREL is answered
+    /// like any other's.
+    fn acknowledge_dropped(&mut self, qos: QoS, id: u16) {
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(id))),
+            QoS::ExactlyOnce => {
+                self.inbound_qos2.insert(id);
+                self.send(&Packet::PubRec(Ack::new(id)));
+            }
+        }
+    }
+
     fn acl_allows_publish(&self, topic: &str, view: &impl View) -> bool {
         view.acl().is_none_or(|acl| {
             let client_id = self.client_id.as_deref().unwrap_or("");

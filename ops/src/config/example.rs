@@ -176,6 +176,11 @@ const DOCS: &[(&str, &str)] = &[
         "Seconds a draining node waits for its clients to go before it stops\n\
          anyway.",
     ),
+    (
+        "mqtt.sys_interval",
+        "Seconds between two publications of this node's `$SYS/broker/...`\n\
+         topics to the clients connected to it. 0: none are published.",
+    ),
     ("websocket", "MQTT over WebSocket: off unless enabled."),
     (
         "websocket.enabled",

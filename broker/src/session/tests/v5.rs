@@ -723,6 +723,63 @@ fn the_acl_decides_publish_subscribe_and_every_delivery() {
 }
 
 #[test]
+fn clients_may_not_publish_to_sys_topics() {
+    // MQTT 5: PUBACK 0x90 and nothing routed; a QoS 0 one closes the
+    // connection, as any refused QoS 0 PUBLISH does.
+    let mut c = Client::v5();
+    c.connect(false, 0);
+    c.node.targets = vec![direct(QoS::AtLeastOnce)];
+    c.send(publish_with(
+        1,
+        QoS::AtLeastOnce,
+        "$SYS/broker/uptime",
+        Properties::default(),
+    ));
+    let Some(Packet::PubAck(ack)) = c.received().pop() else {
+        panic!("PUBACK");
+    };
+    assert_eq!(ack.reason, ReasonCode::TopicNameInvalid);
+    assert!(c.actions().is_empty(), "a refused message goes nowhere");
+    // A topic that only begins like it is any other.
+    c.send(publish_with(
+        2,
+        QoS::AtLeastOnce,
+        "$SYSTEM/x",
+        Properties::default(),
+    ));
+    assert!(matches!(
+        c.actions().pop(),
+        Some(Action::RouteThenAnswer { .. })
+    ));
+
+    // 3.1.1: acknowledged as usual and dropped, as a PUBLISH the ACL denies.
+    let mut old = Client::new();
+    old.connect(false, 0);
+    old.node.targets = vec![direct(QoS::AtLeastOnce)];
+    for (id, qos) in [(0, QoS::AtMostOnce), (3, QoS::AtLeastOnce)] {
+        old.send(publish_with(
+            id,
+            qos,
+            "$SYS/broker/uptime",
+            Properties::default(),
+        ));
+        assert!(old.actions().is_empty(), "QoS {qos:?} goes nowhere");
+    }
+    assert_eq!(old.received(), vec![Packet::PubAck(Ack::new(3))]);
+    old.send(publish_with(
+        4,
+        QoS::ExactlyOnce,
+        "$SYS",
+        Properties::default(),
+    ));
+    assert_eq!(old.received(), vec![Packet::PubRec(Ack::new(4))]);
+    old.send(Packet::PubRel(Ack::new(4)));
+    assert_eq!(old.received(), vec![Packet::PubComp(Ack::new(4))]);
+    assert!(old.actions().is_empty());
+    assert_eq!(old.session.end(), None, "the client stays connected");
+}
+
+#[test]
 fn limits_each_with_its_reason_code() {
     // A client id over the limit: CONNACK 0x85.
     let mut c = Client::v5();
