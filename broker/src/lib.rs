@@ -100,6 +100,8 @@ pub struct Broker {
     recovered: Recovered,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
+    /// When it began to start, for its uptime.
+    started: std::time::Instant,
 }
 
 impl Broker {
@@ -123,6 +125,7 @@ impl Broker {
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<Option<Broker>, BrokerError> {
         tokio::pin!(stop);
+        let started = std::time::Instant::now();
         // Checked before anything starts.
         let authenticators = authenticators(&config.mqtt)?;
         let auth_files = Arc::new(auth::AuthFiles::load(&config.auth)?);
@@ -212,11 +215,11 @@ impl Broker {
             .set_shared_strategy(config.mqtt.shared_subscription_strategy);
         // Connections this node held before it stopped are gone: their wills are
         // due and their clean sessions end.
-        let started = Command::NodeStarted {
+        let node_started = Command::NodeStarted {
             node: config.node_id,
             incarnation,
         };
-        if let Reply::Disconnected { wills } = shared.propose(started).await? {
+        if let Reply::Disconnected { wills } = shared.propose(node_started).await? {
             if wills > 0 {
                 tracing::info!(
                     wills,
@@ -279,6 +282,7 @@ impl Broker {
             recovered,
             shutdown,
             accept,
+            started,
         }))
     }
 
