@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod ctl;
 mod http;
+mod status;
 mod telemetry;
 
 use std::process::ExitCode;
