@@ -2,7 +2,7 @@
 //! free loopback ports, each with its own data directory, speaks MQTT to them
 //! with independent clients (rumqttc and raw sockets), and inflicts the faults
 //! a cluster exists to survive: kill -9, restarts, SIGSTOP, network partitions,
-//! joins and leaves.
+//! joins and leaves. One test loads the status page in headless chromium.
 //!
 //! Clusters run one at a time (see `starling_testkit::cluster`), so this
 //! binary takes a few minutes.
@@ -33,6 +33,8 @@ mod resend;
 mod sessions;
 #[path = "cluster/shared.rs"]
 mod shared;
+#[path = "cluster/status.rs"]
+mod status;
 #[path = "cluster/sys.rs"]
 mod sys;
 #[path = "cluster/takeover.rs"]

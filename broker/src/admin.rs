@@ -26,6 +26,9 @@ pub struct MemberView {
     /// many entries it is behind this node's log.
     pub matched_index: Option<u64>,
     pub lag: Option<u64>,
+    /// Sessions connected through it, as this node's copy of the replicated
+    /// state records them.
+    pub connections: usize,
 }
 
 /// The cluster as this node sees it.
@@ -41,6 +44,24 @@ pub struct ClusterView {
     /// Commands this node has applied since the cluster began.
     pub applied_commands: u64,
     pub members: Vec<MemberView>,
+}
+
+/// This node's own figures: who it is, how long it has run, and its running
+/// totals, from which two samples give rates.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStats {
+    pub node_id: u64,
+    pub version: &'static str,
+    /// Seconds since the broker began to start.
+    pub uptime_seconds: u64,
+    /// MQTT connections open on this node now.
+    pub connections: u64,
+    /// PUBLISH packets received from clients and sent to them, all QoS
+    /// levels together, since the start.
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    /// Messages not delivered, all reasons together, since the start.
+    pub messages_dropped: u64,
 }
 
 /// What deleting a session did.
@@ -60,6 +81,7 @@ impl Broker {
         let silent = node.silent_peers();
         let replication = node.replication();
         let me = node.node_id();
+        let connections = self.shared.machine.connections_by_node();
         let members = node
             .members()
             .into_iter()
@@ -87,6 +109,7 @@ impl Broker {
                             .unwrap_or(0)
                             .saturating_sub(m.unwrap_or(0))
                     }),
+                    connections: connections.get(&id).copied().unwrap_or(0),
                 }
             })
             .collect();
@@ -99,6 +122,21 @@ impl Broker {
             snapshot_index: status.snapshot_index,
             applied_commands: self.shared.machine.applied(),
             members,
+        }
+    }
+
+    /// This node's id, version, uptime, open connections and message
+    /// counters.
+    pub fn node_stats(&self) -> NodeStats {
+        let metrics = &self.shared.metrics;
+        NodeStats {
+            node_id: self.shared.node.node_id(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            connections: u64::try_from(metrics.connections.get()).unwrap_or(0),
+            messages_received: total(&metrics.messages_received),
+            messages_sent: total(&metrics.messages_sent),
+            messages_dropped: total(&metrics.messages_dropped),
         }
     }
 
@@ -200,6 +238,17 @@ impl Broker {
         };
         found(self.shared.propose_synced(command).await?)
     }
+}
+
+/// The sum of a counter over all its labels.
+fn total(counter: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector as _;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
 fn found(reply: Reply) -> Result<bool, BrokerError> {

@@ -103,6 +103,8 @@ pub struct Broker {
     accept: JoinHandle<()>,
     /// Set once an operator asked, through the cluster, that this node drain.
     drain: Arc<watch::Sender<bool>>,
+    /// When it began to start, for its uptime.
+    started: std::time::Instant,
 }
 
 impl Broker {
@@ -128,6 +130,7 @@ impl Broker {
         tokio::pin!(stop);
         // Uptime, as `$SYS/broker/uptime` reports it, counts from here.
         let began = tokio::time::Instant::now();
+        let started = std::time::Instant::now();
         // Checked before anything starts.
         let authenticators = authenticators(&config.mqtt)?;
         let auth_files = Arc::new(auth::AuthFiles::load(&config.auth)?);
@@ -219,11 +222,11 @@ impl Broker {
             .set_shared_strategy(config.mqtt.shared_subscription_strategy);
         // Connections this node held before it stopped are gone: their wills are
         // due and their clean sessions end.
-        let started = Command::NodeStarted {
+        let node_started = Command::NodeStarted {
             node: config.node_id,
             incarnation,
         };
-        if let Reply::Disconnected { wills } = shared.propose(started).await? {
+        if let Reply::Disconnected { wills } = shared.propose(node_started).await? {
             if wills > 0 {
                 tracing::info!(
                     wills,
@@ -288,6 +291,7 @@ impl Broker {
             shutdown,
             accept,
             drain,
+            started,
         }))
     }
 

@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use starling_broker::admin::{ClusterView, Deleted};
+use starling_broker::admin::{ClusterView, Deleted, NodeStats};
 use starling_broker::state::{Message, MessageProps, SessionView, SubscriptionView};
 use starling_broker::Broker;
 use starling_proto::mqtt::QoS;
@@ -35,6 +35,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/node", get(node))
         .route("/api/v1/cluster/members/{id}", delete(remove_member))
         .route("/api/v1/clients", get(clients))
         .route("/api/v1/clients/{id}", get(client).delete(kick))
@@ -90,6 +91,11 @@ fn broker(state: &AppState) -> Result<Arc<Broker>, ApiError> {
 
 async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
     Ok(Json(broker(&state)?.cluster_view()))
+}
+
+/// This node's own figures; the status page takes rates from two samples.
+async fn node(State(state): State<AppState>) -> Result<Json<NodeStats>, ApiError> {
+    Ok(Json(broker(&state)?.node_stats()))
 }
 
 async fn remove_member(

@@ -276,7 +276,7 @@ fn cell(value: &Value) -> String {
 
 fn members_table(view: &Value) -> String {
     let mut out = format!(
-        "node {} sees term {}, leader {}, applied index {}\n{:<6}{:<10}{:<6}{:<8}{}\n",
+        "node {} sees term {}, leader {}, applied index {}\n{:<6}{:<10}{:<6}{:<8}{:<8}{}\n",
         cell(&view["node_id"]),
         cell(&view["term"]),
         cell(&view["leader"]),
@@ -284,15 +284,17 @@ fn members_table(view: &Value) -> String {
         "ID",
         "ROLE",
         "UP",
+        "CONN",
         "LAG",
         "ADDRESS"
     );
     for m in view["members"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "{:<6}{:<10}{:<6}{:<8}{}\n",
+            "{:<6}{:<10}{:<6}{:<8}{:<8}{}\n",
             cell(&m["id"]),
             cell(&m["role"]),
             if m["up"] == true { "yes" } else { "no" },
+            cell(&m["connections"]),
             cell(&m["lag"]),
             cell(&m["address"])
         ));
@@ -350,13 +352,13 @@ mod tests {
             "node_id": 1, "term": 3, "leader": 2, "applied_index": 40,
             "members": [
                 {"id": 1, "role": "follower", "up": true, "lag": null, "address": "a:1"},
-                {"id": 2, "role": "leader", "up": true, "lag": null, "address": "b:1"},
+                {"id": 2, "role": "leader", "up": true, "connections": 4, "lag": null, "address": "b:1"},
             ]
         });
         let table = members_table(&view);
         assert!(table.starts_with("node 1 sees term 3, leader 2, applied index 40\n"));
         assert!(
-            table.contains("2     leader    yes   -       b:1\n"),
+            table.contains("2     leader    yes   4       -       b:1\n"),
             "{table}"
         );
     }

@@ -1,11 +1,12 @@
 //! The HTTP server: `/healthz` (the process runs), `/readyz` (the node can serve
-//! clients), `/metrics` (Prometheus text) and the admin API under `/api/v1`.
+//! clients), `/metrics` (Prometheus text), the status page at `/` and the
+//! admin API under `/api/v1`.
 //!
 //! Everything under `/api/` needs the admin token (`http.token` or
 //! `http.token_file`) as `Authorization: Bearer <token>`, compared in
 //! constant time. A node configured without a token serves the admin API to
-//! loopback addresses only, for development on one machine. The probes and
-//! the metrics stay open.
+//! loopback addresses only, for development on one machine. The probes, the
+//! metrics and the status page's files stay open; the page reads the admin API.
 
 use std::future::Future;
 use std::io;
@@ -153,6 +154,7 @@ fn router(node: Arc<dyn Node>, registry: Registry, token: AdminToken) -> Router 
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::status::routes())
         .merge(api)
         .with_state(AppState { node, registry })
 }
@@ -520,6 +522,37 @@ mod tests {
         assert_eq!((status, body.as_str()), (200, r#"{"left":true}"#));
         assert_eq!(get(addr, "/healthz").await.0, 200, "probes stay open");
         assert_eq!(get(addr, "/metrics").await.0, 200);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_status_page_is_open_and_its_data_needs_the_token() {
+        let node = Arc::new(FakeNode::default());
+        let listener = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let token = AdminToken::new(Some("s3cret".into()));
+        let server = HttpServer::serve(listener, node, Registry::new(), token).unwrap();
+        let addr = server.local_addr();
+        for (path, content_type, sample) in [
+            (
+                "/",
+                "text/html; charset=utf-8",
+                "<title>Starling status</title>",
+            ),
+            ("/status.css", "text/css; charset=utf-8", "--background"),
+            (
+                "/status.js",
+                "text/javascript; charset=utf-8",
+                "/api/v1/node",
+            ),
+        ] {
+            let (status, got_type, body) = get(addr, path).await;
+            assert_eq!((status, got_type.as_str()), (200, content_type), "{path}");
+            assert!(body.contains(sample), "{path}: {body}");
+        }
+        let (status, _, _) = get(addr, "/api/v1/node").await;
+        assert_eq!(status, 401, "the figures stay behind the token");
         server.stop().await;
     }
 

@@ -8,6 +8,7 @@ mod config;
 mod ctl;
 mod http;
 mod process_metrics;
+mod status;
 mod telemetry;
 
 use std::process::ExitCode;

@@ -3,6 +3,7 @@
 //! pages ordered by client id or topic. Every node holds the same state, so
 //! any node answers these alike (up to how far it has applied).
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use serde::Serialize;
@@ -206,6 +207,17 @@ impl MqttMachine {
             census.queued_messages += s.queue.len();
         }
         census
+    }
+
+    /// How many sessions each node holds a connection of, by node id; nodes
+    /// holding none are left out.
+    pub fn connections_by_node(&self) -> BTreeMap<u64, usize> {
+        let state = self.lock();
+        let mut counts = BTreeMap::new();
+        for conn in state.sessions.values().filter_map(|s| s.conn) {
+            *counts.entry(conn.node).or_default() += 1;
+        }
+        counts
     }
 
     /// The retained message of `topic`, if any.

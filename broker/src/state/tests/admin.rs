@@ -158,3 +158,24 @@ fn views_page_sessions_and_retained_messages_in_order() {
     assert_eq!(topics, ["r/3"]);
     assert_eq!(page.next, None);
 }
+
+#[test]
+fn connections_are_counted_by_the_node_that_holds_them() {
+    let m = machine(10);
+    let on = |node, local| ConnId {
+        node,
+        incarnation: 1,
+        local,
+    };
+    with_info(&m, "a", on(1, 1), false, "a:1");
+    with_info(&m, "b", on(2, 1), true, "b:1");
+    with_info(&m, "c", on(2, 2), false, "c:1");
+    with_info(&m, "d", on(3, 1), false, "d:1");
+    disconnect(&m, "d", on(3, 1), None);
+    let counts: Vec<_> = m.connections_by_node().into_iter().collect();
+    assert_eq!(
+        counts,
+        [(1, 1), (2, 2)],
+        "an offline session counts nowhere"
+    );
+}
