@@ -27,6 +27,8 @@ mod membership;
 mod mqtt5;
 #[path = "cluster/partitions.rs"]
 mod partitions;
+#[path = "cluster/quiet_logs.rs"]
+mod quiet_logs;
 #[path = "cluster/resend.rs"]
 mod resend;
 #[path = "cluster/sessions.rs"]

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod ctl;
 mod http;
+mod log_limit;
 mod process_metrics;
 mod status;
 mod telemetry;

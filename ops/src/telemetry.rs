@@ -25,15 +25,23 @@ pub enum TelemetryError {
 /// Installs the global log subscriber. `rust_log` (the `RUST_LOG` variable), when set
 /// and not empty, replaces the configured level.
 pub fn init(log: &LogConfig, rust_log: Option<String>) -> Result<(), TelemetryError> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter = filter(log, rust_log)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, never into a log file.
         .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
+    // openraft's repeated per-peer warnings are held back (`log_limit`).
+    let limit = crate::log_limit::RepeatLimit::default;
     let installed = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(layer.with_filter(limit())).try_init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_filter(limit()))
+            .try_init(),
     };
     installed.map_err(|e| TelemetryError::Install(e.to_string()))
 }

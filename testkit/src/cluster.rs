@@ -96,6 +96,11 @@ impl Node {
         self.process.is_running()
     }
 
+    /// What the node has logged so far (all its runs).
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
     fn spawn(&mut self) {
         let mut args = vec!["--node-id".to_owned(), self.id.to_string()];
         match &self.membership {
