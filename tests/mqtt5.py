@@ -1429,7 +1429,13 @@ def metrics_move(port, http_port):
                          ("starling_subscriptions", {"kind": "shared"}),
                          ("starling_retained_messages", {}),
                          ("starling_retained_bytes", {}),
-                         ("starling_queued_messages", {})]:
+                         ("starling_queued_messages", {}),
+                         ("starling_messages_dropped_total", {"reason": "queue_full"}),
+                         ("starling_messages_dropped_total", {"reason": "retained_full"}),
+                         ("starling_client_disconnects_total", {"reason": "slow_subscriber"}),
+                         ("starling_auth_failures_total", {"reason": "wrong_password"}),
+                         ("starling_protocol_errors_total", {"reason": "malformed"}),
+                         ("starling_connections_refused_total", {"reason": "max_connections"})]:
         check_eq(value(first, name, **labels), 0.0, f"{name}{labels} at the first scrape")
     for name in ("process_resident_memory_bytes", "process_open_fds", "process_max_fds",
                  "process_threads", "process_start_time_seconds"):

@@ -222,8 +222,13 @@ impl Broker {
         )
     }
 
+    /// Has this node drain and stop, as SIGTERM does.
+    pub fn request_drain(&self) {
+        self.drain.send_replace(true);
+    }
+
     /// Resolves once an operator asked, through the cluster, that this node
-    /// drain ([`Broker::drain_node`] on any node).
+    /// drain ([`Broker::drain_node`] on any node), or [`Broker::request_drain`].
     pub async fn drain_requested(&self) {
         let mut asked = self.drain.subscribe();
         // The sender lives as long as the broker: an error cannot happen.

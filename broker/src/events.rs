@@ -95,6 +95,21 @@ fn refresh_metrics(shared: &Shared) {
             .set(i64::try_from(last.saturating_sub(matched.unwrap_or(0))).unwrap_or(i64::MAX));
     }
     let forward = shared.forwarder.stats();
+    // A peer that left loses its series.
+    let current: BTreeSet<String> = forward.peers.iter().map(|p| p.id.to_string()).collect();
+    let gone: Vec<String> = {
+        let mut known = m.forward_peers.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = known.difference(&current).cloned().collect();
+        known.clone_from(&current);
+        gone
+    };
+    for id in gone {
+        for state in ["queued", "unacked"] {
+            let _ = m
+                .forward_buffered
+                .remove_label_values(&[id.as_str(), state]);
+        }
+    }
     for peer in &forward.peers {
         let id = peer.id.to_string();
         let buffered = |state: &str| m.forward_buffered.with_label_values(&[id.as_str(), state]);

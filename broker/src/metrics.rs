@@ -36,6 +36,8 @@ pub struct Metrics {
     pub forward_frames: IntCounterVec,
     /// Frames waiting in the forwarding buffer of each peer, queued or unacked.
     pub forward_buffered: IntGaugeVec,
+    /// The peers `forward_buffered` has series for.
+    pub forward_peers: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Commands proposed through Raft, the Raft entries that carried them, and
     /// the fsyncs of the Raft log: commands per fsync is the batching at work.
     pub raft_commands: IntCounter,
@@ -59,6 +61,52 @@ pub struct Metrics {
     /// at most every `DROP_LOG_EVERY_MS`, counted always.
     drop_logged_at: std::sync::atomic::AtomicU64,
 }
+
+/// Why messages are dropped: the label values of `starling_messages_dropped_total`.
+pub const DROP_REASONS: [&str; 14] = [
+    "acl_denied",
+    "expired",
+    "forward_failed",
+    "forward_unreadable",
+    "mailbox_full",
+    "max_subscriptions",
+    "queue_full",
+    "refused",
+    "retained_backlog",
+    "retained_full",
+    "shared_group_empty",
+    "slow_subscriber",
+    "too_large_for_client",
+    "topic_limits",
+];
+
+/// Why the server closes connections: `starling_client_disconnects_total`.
+pub const DISCONNECT_REASONS: [&str; 6] = [
+    "admin",
+    "auth_failed",
+    "forward_failed",
+    "no_quorum",
+    "publish_rate",
+    "slow_subscriber",
+];
+
+/// Why CONNECTs are refused: `starling_auth_failures_total`.
+pub const AUTH_FAILURE_REASONS: [&str; 5] = [
+    "anonymous",
+    "enhanced_auth",
+    "unknown_user",
+    "will_denied",
+    "wrong_password",
+];
+
+/// Why connections end for bad input: `starling_protocol_errors_total`.
+pub const PROTOCOL_ERROR_REASONS: [&str; 5] = [
+    "client_id_too_long",
+    "malformed",
+    "protocol_level",
+    "too_large",
+    "violation",
+];
 
 /// How often drops are logged, at most, in milliseconds.
 const DROP_LOG_EVERY_MS: u64 = 10_000;
@@ -197,7 +245,25 @@ impl Metrics {
                 &["peer"],
             )?,
             drop_logged_at: std::sync::atomic::AtomicU64::new(0),
+            forward_peers: std::sync::Mutex::default(),
         };
+        // Every series present from the first scrape, at zero: a rate over a
+        // series that appears only with its first event misses that event.
+        for reason in DROP_REASONS {
+            metrics.messages_dropped.with_label_values(&[reason]);
+        }
+        for reason in DISCONNECT_REASONS {
+            metrics.disconnects.with_label_values(&[reason]);
+        }
+        for reason in AUTH_FAILURE_REASONS {
+            metrics.auth_failures.with_label_values(&[reason]);
+        }
+        for reason in PROTOCOL_ERROR_REASONS {
+            metrics.protocol_errors.with_label_values(&[reason]);
+        }
+        for reason in ["max_connections", "rate_per_ip"] {
+            metrics.connections_refused.with_label_values(&[reason]);
+        }
         for state in ["online", "offline"] {
             metrics.sessions.with_label_values(&[state]);
         }

@@ -98,7 +98,13 @@ impl Node for BrokerHandle {
     }
 
     fn leave(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
-        with_broker(self.current(), |broker| async move { broker.leave().await })
+        with_broker(self.current(), |broker| async move {
+            broker.leave().await?;
+            // No longer a member, it cannot serve its clients: it drains them
+            // to the members and stops.
+            broker.request_drain();
+            Ok(())
+        })
     }
 
     fn reload_auth(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>> {
@@ -241,6 +247,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(Serialize)]
 struct LeftBody {
     left: bool,
+    /// What happens now, in words.
+    next: &'static str,
 }
 
 async fn leave(State(state): State<AppState>) -> Result<Json<LeftBody>, ApiError> {
@@ -248,7 +256,11 @@ async fn leave(State(state): State<AppState>) -> Result<Json<LeftBody>, ApiError
     match state.node.leave().await {
         Ok(()) => {
             info!("left the cluster");
-            Ok(Json(LeftBody { left: true }))
+            Ok(Json(LeftBody {
+                left: true,
+                next: "this node is no longer a member: it drains its clients to the \
+                       others and stops; its data directory can be removed",
+            }))
         }
         Err(e) => {
             warn!(error = %e, "cannot leave the cluster");
@@ -519,7 +531,8 @@ mod tests {
         assert_eq!(status, 401);
         let right = "Authorization: Bearer s3cret\r\n";
         let (status, _, body) = request_with(addr, "POST", "/api/v1/cluster/leave", right).await;
-        assert_eq!((status, body.as_str()), (200, r#"{"left":true}"#));
+        assert_eq!(status, 200);
+        assert!(body.starts_with(r#"{"left":true,"next":""#), "{body}");
         assert_eq!(get(addr, "/healthz").await.0, 200, "probes stay open");
         assert_eq!(get(addr, "/metrics").await.0, 200);
         server.stop().await;
@@ -602,7 +615,9 @@ mod tests {
         let (status, content_type, body) = request(addr, "POST", "/api/v1/cluster/leave").await;
         assert_eq!(status, 200);
         assert_eq!(content_type, "application/json");
-        assert_eq!(body, r#"{"left":true}"#);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["left"], true);
+        assert!(body["next"].as_str().unwrap().contains("stops"), "{body}");
         assert_eq!(node.leaves.load(Ordering::Relaxed), 1);
 
         // Leaving changes the cluster, so it is never a GET.

@@ -46,11 +46,65 @@ async fn join_and_leave() {
     );
     drop((sub_new, pub_new));
 
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = starling_testkit::cluster::http_request(
+            cluster.node(1).http,
+            "GET",
+            "/metrics",
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("node 1 answers /metrics");
+        if metrics.contains(&format!("peer=\"{joined}\"")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 has no series for node {joined} while it is a member"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (status, body) = cluster
         .leave(joined)
         .await
         .expect("leave answered within its deadline");
     assert_eq!(status, 200, "POST /api/v1/cluster/leave: {body}");
+    assert!(
+        body.contains("stops"),
+        "the answer says what happens next: {body}"
+    );
+    let exit = cluster
+        .wait_exit(joined, Duration::from_secs(40))
+        .await
+        .expect("a node that left drains and stops");
+    assert!(exit.success(), "it exits cleanly: {exit}");
+    // The others drop the metric series they had for it.
+    let series = format!("peer=\"{joined}\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = starling_testkit::cluster::http_request(
+            cluster.node(1).http,
+            "GET",
+            "/metrics",
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("node 1 answers /metrics");
+        if !metrics.contains(&series) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still has series of node {joined}: {}",
+            metrics
+                .lines()
+                .filter(|l| l.contains(&series))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The other three keep serving.
     for id in 1..=3 {
@@ -68,7 +122,6 @@ async fn join_and_leave() {
 
     // Had it stayed a member, losing it and one more node would leave two of
     // four, no quorum; having left, two of three remain.
-    cluster.kill9(joined);
     cluster.kill9(1);
     drop(setter);
     // Long enough for the survivors to have declared node 1 down, or to have
