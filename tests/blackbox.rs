@@ -14,6 +14,8 @@ mod cli_clients;
 mod connect;
 #[path = "ctl.rs"]
 mod ctl;
+#[path = "disk.rs"]
+mod disk;
 #[path = "durability.rs"]
 mod durability;
 #[path = "limits.rs"]

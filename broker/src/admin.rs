@@ -222,6 +222,23 @@ impl Broker {
         )
     }
 
+    /// Why Raft stopped on this node, if it did on its own (a full disk, a
+    /// storage error): the node can serve nothing more until it restarts.
+    pub fn fatal(&self) -> Option<String> {
+        self.shared.node.fatal()
+    }
+
+    /// Resolves with the cause once Raft stopped on its own.
+    pub async fn failed(&self) -> String {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            if let Some(why) = self.fatal() {
+                return why;
+            }
+        }
+    }
+
     /// Has this node drain and stop, as SIGTERM does.
     pub fn request_drain(&self) {
         self.drain.send_replace(true);

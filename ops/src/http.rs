@@ -45,6 +45,11 @@ pub trait Node: Send + Sync + 'static {
     fn reload_auth(&self) -> Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + '_>>;
     /// The broker, for the admin API's routes; `None` while there is none.
     fn broker(&self) -> Option<Arc<Broker>>;
+    /// Why the node is broken beyond serving (Raft stopped on a storage
+    /// error), if it is: `/healthz` then fails.
+    fn broken(&self) -> Option<String> {
+        self.broker().and_then(|broker| broker.fatal())
+    }
 }
 
 /// The future of a call on the broker, or of the error that says why there is
@@ -214,8 +219,14 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len() && bool::from(given.ct_eq(expected))
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.node.broken() {
+        None => (StatusCode::OK, "ok".to_owned()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("raft stopped: {why}"),
+        ),
+    }
 }
 
 #[derive(Serialize)]

@@ -152,6 +152,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let name = tokio::select! {
         name = signals.recv(|| reload(&broker)) => name,
         () = broker.drain_requested() => "the admin API",
+        why = broker.failed() => {
+            // Nothing can be committed any more: no drain, no clean stop of
+            // Raft. Exiting lets a supervisor restart the node, which then
+            // says at once if the cause (a full disk) is still there.
+            error!(
+                cause = %why,
+                "raft stopped on a storage error: this node cannot serve; exiting so that it \
+                 is restarted once the cause is fixed"
+            );
+            http.stop().await;
+            std::process::exit(3);
+        }
     };
     info!(
         asked_by = name,

@@ -305,6 +305,14 @@ impl Node {
 
     /// True when this node may serve clients: it has a quorum and has applied the
     /// log up to what it held at start.
+    /// Why Raft stopped on its own, if it did: a storage error such as a full
+    /// disk. The node cannot recover from it while it runs.
+    pub fn fatal(&self) -> Option<String> {
+        let metrics = self.inner.core.raft.metrics();
+        let m = metrics.borrow();
+        m.running_state.as_ref().err().map(ToString::to_string)
+    }
+
     pub fn is_ready(&self) -> bool {
         if *self.inner.stop.borrow() {
             return false;
