@@ -150,17 +150,25 @@ pub(crate) async fn on_leave(core: &Core, request: LeaveRequest) -> MembershipRe
 async fn join_here(core: &Core, id: NodeId, addr: &str) -> MembershipResult {
     let membership = core.raft.metrics().borrow().membership_config.clone();
     let membership = membership.membership();
-    if membership.voter_ids().any(|v| v == id) {
-        if membership
-            .get_node(&id)
-            .is_some_and(|n| n.grpc_addr != addr)
-        {
+    if let Some(existing) = membership.get_node(&id) {
+        if existing.grpc_addr != addr {
+            // Two processes with one id would split the member's votes and
+            // log between them: the second one is a configuration mistake.
             warn!(
                 node = id,
-                addr, "a voter asked to join with a new address; it keeps its old one"
+                addr,
+                member = %existing.grpc_addr,
+                "refused a node that claims a member's id from another address"
             );
+            return Err(Refused::Failed(format!(
+                "node id {id} is already a member of the cluster, at {}; give this node \
+                 another id, or remove the member first (DELETE /api/v1/cluster/members/{id})",
+                existing.grpc_addr
+            )));
         }
-        return Ok(());
+        if membership.voter_ids().any(|v| v == id) {
+            return Ok(());
+        }
     }
     info!(node = id, addr, "adding a node as learner");
     match tokio::time::timeout(
@@ -183,12 +191,33 @@ async fn join_here(core: &Core, id: NodeId, addr: &str) -> MembershipResult {
     {
         Ok(Ok(_)) => {
             info!(node = id, "node joined as a voter");
+            warn_if_even(core);
             Ok(())
         }
         Ok(Err(e)) => Err(refused(e)),
         Err(_) => Err(Refused::Busy(
             "the membership change is still committing".into(),
         )),
+    }
+}
+
+/// Warns when the voters are an even number: four nodes tolerate one failure,
+/// as three do, with one more node to lose.
+fn warn_if_even(core: &Core) {
+    let voters = core
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    if voters > 1 && voters % 2 == 0 {
+        warn!(
+            voters,
+            "an even number of voters tolerates no more failures than one fewer; \
+             add or remove a node"
+        );
     }
 }
 

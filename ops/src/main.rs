@@ -227,6 +227,13 @@ fn log_cluster(cluster: &ClusterConfig) {
     if !cluster.peers.is_empty() {
         let peers = cluster.peers.join(",");
         info!(%listen, %advertise, %peers, "cluster: forming with the listed peers");
+        if cluster.peers.len() % 2 == 0 {
+            warn!(
+                voters = cluster.peers.len(),
+                "an even number of voters tolerates no more failures than one fewer; \
+                 list an odd number of peers"
+            );
+        }
     } else if !cluster.join.is_empty() {
         let join = &cluster.join;
         info!(%listen, %advertise, %join, "cluster: joining through a member");

@@ -96,6 +96,21 @@ impl Node {
         self.process.is_running()
     }
 
+    /// Waits until the process exits on its own, at most `timeout`; its exit
+    /// status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.exited() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// What the node has logged so far (all its runs).
     pub fn log_text(&self) -> String {
         self.process.log_text()
@@ -249,17 +264,18 @@ impl Cluster {
         id: u64,
         timeout: Duration,
     ) -> Option<std::process::ExitStatus> {
-        let node = self.node_mut(id);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = node.process.exited() {
-                return Some(status);
-            }
-            if tokio::time::Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.node_mut(id).wait_exit(timeout).await
+    }
+
+    /// Starts a process that claims member `id`'s node id, on another port,
+    /// and tries to join through member `via`: a misconfigured node, which
+    /// the cluster must refuse. Not part of the cluster.
+    pub fn spawn_impostor(&self, via: u64, id: u64) -> Node {
+        let mut node = Node::new(id, self.config_toml.as_deref());
+        node.membership = Membership::Join(self.node(via).cluster_addr());
+        eprintln!("cluster: starting a second node {id}, joining through node {via}");
+        node.spawn();
+        node
     }
 
     /// Cuts node `id` off from every other node with firewall rules on their

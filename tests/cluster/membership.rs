@@ -145,3 +145,33 @@ async fn join_and_leave() {
         .await;
     assert_eq!(&sub2.recv_publish(raw::WAIT).await.payload[..], b"quorum");
 }
+
+#[tokio::test]
+async fn a_second_node_with_a_members_id_is_refused_and_says_why() {
+    let cluster = Cluster::start(3).await;
+    let mut impostor = cluster.spawn_impostor(1, 2);
+    let status = impostor
+        .wait_exit(Duration::from_secs(40))
+        .await
+        .expect("the impostor gives up");
+    assert!(!status.success(), "it fails: {status}");
+    let log = impostor.log_text();
+    assert!(log.contains("node id 2 is already a member"), "{log}");
+    // The real node 2 is untouched.
+    for id in cluster.ids() {
+        assert_eq!(cluster.readyz(id).await, Some(200), "node {id} ready");
+    }
+    let members = cluster.node(1).log_text();
+    assert!(
+        members.contains("refused a node that claims a member's id")
+            || cluster
+                .node(2)
+                .log_text()
+                .contains("refused a node that claims")
+            || cluster
+                .node(3)
+                .log_text()
+                .contains("refused a node that claims"),
+        "the leader says whom it refused"
+    );
+}
