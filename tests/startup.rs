@@ -125,3 +125,26 @@ async fn a_node_waiting_for_its_cluster_is_alive_and_stops_on_sigterm() {
         asked.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_data_directory_of_another_node_id_is_refused() {
+    let mut process = Process::new("starling", "starling-id-", "127.0.0.1", None);
+    process.spawn("127.0.0.1", &[]);
+    let ready = Instant::now() + Duration::from_secs(30);
+    while starling_testkit::http_status(process.http, "/readyz").await != Some(200) {
+        assert!(Instant::now() < ready, "node 1 not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process.signal("TERM");
+    let status = exit_within(&mut process, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+
+    process.spawn("127.0.0.1", &["--node-id".to_owned(), "2".to_owned()]);
+    let status = exit_within(&mut process, REFUSAL).await;
+    assert!(!status.success(), "{status}");
+    let log = process.log_text();
+    assert!(
+        log.contains("belongs to node 1, and this node was started as node 2"),
+        "{log}"
+    );
+}

@@ -89,6 +89,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     check_ports(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    check_node_id(&config.data_dir, config.node_id)?;
     let token = config
         .http
         .admin_token()
@@ -198,6 +199,38 @@ fn check_ports(config: &Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr} ({key})"))?;
     }
     Ok(())
+}
+
+/// The file in the data directory that names the node it belongs to.
+const NODE_ID_FILE: &str = "node_id";
+
+/// Refuses a data directory written by another node id: its Raft log, vote
+/// and incarnation are that node's, and taking them as another's would make
+/// one member speak for two. A directory without the file (new, or from an
+/// earlier version) is claimed for `node_id`.
+fn check_node_id(data_dir: &std::path::Path, node_id: u64) -> anyhow::Result<()> {
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let owner: u64 = text
+                .trim()
+                .parse()
+                .with_context(|| format!("{} does not hold a node id", path.display()))?;
+            anyhow::ensure!(
+                owner == node_id,
+                "the data directory {} belongs to node {owner}, and this node was started as \
+                 node {node_id} (node_id / --node-id): start it as node {owner}, or give node \
+                 {node_id} a data directory of its own",
+                data_dir.display()
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{node_id}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// `starling config --check`: what a start would read besides the validated
