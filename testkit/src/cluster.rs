@@ -306,6 +306,13 @@ impl Cluster {
         }
     }
 
+    /// Starts node `id` again with the same data dir, ports and flags, without
+    /// waiting for it: for a node that is not expected to become ready.
+    pub fn respawn(&mut self, id: u64) {
+        eprintln!("cluster: starting node {id} again");
+        self.node_mut(id).spawn();
+    }
+
     /// Starts node `id` again with the same data dir, ports and flags and waits
     /// until it is ready.
     pub async fn restart(&mut self, id: u64) {

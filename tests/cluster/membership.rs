@@ -175,3 +175,46 @@ async fn a_second_node_with_a_members_id_is_refused_and_says_why() {
         "the leader says whom it refused"
     );
 }
+
+/// The term node `id` reports in its metrics.
+async fn term(cluster: &Cluster, id: u64) -> u64 {
+    let (_, metrics) = starling_testkit::cluster::http_request(
+        cluster.node(id).http,
+        "GET",
+        "/metrics",
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("/metrics answers");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("starling_raft_state{what=\"term\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a term gauge")
+}
+
+#[tokio::test]
+async fn a_removed_node_restarted_with_its_old_data_does_not_disturb_the_leader() {
+    let mut cluster = Cluster::start(3).await;
+    let (status, body) = cluster.leave(3).await.expect("leave answered");
+    assert_eq!(status, 200, "{body}");
+    cluster
+        .wait_exit(3, Duration::from_secs(40))
+        .await
+        .expect("node 3 stops after leaving");
+    let leader = cluster.leader().await.expect("a leader");
+    let before = term(&cluster, 1).await;
+    // Restarted as it was, with its old log and peer list: it is no member,
+    // and whatever it asks for must not move the term of the two others.
+    cluster.respawn(3);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        cluster.wait_exit(3, Duration::ZERO).await.is_none(),
+        "node 3 runs all along"
+    );
+    for id in [1, 2] {
+        assert_eq!(term(&cluster, id).await, before, "node {id}'s term moved");
+        assert_eq!(cluster.readyz(id).await, Some(200), "node {id} ready");
+    }
+    assert_eq!(cluster.leader().await, Some(leader), "the leader stayed");
+}
