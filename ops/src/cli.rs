@@ -540,7 +540,10 @@ mod tests {
         assert_eq!(config.mqtt.max_inflight, 8);
         assert_eq!(config.log.format, LogFormat::Json);
         // Defaults where nobody said anything.
-        assert_eq!(config.log.level, "info,openraft=warn");
+        assert_eq!(
+            config.log.level,
+            "info,openraft=warn,openraft::core::raft_core=error,openraft::raft::raft_inner=off"
+        );
         assert_eq!(config.cluster.join, "");
         assert_eq!(
             config.mqtt.max_packet_size,

@@ -144,7 +144,9 @@ impl Default for HttpConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info,openraft=warn".to_owned(),
+            level:
+                "info,openraft=warn,openraft::core::raft_core=error,openraft::raft::raft_inner=off"
+                    .to_owned(),
             format: LogFormat::Text,
         }
     }

@@ -19,7 +19,10 @@ fn defaults_are_a_working_single_node() {
     assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(config.cluster, ClusterConfig::default());
     assert!(config.cluster.peers.is_empty() && config.cluster.join.is_empty());
-    assert_eq!(config.log.level, "info,openraft=warn");
+    assert_eq!(
+        config.log.level,
+        "info,openraft=warn,openraft::core::raft_core=error,openraft::raft::raft_inner=off"
+    );
     assert_eq!(config.log.format, LogFormat::Text);
 }
 
