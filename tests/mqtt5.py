@@ -1452,6 +1452,11 @@ def metrics_move(port, http_port):
     pub.publish_ok("mm/r", b"12345", qos=1, retain=True)
     wait_for("starling_retained_messages", 1.0, "one retained message")
     wait_for("starling_retained_bytes", 9.0, "its topic and payload bytes")
+    samples = scrape()
+    fsyncs = value(samples, "starling_raft_fsync_seconds_count")
+    check(fsyncs is not None and fsyncs >= 1, f"fsyncs timed: {fsyncs}")
+    check(value(samples, "starling_raft_fsync_seconds_bucket", le="+Inf") == fsyncs,
+          "the +Inf bucket holds every fsync")
     received = value(scrape(), "starling_messages_received_total", qos="1")
     check(received is not None and received >= 1, f"QoS 1 messages received: {received}")
     sub.disconnect()

@@ -9,6 +9,7 @@ mod connection;
 mod effects;
 mod events;
 mod forward;
+mod fsync_metrics;
 mod listener;
 pub mod metrics;
 pub mod registry;
@@ -183,6 +184,7 @@ impl Broker {
             node = node => node?,
             () = &mut stop => return Ok(None),
         };
+        registry.register(Box::new(fsync_metrics::FsyncHistogram::new(node.clone())?))?;
         let incarnation = node.incarnation();
         local.set_incarnation(incarnation);
         tokio::select! {

@@ -11,6 +11,7 @@ mod shared;
 mod snapshot;
 mod state_machine;
 mod store;
+pub mod timing;
 pub mod types;
 
 pub use error::StoreError;

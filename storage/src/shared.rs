@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     /// files without it, so replication never waits for disk behind it.
     pub(crate) log: Mutex<SegmentLog>,
     pub(crate) flushes: Arc<AtomicU64>,
+    /// How long each fsync of the log and of sled took.
+    pub(crate) flush_times: Arc<crate::timing::Timings>,
     /// Bytes of the entries in the log, as stored; a copy of the log's own
     /// count, updated after each change, so that reading it takes no lock.
     pub(crate) log_bytes: AtomicU64,
@@ -59,7 +61,9 @@ impl Shared {
     /// fsyncs every log file written since the last sync, and counts it.
     pub(crate) fn sync_log(&self) -> std::io::Result<()> {
         let targets = self.log().sync_targets();
+        let started = std::time::Instant::now();
         targets.sync()?;
+        self.flush_times.record(started.elapsed());
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -67,7 +71,9 @@ impl Shared {
     /// fsyncs sled, and counts it.
     pub(crate) fn flush_meta(&self) -> Result<(), sled::Error> {
         self.committed_dirty.store(false, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         self.db.flush()?;
+        self.flush_times.record(started.elapsed());
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -57,6 +57,7 @@ pub struct Storage {
 pub struct StorageHandle {
     shared: std::sync::Weak<Shared>,
     flushes: Arc<AtomicU64>,
+    flush_times: Arc<crate::timing::Timings>,
     incarnation: u64,
     recovery: Recovery,
     closed: watch::Receiver<()>,
@@ -66,6 +67,11 @@ impl StorageHandle {
     /// fsyncs of the database so far (log group commits, votes, snapshots).
     pub fn log_flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// How long those fsyncs took.
+    pub fn flush_times(&self) -> crate::timing::TimingsSnapshot {
+        self.flush_times.snapshot()
     }
 
     /// Starts at 1 for a new store and grows by one at every open: with the node
@@ -151,7 +157,9 @@ impl Storage {
 
         let (closed_tx, closed_rx) = watch::channel(());
         let flushes = Arc::new(AtomicU64::new(0));
+        let flush_times = Arc::new(crate::timing::Timings::default());
         let shared = Arc::new(Shared {
+            flush_times: flush_times.clone(),
             db,
             meta,
             dir: dir.to_owned(),
@@ -191,6 +199,7 @@ impl Storage {
         let handle = StorageHandle {
             shared: Arc::downgrade(&shared),
             flushes,
+            flush_times,
             incarnation,
             recovery,
             closed: closed_rx,

@@ -402,6 +402,11 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// How long the fsyncs of this node's Raft log and metadata took.
+    pub fn fsync_times(&self) -> starling_storage::timing::TimingsSnapshot {
+        self.inner.storage.flush_times()
+    }
+
     /// Counters of the proposal path since this node started.
     pub fn stats(&self) -> ProposalStats {
         use std::sync::atomic::Ordering::Relaxed;
