@@ -17,6 +17,8 @@ mod consistency;
 mod drain;
 #[path = "cluster/failover.rs"]
 mod failover;
+#[path = "cluster/forward_metrics.rs"]
+mod forward_metrics;
 #[path = "cluster/large.rs"]
 mod large;
 #[path = "cluster/live_minority.rs"]

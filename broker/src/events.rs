@@ -109,12 +109,30 @@ fn refresh_metrics(shared: &Shared) {
                 .forward_buffered
                 .remove_label_values(&[id.as_str(), state]);
         }
+        for event in ["sent", "acked", "errors"] {
+            let _ = m
+                .forward_peer_frames
+                .remove_label_values(&[id.as_str(), event]);
+        }
+        let _ = m.forward_peer_bytes.remove_label_values(&[id.as_str()]);
     }
     for peer in &forward.peers {
         let id = peer.id.to_string();
         let buffered = |state: &str| m.forward_buffered.with_label_values(&[id.as_str(), state]);
         buffered("queued").set(i64::try_from(peer.queued).unwrap_or(i64::MAX));
         buffered("unacked").set(i64::try_from(peer.unacked).unwrap_or(i64::MAX));
+        for (event, total) in [
+            ("sent", peer.sent),
+            ("acked", peer.acked),
+            ("errors", peer.errors),
+        ] {
+            let counter = m
+                .forward_peer_frames
+                .with_label_values(&[id.as_str(), event]);
+            crate::metrics::catch_up(&counter, total);
+        }
+        let bytes = m.forward_peer_bytes.with_label_values(&[id.as_str()]);
+        crate::metrics::catch_up(&bytes, peer.sent_bytes);
     }
     // The forwarder counts over all peers; "all" keeps the label set uniform.
     for (event, total) in [

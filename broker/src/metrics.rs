@@ -36,6 +36,10 @@ pub struct Metrics {
     pub forward_frames: IntCounterVec,
     /// Frames waiting in the forwarding buffer of each peer, queued or unacked.
     pub forward_buffered: IntGaugeVec,
+    /// Per peer: frames sent (first time), acked, streams broken (`event`),
+    /// and bytes written.
+    pub forward_peer_frames: IntCounterVec,
+    pub forward_peer_bytes: IntCounterVec,
     /// The peers `forward_buffered` has series for.
     pub forward_peers: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Commands proposed through Raft, the Raft entries that carried them, and
@@ -246,6 +250,20 @@ impl Metrics {
             )?,
             drop_logged_at: std::sync::atomic::AtomicU64::new(0),
             forward_peers: std::sync::Mutex::default(),
+            forward_peer_frames: IntCounterVec::new(
+                Opts::new(
+                    "starling_forward_peer_frames_total",
+                    "Frames to each peer: sent (first time), acked, and streams that broke (errors)",
+                ),
+                &["peer", "event"],
+            )?,
+            forward_peer_bytes: IntCounterVec::new(
+                Opts::new(
+                    "starling_forward_peer_bytes_total",
+                    "Bytes of the frames written to each peer, resends included",
+                ),
+                &["peer"],
+            )?,
         };
         // Every series present from the first scrape, at zero: a rate over a
         // series that appears only with its first event misses that event.
@@ -270,6 +288,8 @@ impl Metrics {
         for kind in ["direct", "shared"] {
             metrics.subscriptions.with_label_values(&[kind]);
         }
+        registry.register(Box::new(metrics.forward_peer_frames.clone()))?;
+        registry.register(Box::new(metrics.forward_peer_bytes.clone()))?;
         registry.register(Box::new(metrics.sessions.clone()))?;
         registry.register(Box::new(metrics.subscriptions.clone()))?;
         registry.register(Box::new(metrics.queued_messages.clone()))?;

@@ -114,4 +114,11 @@ pub struct PeerStats {
     pub unacked: usize,
     /// Whether a stream is open right now.
     pub connected: bool,
+    /// Frames written to it (each once, resends not counted), their bytes
+    /// (resends counted: what went over the wire), frames it acknowledged,
+    /// and its streams that broke.
+    pub sent: u64,
+    pub sent_bytes: u64,
+    pub acked: u64,
+    pub errors: u64,
 }

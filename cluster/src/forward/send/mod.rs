@@ -62,6 +62,12 @@ struct Peer {
 
 /// What the task reports about its peer.
 struct PeerShared {
+    /// What went to this peer so far: frames written (first time), their
+    /// bytes, frames acknowledged, and streams that broke.
+    sent: AtomicU64,
+    sent_bytes: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
     unacked: AtomicUsize,
     /// Bytes of the frames queued or in the window: what this peer holds of
     /// this node's memory. Bounded by the forwarder's `buffer_bytes`.
@@ -208,6 +214,10 @@ impl Forwarder {
         let (addr_tx, addr_rx) = watch::channel(addr);
         let buffer = self.inner.buffer;
         let shared = Arc::new(PeerShared {
+            sent: AtomicU64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             unacked: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             connected: AtomicBool::new(false),
@@ -372,6 +382,10 @@ impl Forwarder {
                 queued: p.queue.max_capacity() - p.queue.capacity(),
                 unacked: p.shared.unacked.load(Ordering::Relaxed),
                 connected: p.shared.connected.load(Ordering::Relaxed),
+                sent: p.shared.sent.load(Ordering::Relaxed),
+                sent_bytes: p.shared.sent_bytes.load(Ordering::Relaxed),
+                acked: p.shared.acked.load(Ordering::Relaxed),
+                errors: p.shared.errors.load(Ordering::Relaxed),
             })
             .collect();
         peer_stats.sort_by_key(|p| p.id);

@@ -90,6 +90,7 @@ impl PeerTask {
                 End::Broken(e) => e,
             };
             bump(&self.counters.errors, 1);
+            bump(&self.shared.errors, 1);
             if self.progressed {
                 backoff = timeouts::FORWARD_BACKOFF_MIN;
                 failures = 0;
@@ -239,6 +240,8 @@ impl PeerTask {
         let resent = self.written_max.saturating_sub(first - 1).min(n);
         bump(&self.counters.resent, resent);
         bump(&self.counters.sent, n - resent);
+        bump(&self.shared.sent, n - resent);
+        bump(&self.shared.sent_bytes, bytes as u64);
         self.written_max = self.written_max.max(last);
         self.next_write = last + 1;
     }
@@ -262,6 +265,7 @@ impl PeerTask {
         }
         self.progressed |= n > 0;
         bump(&self.counters.acked, n);
+        bump(&self.shared.acked, n);
         self.shared
             .unacked
             .store(self.window.len(), Ordering::Relaxed);
