@@ -135,3 +135,46 @@ async fn a_full_disk_stops_the_node_with_its_cause_and_loses_nothing_acknowledge
     process.kill9();
     drop(disk);
 }
+
+#[tokio::test]
+async fn snapshots_are_counted_and_their_size_shown() {
+    let broker = starling_testkit::Broker::start_with("[cluster]\nmax_log_bytes = 200000\n").await;
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    let (_, before) = starling_testkit::http_get(broker.http_port, "/metrics")
+        .await
+        .expect("/metrics");
+    assert_eq!(metric(&before, "starling_raft_snapshots_total"), 0.0);
+    let mut publisher = Client::connect(client::options(broker.port, "snap-pub")).await;
+    for i in 0..40 {
+        publisher
+            .publish(
+                &format!("snap/{i}"),
+                QoS::AtLeastOnce,
+                true,
+                vec![b's'; 8_000],
+            )
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = starling_testkit::http_get(broker.http_port, "/metrics")
+            .await
+            .expect("/metrics");
+        let (count, bytes) = (
+            metric(&text, "starling_raft_snapshots_total"),
+            metric(&text, "starling_raft_snapshot_bytes"),
+        );
+        if count >= 1.0 && bytes > 100_000.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot counted: {count} snapshots, {bytes} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

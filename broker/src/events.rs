@@ -69,6 +69,10 @@ fn refresh_metrics(shared: &Shared) {
     gauge("snapshot_index", status.snapshot_index.unwrap_or(0));
     gauge("purged_index", status.purged_index.unwrap_or(0));
     gauge("log_bytes", shared.node.log_bytes());
+    let (snapshots, snapshot_bytes) = shared.node.snapshot_stats();
+    crate::metrics::catch_up(&m.snapshots, snapshots);
+    m.snapshot_bytes
+        .set(i64::try_from(snapshot_bytes).unwrap_or(i64::MAX));
     let census = shared.machine.census();
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     m.sessions

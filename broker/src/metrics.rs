@@ -40,6 +40,9 @@ pub struct Metrics {
     /// and bytes written.
     pub forward_peer_frames: IntCounterVec,
     pub forward_peer_bytes: IntCounterVec,
+    /// Raft snapshots stored since start, and the size of the stored one.
+    pub snapshots: IntCounter,
+    pub snapshot_bytes: IntGauge,
     /// The peers `forward_buffered` has series for.
     pub forward_peers: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Commands proposed through Raft, the Raft entries that carried them, and
@@ -250,6 +253,14 @@ impl Metrics {
             )?,
             drop_logged_at: std::sync::atomic::AtomicU64::new(0),
             forward_peers: std::sync::Mutex::default(),
+            snapshots: IntCounter::new(
+                "starling_raft_snapshots_total",
+                "Raft snapshots stored since the node started, built here or received",
+            )?,
+            snapshot_bytes: IntGauge::new(
+                "starling_raft_snapshot_bytes",
+                "Size of the stored Raft snapshot",
+            )?,
             forward_peer_frames: IntCounterVec::new(
                 Opts::new(
                     "starling_forward_peer_frames_total",
@@ -290,6 +301,8 @@ impl Metrics {
         }
         registry.register(Box::new(metrics.forward_peer_frames.clone()))?;
         registry.register(Box::new(metrics.forward_peer_bytes.clone()))?;
+        registry.register(Box::new(metrics.snapshots.clone()))?;
+        registry.register(Box::new(metrics.snapshot_bytes.clone()))?;
         registry.register(Box::new(metrics.sessions.clone()))?;
         registry.register(Box::new(metrics.subscriptions.clone()))?;
         registry.register(Box::new(metrics.queued_messages.clone()))?;

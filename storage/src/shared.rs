@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     /// files without it, so replication never waits for disk behind it.
     pub(crate) log: Mutex<SegmentLog>,
     pub(crate) flushes: Arc<AtomicU64>,
+    /// Snapshots stored since the store opened (built here or received).
+    pub(crate) snapshots: Arc<AtomicU64>,
     /// How long each fsync of the log and of sled took.
     pub(crate) flush_times: Arc<crate::timing::Timings>,
     /// Bytes of the entries in the log, as stored; a copy of the log's own

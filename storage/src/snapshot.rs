@@ -34,7 +34,7 @@ use crate::shared::Shared;
 use crate::types::{NodeId, SnapshotMeta};
 
 /// The snapshot file, in the storage directory beside sled's files.
-const FILE: &str = "snapshot";
+pub(crate) const FILE: &str = "snapshot";
 const TMP_FILE: &str = "snapshot.tmp";
 /// A snapshot being received; unlinked as soon as it is created.
 const SPOOL_FILE: &str = "snapshot.recv";
@@ -270,6 +270,7 @@ pub(crate) fn store(
     // Logs up to this snapshot may be purged from now on: it is durable first.
     let file = write_file(&shared.dir, meta, body)?;
     shared.flushes.fetch_add(1, Ordering::Relaxed);
+    shared.snapshots.fetch_add(1, Ordering::Relaxed);
     *current = Some(meta.clone());
     Ok(Some(file))
 }

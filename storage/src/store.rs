@@ -58,6 +58,8 @@ pub struct StorageHandle {
     shared: std::sync::Weak<Shared>,
     flushes: Arc<AtomicU64>,
     flush_times: Arc<crate::timing::Timings>,
+    snapshots: Arc<AtomicU64>,
+    dir: std::path::PathBuf,
     incarnation: u64,
     recovery: Recovery,
     closed: watch::Receiver<()>,
@@ -67,6 +69,16 @@ impl StorageHandle {
     /// fsyncs of the database so far (log group commits, votes, snapshots).
     pub fn log_flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots stored since the store opened, built here or received.
+    pub fn snapshots_stored(&self) -> u64 {
+        self.snapshots.load(Ordering::Relaxed)
+    }
+
+    /// The size of the stored snapshot file, 0 without one.
+    pub fn snapshot_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir.join(crate::snapshot::FILE)).map_or(0, |m| m.len())
     }
 
     /// How long those fsyncs took.
@@ -158,7 +170,9 @@ impl Storage {
         let (closed_tx, closed_rx) = watch::channel(());
         let flushes = Arc::new(AtomicU64::new(0));
         let flush_times = Arc::new(crate::timing::Timings::default());
+        let snapshots = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
+            snapshots: snapshots.clone(),
             flush_times: flush_times.clone(),
             db,
             meta,
@@ -200,6 +214,8 @@ impl Storage {
             shared: Arc::downgrade(&shared),
             flushes,
             flush_times,
+            snapshots,
+            dir: dir.to_owned(),
             incarnation,
             recovery,
             closed: closed_rx,

@@ -402,6 +402,14 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Snapshots stored since this node started, and the stored one's size.
+    pub fn snapshot_stats(&self) -> (u64, u64) {
+        (
+            self.inner.storage.snapshots_stored(),
+            self.inner.storage.snapshot_bytes(),
+        )
+    }
+
     /// How long the fsyncs of this node's Raft log and metadata took.
     pub fn fsync_times(&self) -> starling_storage::timing::TimingsSnapshot {
         self.inner.storage.flush_times()
