@@ -161,6 +161,12 @@ impl Broker {
         self.shared.machine.session_view(client_id)
     }
 
+    /// The mailbox of `client_id`'s connection (messages, payload bytes), if
+    /// this node holds it; the node that does answers for it.
+    pub fn mailbox_depth(&self, client_id: &str) -> Option<(usize, usize)> {
+        self.shared.registry.mailbox_depth(client_id)
+    }
+
     /// Every subscription that takes a message published to `topic`.
     pub fn subscribers(&self, topic: &str) -> Vec<SubscriptionView> {
         self.shared.machine.subscribers(topic)

@@ -451,6 +451,18 @@ impl Registry {
         }
     }
 
+    /// Messages and payload bytes waiting in the mailbox of `client_id`'s
+    /// connection, if this node holds it.
+    pub fn mailbox_depth(&self, client_id: &str) -> Option<(usize, usize)> {
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        clients.get(client_id).map(|handle| {
+            (
+                handle.mailbox.len.load(Ordering::Relaxed),
+                handle.mailbox.bytes.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// Tells `client_id`'s connection, if here, that its queue grew.
     pub fn wake(&self, client_id: &str) {
         let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());

@@ -185,18 +185,32 @@ fn list(
 struct ClientDetail {
     client: SessionView,
     subscriptions: Vec<SubscriptionView>,
+    /// Deliveries waiting in the connection's mailbox; only from the node
+    /// that holds the connection (`client.node`), `null` elsewhere.
+    mailbox: Option<Mailbox>,
+}
+
+#[derive(Serialize)]
+struct Mailbox {
+    messages: usize,
+    bytes: usize,
 }
 
 async fn client(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ClientDetail>, ApiError> {
-    let (client, subscriptions) = broker(&state)?
+    let broker = broker(&state)?;
+    let (client, subscriptions) = broker
         .session(&id)
         .ok_or_else(|| ApiError::not_found(format!("no client or session {id:?}")))?;
+    let mailbox = broker
+        .mailbox_depth(&id)
+        .map(|(messages, bytes)| Mailbox { messages, bytes });
     Ok(Json(ClientDetail {
         client,
         subscriptions,
+        mailbox,
     }))
 }
 

@@ -69,6 +69,15 @@ async fn any_node_shows_and_acts_on_every_client() {
     assert_eq!(clients[0]["connected"], true);
     let (_, detail) = api(&cluster, 3, "GET", "/api/v1/clients/api-sub", "").await;
     assert_eq!(detail["subscriptions"][0]["filter"], "api/#", "{detail}");
+    assert!(
+        detail["mailbox"].is_null(),
+        "node 3 does not hold it: {detail}"
+    );
+    let (_, detail) = api(&cluster, 2, "GET", "/api/v1/clients/api-sub", "").await;
+    assert_eq!(
+        detail["mailbox"]["messages"], 0,
+        "node 2 holds it: {detail}"
+    );
     let (_, matching) = api(&cluster, 3, "GET", "/api/v1/subscriptions?topic=api/x", "").await;
     assert_eq!(
         matching["subscriptions"][0]["client_id"], "api-sub",
