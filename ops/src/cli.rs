@@ -136,7 +136,9 @@ impl Cli {
     }
 
     /// The configuration to run with: defaults, overridden by the config file, then by
-    /// the `STARLING_*` variables in `env`, then by the flags; checked as a whole.
+    /// the `STARLING_*` variables in `env`, then by the flags; with
+    /// `node_id_from_hostname`, the node id is then taken from the hostname; checked
+    /// as a whole.
     pub fn resolve_config<I>(&self, env: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
@@ -144,6 +146,7 @@ impl Cli {
         let config = config::load(self.config.as_deref(), env)?;
         let mut config = config::apply_settings(config, &self.overrides.settings)?;
         self.overrides.apply(&mut config);
+        config.resolve_node_id(config::hostname)?;
         config.validate()?;
         Ok(config)
     }
