@@ -101,6 +101,10 @@ def node_id(hostname):
     return int(match.group(1)) + 1
 
 
+def ports_of(container):
+    return {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
 def by_kind(docs, kind):
     return [doc for _, doc in docs if doc["kind"] == kind]
 
@@ -124,6 +128,14 @@ def check_statefulset(docs, values, label):
     # Node ids: from the pod's hostname, ordinal + 1.
     check(env.get("STARLING_NODE_ID_FROM_HOSTNAME") == "true", f"{label}: node id from hostname")
     check("node_id" not in config, f"{label}: a fixed node_id in the config file")
+    # Each node advertises its own name under the headless Service.
+    field = [e for e in container["env"] if e["name"] == "POD_NAME"]
+    check(field and field[0]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", f"{label}: POD_NAME")
+    check(
+        env.get("STARLING_CLUSTER__ADVERTISE")
+        == f"$(POD_NAME).{headless}.{NAMESPACE}.svc.cluster.local:{ports_of(container)['cluster']}",
+        f"{label}: advertise {env.get('STARLING_CLUSTER__ADVERTISE')}",
+    )
     # Peers: node N is the pod of ordinal N-1 under the headless Service.
     peers = config["cluster"]["peers"]
     check(len(peers) == initial, f"{label}: {len(peers)} peers, want {initial}")

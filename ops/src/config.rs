@@ -183,11 +183,28 @@ impl Config {
             if let Ok(peers) = self.cluster.parse_peers() {
                 if let Some((_, first)) = peers.iter().next() {
                     if !peers.contains_key(&self.node_id) {
+                        self.check_advertised(first)?;
                         self.cluster.join = first.clone();
                         self.cluster.peers.clear();
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A node joining through `seed` must be reachable by the others: on the
+    /// wildcard address, only `cluster.advertise` says where.
+    fn check_advertised(&self, seed: &str) -> Result<(), ConfigError> {
+        if self.cluster.advertise.trim().is_empty() && self.cluster.listen.ip().is_unspecified() {
+            return Err(refuse(
+                "cluster.advertise",
+                format!(
+                    "node {} is not among cluster.peers, so it joins through {seed}, and \
+                     it listens on {}: set the address the others reach it at (HOST:PORT)",
+                    self.node_id, self.cluster.listen
+                ),
+            ));
         }
         Ok(())
     }

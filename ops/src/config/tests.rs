@@ -566,6 +566,20 @@ fn a_node_past_the_peers_joins_through_the_first_of_them() {
     assert!(config.cluster.peers.is_empty());
     assert_eq!(config.cluster.join, "s-0.h:7946");
     config.validate().unwrap();
+    // On the wildcard address, the others need an advertised address to reach it.
+    let mut config = from_env(&vars).unwrap();
+    config.cluster.listen = "0.0.0.0:7946".parse().unwrap();
+    let err = config
+        .resolve_node_id(|| Ok("s-3".to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cluster.advertise") && err.contains("s-0.h:7946"),
+        "{err}"
+    );
+    config.cluster.advertise = "s-3.h:7946".to_owned();
+    config.resolve_node_id(|| Ok("s-3".to_owned())).unwrap();
+    assert_eq!(config.cluster.join, "s-0.h:7946");
     // A join given explicitly is kept, and the peers with it (validate refuses both).
     let mut config = from_env(&[
         ("STARLING_NODE_ID_FROM_HOSTNAME", "true"),
