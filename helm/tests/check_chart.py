@@ -101,6 +101,15 @@ def node_id(hostname):
     return int(match.group(1)) + 1
 
 
+def image_env():
+    """The STARLING_* variables deploy/Dockerfile's ENV sets."""
+    with open(os.path.join(ROOT, "deploy", "Dockerfile")) as f:
+        text = f.read()
+    found = set(re.findall(r"\b(STARLING_[A-Z0-9_]+)=", text))
+    check(found, "no STARLING_* ENV found in deploy/Dockerfile")
+    return sorted(found)
+
+
 def ports_of(container):
     return {p["name"]: p["containerPort"] for p in container["ports"]}
 
@@ -149,7 +158,7 @@ def check_statefulset(docs, values, label):
         )
         check(re.fullmatch(rf"{fullname}-[0-9]+", pod_name), f"{label}: peer pod {pod_name}")
         check(node_id(pod_name) == int(number), f"{label}: peer {entry}: pod {pod_name} is node {node_id(pod_name)}")
-        check(port == config["cluster"]["listen"].rsplit(":", 1)[1], f"{label}: peer {entry}: not the cluster port")
+        check(int(port) == ports_of(container)["cluster"], f"{label}: peer {entry}: not the cluster port")
     ids = sorted(int(e.split("=")[0]) for e in peers)
     check(ids == list(range(1, initial + 1)), f"{label}: peer ids {ids}")
     # The headless Service publishes not-ready pods: nodes find each other before a leader exists.
@@ -157,17 +166,30 @@ def check_statefulset(docs, values, label):
     check(headless_svc["spec"]["clusterIP"] == "None", f"{label}: headless clusterIP")
     check(headless_svc["spec"].get("publishNotReadyAddresses") is True, f"{label}: publishNotReadyAddresses")
     # Listeners inside the pod: every address, the ports the container declares.
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    check(config["mqtt"]["listen"] == f"0.0.0.0:{ports['mqtt']}", f"{label}: mqtt listener")
-    check(config["http"]["listen"] == f"0.0.0.0:{ports['http']}", f"{label}: http listener")
-    check(config["cluster"]["listen"] == f"0.0.0.0:{ports['cluster']}", f"{label}: cluster listener")
+    ports = ports_of(container)
+    for var, port in [
+        ("STARLING_MQTT__LISTEN", "mqtt"),
+        ("STARLING_HTTP__LISTEN", "http"),
+        ("STARLING_CLUSTER__LISTEN", "cluster"),
+    ]:
+        check(env.get(var) == f"0.0.0.0:{ports[port]}", f"{label}: {var} {env.get(var)}")
+    # The image's environment (deploy/Dockerfile) overrides the config file: the
+    # chart must set those keys in the environment, and not in the file, or a
+    # value such as mqtt.port would silently not take effect.
+    for var in image_env():
+        path = var.removeprefix("STARLING_").lower().split("__")
+        node = config
+        for key in path[:-1]:
+            node = node.get(key, {})
+        check(path[-1] not in node, f"{label}: the config file sets {'.'.join(path)}, which the image's {var} overrides")
+        check(var in env, f"{label}: the StatefulSet does not set {var}, which the image sets")
     # Probes.
     ready, live = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
     check(ready["path"] == "/readyz" and ready["port"] == "http", f"{label}: readiness probe {ready}")
     check(live["path"] == "/healthz" and live["port"] == "http", f"{label}: liveness probe {live}")
     # Data: a PVC per node, mounted where data_dir points.
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    check(config["data_dir"] == "/data" and mounts.get("data") == "/data", f"{label}: data dir mount")
+    check(env.get("STARLING_DATA_DIR") == "/data" and mounts.get("data") == "/data", f"{label}: data dir mount")
     [claim] = spec["volumeClaimTemplates"]
     check(claim["metadata"]["name"] == "data", f"{label}: PVC name")
     size = values.get("persistence", {}).get("size", "8Gi")
