@@ -1,5 +1,5 @@
 //! The command line: flags for the common settings, which override the config file and
-//! the environment, and the `config` and `passwd` subcommands.
+//! the environment, and the `config`, `passwd` and `probe` subcommands.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -55,6 +55,11 @@ pub enum Command {
     /// Talk to a running node's admin API: members, clients, sessions,
     /// retained messages, publishing, reloading the auth files.
     Ctl(crate::ctl::CtlArgs),
+    /// GET a URL once and exit 0 if the answer is 2xx, 1 otherwise (also when no
+    /// answer comes within the timeout): a health check that needs no curl, as in
+    /// the container image's HEALTHCHECK: `starling probe
+    /// http://127.0.0.1:8080/healthz`.
+    Probe(crate::probe::ProbeArgs),
 }
 
 /// The arguments of `starling passwd`.
@@ -131,7 +136,9 @@ impl Cli {
     }
 
     /// The configuration to run with: defaults, overridden by the config file, then by
-    /// the `STARLING_*` variables in `env`, then by the flags; checked as a whole.
+    /// the `STARLING_*` variables in `env`, then by the flags; with
+    /// `node_id_from_hostname`, the node id is then taken from the hostname; checked
+    /// as a whole.
     pub fn resolve_config<I>(&self, env: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
@@ -139,6 +146,7 @@ impl Cli {
         let config = config::load(self.config.as_deref(), env)?;
         let mut config = config::apply_settings(config, &self.overrides.settings)?;
         self.overrides.apply(&mut config);
+        config.resolve_node_id(config::hostname)?;
         config.validate()?;
         Ok(config)
     }

@@ -30,6 +30,13 @@ pub(crate) const UNSET_BY_DEFAULT: &[&str] = &["auth.allow_anonymous"];
 pub struct Config {
     /// Id of this node in the cluster; every node of a cluster needs its own.
     pub node_id: u64,
+    /// Take the node id from this machine's hostname instead of `node_id`: the
+    /// number after the hostname's last '-', plus one, so that the pods
+    /// "starling-0", "starling-1", ... of a Kubernetes StatefulSet are the nodes
+    /// 1, 2, ... A hostname without such a number fails the start. A node whose
+    /// id is then not in `cluster.peers` (a StatefulSet scaled up past them)
+    /// joins the running cluster through the first of them instead.
+    pub node_id_from_hostname: bool,
     /// Directory of the node's durable state: the Raft log, snapshots and the MQTT
     /// state they hold. Created if missing.
     pub data_dir: PathBuf,
@@ -119,6 +126,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             node_id: 1,
+            node_id_from_hostname: false,
             data_dir: PathBuf::from("./data"),
             mqtt: MqttConfig::default(),
             websocket: WebSocketConfig::default(),
@@ -153,6 +161,56 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// With `node_id_from_hostname`, sets `node_id` from the hostname `hostname`
+    /// reads, and turns `cluster.peers` that do not list that id into a `join`
+    /// through the first of them; otherwise leaves everything as it is.
+    pub fn resolve_node_id(
+        &mut self,
+        hostname: impl FnOnce() -> std::io::Result<String>,
+    ) -> Result<(), ConfigError> {
+        if !self.node_id_from_hostname {
+            return Ok(());
+        }
+        let name = hostname().map_err(|e| {
+            refuse(
+                "node_id_from_hostname",
+                format!("cannot read the hostname: {e}"),
+            )
+        })?;
+        self.node_id = node_id_from_hostname(&name)
+            .map_err(|reason| refuse("node_id_from_hostname", reason))?;
+        // A node added after the cluster was formed joins it through the first
+        // peer; an unreadable peer list is left for `validate` to report.
+        if self.cluster.join.trim().is_empty() {
+            if let Ok(peers) = self.cluster.parse_peers() {
+                if let Some((_, first)) = peers.iter().next() {
+                    if !peers.contains_key(&self.node_id) {
+                        self.check_advertised(first)?;
+                        self.cluster.join = first.clone();
+                        self.cluster.peers.clear();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node joining through `seed` must be reachable by the others: on the
+    /// wildcard address, only `cluster.advertise` says where.
+    fn check_advertised(&self, seed: &str) -> Result<(), ConfigError> {
+        if self.cluster.advertise.trim().is_empty() && self.cluster.listen.ip().is_unspecified() {
+            return Err(refuse(
+                "cluster.advertise",
+                format!(
+                    "node {} is not among cluster.peers, so it joins through {seed}, and \
+                     it listens on {}: set the address the others reach it at (HOST:PORT)",
+                    self.node_id, self.cluster.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The configuration as a TOML document.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         Ok(toml::to_string(self)?)
@@ -201,6 +259,39 @@ pub enum ConfigError {
         env: String,
         reason: String,
     },
+}
+
+/// The node id `hostname` gives: the number after its last '-' plus one
+/// ("starling-0" -> 1, "mqtt-broker-12.example" -> 13). A domain after the first
+/// '.' is ignored.
+pub fn node_id_from_hostname(hostname: &str) -> Result<u64, String> {
+    let host = hostname.trim();
+    let host = host.split('.').next().unwrap_or(host);
+    let ordinal = host
+        .rsplit_once('-')
+        .map(|(_, ordinal)| ordinal)
+        .filter(|ordinal| !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            format!(
+                "the hostname {host:?} does not end in -N (N a number), as the pods of a \
+                 StatefulSet do"
+            )
+        })?;
+    ordinal
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| format!("the number in the hostname {host:?} is too large"))
+}
+
+/// This machine's hostname: the kernel's, or else `$HOSTNAME`.
+pub fn hostname() -> std::io::Result<String> {
+    match std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        Ok(name) if !name.trim().is_empty() => Ok(name.trim().to_owned()),
+        Ok(_) => std::env::var("HOSTNAME")
+            .map_err(|_| std::io::Error::other("the kernel's hostname is empty")),
+        Err(e) => std::env::var("HOSTNAME").map_err(|_| e),
+    }
 }
 
 /// Reads the config file at `path` (if any) over the defaults, then applies the

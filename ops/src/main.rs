@@ -8,6 +8,7 @@ mod config;
 mod ctl;
 mod http;
 mod log_limit;
+mod probe;
 mod process_metrics;
 mod status;
 mod telemetry;
@@ -33,6 +34,12 @@ async fn main() -> ExitCode {
     }
     if let Some(Command::Ctl(args)) = &cli.command {
         return match ctl::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(describe(&e)),
+        };
+    }
+    if let Some(Command::Probe(args)) = &cli.command {
+        return match probe::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(describe(&e)),
         };

@@ -19,6 +19,15 @@ const DOCS: &[(&str, &str)] = &[
         "Id of this node in the cluster; every node of a cluster needs its own.",
     ),
     (
+        "node_id_from_hostname",
+        "Take the node id from this machine's hostname instead of `node_id`: the\n\
+         number after the hostname's last '-', plus one, so that the pods\n\
+         \"starling-0\", \"starling-1\", ... of a Kubernetes StatefulSet are the nodes\n\
+         1, 2, ... A hostname without such a number fails the start. A node whose\n\
+         id is then not in `cluster.peers` (a StatefulSet scaled up past them)\n\
+         joins the running cluster through the first of them instead.",
+    ),
+    (
         "data_dir",
         "Directory of the node's durable state: the Raft log, snapshots and the MQTT\n\
          state they hold. Created if missing.",

@@ -490,3 +490,109 @@ fn keys_with_flags_name_their_variable_and_flag() {
         assert!(flag.starts_with("--"), "{key}");
     }
 }
+
+#[test]
+fn the_node_id_is_the_hostname_ordinal_plus_one() {
+    for (host, id) in [
+        ("starling-0", 1),
+        ("starling-2", 3),
+        ("my-mqtt-broker-12", 13),
+        ("starling-4.starling-headless.mqtt.svc.cluster.local", 5),
+        ("starling-007\n", 8),
+    ] {
+        assert_eq!(node_id_from_hostname(host), Ok(id), "{host}");
+    }
+    for host in [
+        "starling",
+        "starling-",
+        "starling-x1",
+        "starling-1a",
+        "",
+        "-",
+        "starling-18446744073709551615",
+        "starling.1",
+    ] {
+        assert!(node_id_from_hostname(host).is_err(), "{host}");
+    }
+}
+
+#[test]
+fn node_id_from_hostname_replaces_the_node_id_only_when_asked() {
+    let mut config = from_env(&[("STARLING_NODE_ID", "9")]).unwrap();
+    config
+        .resolve_node_id(|| panic!("the hostname is not read when not asked"))
+        .unwrap();
+    assert_eq!(config.node_id, 9);
+
+    let mut config = from_env(&[("STARLING_NODE_ID_FROM_HOSTNAME", "true")]).unwrap();
+    assert!(config.node_id_from_hostname);
+    config
+        .resolve_node_id(|| Ok("starling-1".to_owned()))
+        .unwrap();
+    assert_eq!(config.node_id, 2);
+
+    let mut config = from_env(&[("STARLING_NODE_ID_FROM_HOSTNAME", "true")]).unwrap();
+    let err = config
+        .resolve_node_id(|| Ok("broker".to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node_id_from_hostname") && err.contains("STARLING_NODE_ID_FROM_HOSTNAME"),
+        "{err}"
+    );
+    assert!(err.contains("\"broker\""), "{err}");
+    let err = config
+        .resolve_node_id(|| Err(std::io::Error::other("no uts namespace")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read the hostname"), "{err}");
+}
+
+#[test]
+fn a_node_past_the_peers_joins_through_the_first_of_them() {
+    let peers = "1=s-0.h:7946,2=s-1.h:7946,3=s-2.h:7946";
+    let vars = [
+        ("STARLING_NODE_ID_FROM_HOSTNAME", "true"),
+        ("STARLING_CLUSTER__PEERS", peers),
+    ];
+    // Among the peers: they stay, no join.
+    let mut config = from_env(&vars).unwrap();
+    config.resolve_node_id(|| Ok("s-2".to_owned())).unwrap();
+    assert_eq!(config.node_id, 3);
+    assert_eq!(config.cluster.peers.len(), 3);
+    assert!(config.cluster.join.is_empty());
+    config.validate().unwrap();
+    // Past them (scaled up to 4): joins through node 1.
+    let mut config = from_env(&vars).unwrap();
+    config.resolve_node_id(|| Ok("s-3".to_owned())).unwrap();
+    assert_eq!(config.node_id, 4);
+    assert!(config.cluster.peers.is_empty());
+    assert_eq!(config.cluster.join, "s-0.h:7946");
+    config.validate().unwrap();
+    // On the wildcard address, the others need an advertised address to reach it.
+    let mut config = from_env(&vars).unwrap();
+    config.cluster.listen = "0.0.0.0:7946".parse().unwrap();
+    let err = config
+        .resolve_node_id(|| Ok("s-3".to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cluster.advertise") && err.contains("s-0.h:7946"),
+        "{err}"
+    );
+    config.cluster.advertise = "s-3.h:7946".to_owned();
+    config.resolve_node_id(|| Ok("s-3".to_owned())).unwrap();
+    assert_eq!(config.cluster.join, "s-0.h:7946");
+    // A join given explicitly is kept, and the peers with it (validate refuses both).
+    let mut config = from_env(&[
+        ("STARLING_NODE_ID_FROM_HOSTNAME", "true"),
+        ("STARLING_CLUSTER__JOIN", "seed:7946"),
+    ])
+    .unwrap();
+    config.resolve_node_id(|| Ok("s-5".to_owned())).unwrap();
+    assert_eq!(config.cluster.join, "seed:7946");
+    // Without peers: a cluster of one, as before.
+    let mut config = from_env(&[("STARLING_NODE_ID_FROM_HOSTNAME", "true")]).unwrap();
+    config.resolve_node_id(|| Ok("s-0".to_owned())).unwrap();
+    assert!(config.cluster.peers.is_empty() && config.cluster.join.is_empty());
+}
