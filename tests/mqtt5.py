@@ -1457,6 +1457,12 @@ def metrics_move(port, http_port):
     check(fsyncs is not None and fsyncs >= 1, f"fsyncs timed: {fsyncs}")
     check(value(samples, "starling_raft_fsync_seconds_bucket", le="+Inf") == fsyncs,
           "the +Inf bucket holds every fsync")
+    batches = value(samples, "starling_raft_proposal_batch_commands_count")
+    commands = value(samples, "starling_raft_proposal_batch_commands_sum")
+    check(batches is not None and batches >= 1 and commands >= batches,
+          f"proposal batches: {batches} carrying {commands} commands")
+    check(value(samples, "starling_raft_proposal_batch_commands_bucket", le="+Inf") == batches,
+          "the +Inf bucket holds every batch")
     received = value(scrape(), "starling_messages_received_total", qos="1")
     check(received is not None and received >= 1, f"QoS 1 messages received: {received}")
     sub.disconnect()

@@ -1,5 +1,7 @@
-//! `starling_raft_fsync_seconds`: the histogram of this node's Raft fsyncs,
-//! read from the storage's own counters at each scrape.
+//! Histograms that the storage and the proposer keep in atomic buckets of
+//! their own, turned into Prometheus histograms at each scrape:
+//! `starling_raft_fsync_seconds` (this node's Raft fsyncs) and
+//! `starling_raft_proposal_batch_commands` (commands per Raft entry).
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
@@ -30,26 +32,89 @@ impl Collector for FsyncHistogram {
     }
 }
 
-/// The Prometheus histogram of `times`: cumulative buckets, count and sum.
+const BATCH_NAME: &str = "starling_raft_proposal_batch_commands";
+const BATCH_HELP: &str = "Commands carried by each Raft entry this node proposed";
+
+pub(crate) struct BatchHistogram {
+    node: starling_cluster::Node,
+    desc: Desc,
+}
+
+impl BatchHistogram {
+    pub(crate) fn new(node: starling_cluster::Node) -> prometheus::Result<BatchHistogram> {
+        let desc = Desc::new(
+            BATCH_NAME.into(),
+            BATCH_HELP.into(),
+            Vec::new(),
+            Default::default(),
+        )?;
+        Ok(BatchHistogram { node, desc })
+    }
+}
+
+impl Collector for BatchHistogram {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (buckets, commands) = self.node.batch_sizes();
+        let bounds: Vec<f64> = starling_cluster::BATCH_BOUNDS
+            .iter()
+            .map(|b| *b as f64)
+            .collect();
+        let count = buckets.iter().sum();
+        vec![histogram(
+            BATCH_NAME,
+            BATCH_HELP,
+            &bounds,
+            &buckets,
+            count,
+            commands as f64,
+        )]
+    }
+}
+
+/// The Prometheus histogram of `times`.
 fn family(times: &TimingsSnapshot) -> MetricFamily {
+    histogram(
+        NAME,
+        HELP,
+        &BOUNDS,
+        &times.buckets,
+        times.count,
+        times.sum_seconds,
+    )
+}
+
+/// A Prometheus histogram from counts per bucket (not cumulative): cumulative
+/// buckets, count and sum.
+fn histogram(
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    counts: &[u64],
+    count: u64,
+    sum: f64,
+) -> MetricFamily {
     let mut histogram = Histogram::default();
     let mut cumulative = 0;
-    let mut buckets = Vec::with_capacity(BOUNDS.len());
-    for (bound, count) in BOUNDS.iter().zip(&times.buckets) {
-        cumulative += count;
+    let mut buckets = Vec::with_capacity(bounds.len());
+    for (bound, n) in bounds.iter().zip(counts) {
+        cumulative += n;
         let mut bucket = Bucket::default();
         bucket.set_upper_bound(*bound);
         bucket.set_cumulative_count(cumulative);
         buckets.push(bucket);
     }
     histogram.set_bucket(buckets);
-    histogram.set_sample_count(times.count);
-    histogram.set_sample_sum(times.sum_seconds);
+    histogram.set_sample_count(count);
+    histogram.set_sample_sum(sum);
     let mut metric = Metric::default();
     metric.set_histogram(histogram);
     let mut family = MetricFamily::default();
-    family.set_name(NAME.into());
-    family.set_help(HELP.into());
+    family.set_name(name.into());
+    family.set_help(help.into());
     family.set_field_type(MetricType::HISTOGRAM);
     family.set_metric(vec![metric]);
     family

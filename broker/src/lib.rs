@@ -185,6 +185,7 @@ impl Broker {
             () = &mut stop => return Ok(None),
         };
         registry.register(Box::new(fsync_metrics::FsyncHistogram::new(node.clone())?))?;
+        registry.register(Box::new(fsync_metrics::BatchHistogram::new(node.clone())?))?;
         let incarnation = node.incarnation();
         local.set_incarnation(incarnation);
         tokio::select! {

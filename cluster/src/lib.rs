@@ -31,6 +31,7 @@ pub use forward::{
 };
 pub use network::source_for;
 pub use node::{Node, NodeBuilder, RaftStatus, Tuning};
+pub use proposer::BATCH_BOUNDS;
 pub use starling_storage::{SnapshotEncoder, StateMachine};
 pub use tls::{ClusterTls, Dialer};
 

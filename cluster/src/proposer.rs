@@ -45,6 +45,24 @@ pub(crate) struct Proposal {
 pub(crate) struct Counters {
     pub(crate) commands: AtomicU64,
     pub(crate) batches: AtomicU64,
+    /// How many commands each batch carried, by [`BATCH_BOUNDS`] bucket (the
+    /// last one: more than them all).
+    pub(crate) batch_sizes: [AtomicU64; BATCH_BOUNDS.len() + 1],
+}
+
+/// Upper bounds of the batch size buckets: powers of two up to the largest
+/// batch the node makes by default.
+pub const BATCH_BOUNDS: [u64; 13] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+
+impl Counters {
+    fn record_batch(&self, commands: usize) {
+        let commands = commands as u64;
+        let bucket = BATCH_BOUNDS
+            .iter()
+            .position(|bound| commands <= *bound)
+            .unwrap_or(BATCH_BOUNDS.len());
+        self.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What the proposer needs to run.
@@ -120,6 +138,7 @@ impl Proposer {
             .commands
             .fetch_add(count as u64, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.record_batch(count);
         debug!(commands = count, first_seq, "proposing batch");
         let request = Request {
             origin: self.core.id,

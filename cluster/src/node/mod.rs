@@ -415,6 +415,19 @@ impl Node {
         self.inner.storage.flush_times()
     }
 
+    /// How many batches carried how many commands: per bucket of
+    /// [`crate::BATCH_BOUNDS`] (the last: more), and the commands in all.
+    pub fn batch_sizes(&self) -> (Vec<u64>, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = &self.inner.counters;
+        let buckets = counters
+            .batch_sizes
+            .iter()
+            .map(|b| b.load(Relaxed))
+            .collect();
+        (buckets, counters.commands.load(Relaxed))
+    }
+
     /// Counters of the proposal path since this node started.
     pub fn stats(&self) -> ProposalStats {
         use std::sync::atomic::Ordering::Relaxed;
