@@ -62,6 +62,26 @@ async fn ctl_lists_acts_and_reports_errors() {
     assert!(retained.contains("\"payload\": \"from ctl\""), "{retained}");
 
     stdout(&ctl(&broker, Some(TOKEN), &["kick", "ctl-sub"]));
+    // The connection's log lines name its peer and client id.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = broker.log_text();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("disconnected by an operator"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no kick logged: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        line.contains("peer=127.0.0.1:") && line.contains("client_id=\"ctl-sub\""),
+        "{line}"
+    );
     let missing = ctl(&broker, Some(TOKEN), &["kick", "ctl-sub-nobody"]);
     assert!(!missing.status.success());
     let error = String::from_utf8_lossy(&missing.stderr);

@@ -62,7 +62,12 @@ pub(crate) fn serve(
     let conn = shared.next_conn_id();
     // At debug level: a span per connection costs a few hundred bytes while it
     // lives. Events worth seeing at info name the connection themselves.
-    let span = tracing::debug_span!("conn", %peer, client_id = tracing::field::Empty);
+    let span = tracing::debug_span!(
+        "conn",
+        node = shared.registry.node(),
+        %peer,
+        client_id = tracing::field::Empty
+    );
     let mailbox = Arc::new(Mailbox::new(
         shared.config.mailbox_capacity,
         shared.config.mailbox_capacity_bytes,

@@ -246,7 +246,7 @@ impl Session {
         } else {
             Arc::from(connect.client_id.as_str())
         };
-        tracing::Span::current().record("client_id", &*client_id);
+        tracing::Span::current().record("client_id", tracing::field::display(&client_id));
         if !self.authenticate(&connect, &client_id, view) {
             return;
         }
