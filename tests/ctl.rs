@@ -91,3 +91,37 @@ async fn ctl_lists_acts_and_reports_errors() {
     assert!(!refused.status.success(), "no token, no answer");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
 }
+
+#[tokio::test]
+async fn a_client_shows_what_it_has_not_acknowledged() {
+    use starling_testkit::raw::{self, Connect, Raw};
+
+    let broker = Broker::start().await;
+    let (mut lazy, _) = Raw::connect(broker.port, &Connect::v311("lazy")).await;
+    lazy.send(&raw::subscribe(1, &[("lazy/#", 1)])).await;
+    lazy.expect(raw::WAIT).await; // SUBACK
+    let mut publisher = Client::connect(client::options(broker.port, "lazy-pub")).await;
+    for i in 0..3 {
+        publisher
+            .publish("lazy/t", QoS::AtLeastOnce, false, format!("{i}"))
+            .await;
+    }
+    for _ in 0..3 {
+        assert_eq!(lazy.expect(raw::WAIT).await.kind(), raw::kind::PUBLISH);
+    }
+    // Read, never acknowledged: three in flight.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = starling_testkit::http_get(broker.http_port, "/api/v1/clients/lazy")
+            .await
+            .expect("the API answers");
+        assert_eq!(status, 200, "{body}");
+        let detail: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if detail["mailbox"]["inflight"] == 3 {
+            assert_eq!(detail["mailbox"]["messages"], 0, "{detail}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{detail}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

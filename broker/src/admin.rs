@@ -161,9 +161,10 @@ impl Broker {
         self.shared.machine.session_view(client_id)
     }
 
-    /// The mailbox of `client_id`'s connection (messages, payload bytes), if
-    /// this node holds it; the node that does answers for it.
-    pub fn mailbox_depth(&self, client_id: &str) -> Option<(usize, usize)> {
+    /// The mailbox of `client_id`'s connection (messages, payload bytes) and
+    /// its unacknowledged QoS 1/2 messages, if this node holds it; the node
+    /// that does answers for it.
+    pub fn mailbox_depth(&self, client_id: &str) -> Option<(usize, usize, usize)> {
         self.shared.registry.mailbox_depth(client_id)
     }
 

@@ -51,6 +51,9 @@ pub struct Mailbox {
     len: AtomicUsize,
     /// The payload bytes in the queue, readable without the lock.
     bytes: AtomicUsize,
+    /// QoS 1/2 messages the connection sent and the client has not yet
+    /// acknowledged, as the connection task last saw it (for the admin API).
+    inflight: AtomicUsize,
     capacity: usize,
     capacity_bytes: usize,
     /// Since when the backlog is over its bound, in milliseconds since the
@@ -118,6 +121,7 @@ impl Mailbox {
             queue: Mutex::new(VecDeque::new()),
             len: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
             capacity: capacity.max(1),
             capacity_bytes: capacity_bytes.max(1),
             over_since_ms: AtomicU64::new(0),
@@ -147,6 +151,11 @@ impl Mailbox {
     }
 
     /// Takes the oldest delivery, if any. Called by the connection task only.
+    /// Records how many QoS 1/2 messages the connection has unacknowledged.
+    pub fn set_inflight(&self, n: usize) {
+        self.inflight.store(n, Ordering::Relaxed);
+    }
+
     pub fn pop(&self) -> Option<Delivery> {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
@@ -453,12 +462,13 @@ impl Registry {
 
     /// Messages and payload bytes waiting in the mailbox of `client_id`'s
     /// connection, if this node holds it.
-    pub fn mailbox_depth(&self, client_id: &str) -> Option<(usize, usize)> {
+    pub fn mailbox_depth(&self, client_id: &str) -> Option<(usize, usize, usize)> {
         let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
         clients.get(client_id).map(|handle| {
             (
                 handle.mailbox.len.load(Ordering::Relaxed),
                 handle.mailbox.bytes.load(Ordering::Relaxed),
+                handle.mailbox.inflight.load(Ordering::Relaxed),
             )
         })
     }

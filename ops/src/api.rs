@@ -194,6 +194,8 @@ struct ClientDetail {
 struct Mailbox {
     messages: usize,
     bytes: usize,
+    /// QoS 1/2 messages sent and not yet acknowledged by the client.
+    inflight: usize,
 }
 
 async fn client(
@@ -206,7 +208,11 @@ async fn client(
         .ok_or_else(|| ApiError::not_found(format!("no client or session {id:?}")))?;
     let mailbox = broker
         .mailbox_depth(&id)
-        .map(|(messages, bytes)| Mailbox { messages, bytes });
+        .map(|(messages, bytes, inflight)| Mailbox {
+            messages,
+            bytes,
+            inflight,
+        });
     Ok(Json(ClientDetail {
         client,
         subscriptions,

@@ -173,6 +173,7 @@ impl Connection {
             let handled = self.on_wakeup(woken);
             self.take_mail();
             self.session.flush();
+            self.mailbox.set_inflight(self.session.inflight());
             self.perform();
             self.write().await;
             // Waiting for readiness does not count against the task's budget,

@@ -333,6 +333,11 @@ impl Session {
     }
 
     /// Why the connection ends, once it must.
+    /// QoS 1/2 messages sent to the client and not yet acknowledged.
+    pub fn inflight(&self) -> usize {
+        self.out.as_ref().map_or(0, |out| out.inflight())
+    }
+
     pub fn end(&self) -> Option<End> {
         self.end
     }
