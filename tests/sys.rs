@@ -15,25 +15,9 @@ use starling_testkit::Broker;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Reads `client`'s messages until one on `topic` whose payload `wanted`
-/// accepts, and returns that payload; panics after `WAIT`, naming the
-/// last payload seen on `topic`.
+/// accepts, and returns that payload; panics after `WAIT`.
 async fn wait_for(client: &mut Client, topic: &str, wanted: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    let mut last = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(publish) = client.try_recv_publish(left).await else {
-            panic!("no acceptable {topic} within {WAIT:?}; last seen: {last:?}");
-        };
-        if publish.topic != topic {
-            continue;
-        }
-        let payload = String::from_utf8(publish.payload.to_vec()).expect("plain text");
-        if wanted(&payload) {
-            return payload;
-        }
-        last = Some(payload);
-    }
+    client.wait_for_text(topic, WAIT, wanted).await
 }
 
 /// A payload that is a count, as a number.

@@ -183,6 +183,33 @@ impl Client {
         }
     }
 
+    /// Reads messages until one on `topic` whose text payload `wanted`
+    /// accepts, and returns that payload; panics after `timeout`, naming the
+    /// last payload seen on `topic`. Messages on other topics are skipped.
+    pub async fn wait_for_text(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(publish) = self.try_recv_publish(left).await else {
+                panic!("no acceptable {topic} within {timeout:?}; last seen: {last:?}");
+            };
+            if publish.topic != topic {
+                continue;
+            }
+            let payload = String::from_utf8(publish.payload.to_vec()).expect("plain text");
+            if wanted(&payload) {
+                return payload;
+            }
+            last = Some(payload);
+        }
+    }
+
     /// Asserts that no PUBLISH arrives for `duration`.
     pub async fn assert_no_publish(&mut self, duration: Duration) {
         if let Some(publish) = self.try_recv_publish(duration).await {
