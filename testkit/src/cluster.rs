@@ -388,6 +388,42 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s `/metrics` text; panics if it does not answer.
+    pub async fn metrics(&self, id: u64) -> String {
+        let (_, text) = http_request(
+            self.node(id).http,
+            "GET",
+            "/metrics",
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_or_else(|| panic!("node {id} does not answer /metrics"));
+        text
+    }
+
+    /// Waits until `holds` accepts node `id`'s `/metrics` text, at most
+    /// `timeout`; panics naming `what` after that.
+    pub async fn wait_metrics(
+        &self,
+        id: u64,
+        timeout: Duration,
+        what: &str,
+        holds: impl Fn(&str) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let text = self.metrics(id).await;
+            if holds(&text) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id}: {what} not seen in /metrics within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The status of node `id`'s `/readyz`, `None` if it does not answer.
     pub async fn readyz(&self, id: u64) -> Option<u16> {
         http_status(self.node(id).http, "/readyz").await

@@ -5,19 +5,11 @@ use std::time::Duration;
 use rumqttc::QoS;
 
 use starling_testkit::client::{self, Client};
-use starling_testkit::cluster::{http_request, Cluster};
+use starling_testkit::cluster::Cluster;
 
 /// The value of `series` (name and labels, as exposed) on node `id`.
 async fn metric(cluster: &Cluster, id: u64, series: &str) -> Option<f64> {
-    let (_, text) = http_request(
-        cluster.node(id).http,
-        "GET",
-        "/metrics",
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("/metrics answers");
-    text.lines().find_map(|l| {
+    cluster.metrics(id).await.lines().find_map(|l| {
         l.strip_prefix(series)?
             .strip_prefix(' ')?
             .trim()

@@ -46,25 +46,12 @@ async fn join_and_leave() {
     );
     drop((sub_new, pub_new));
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, metrics) = starling_testkit::cluster::http_request(
-            cluster.node(1).http,
-            "GET",
-            "/metrics",
-            Duration::from_secs(2),
-        )
-        .await
-        .expect("node 1 answers /metrics");
-        if metrics.contains(&format!("peer=\"{joined}\"")) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 1 has no series for node {joined} while it is a member"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let series = format!("peer=\"{joined}\"");
+    cluster
+        .wait_metrics(1, Duration::from_secs(5), "series of the new member", |m| {
+            m.contains(&series)
+        })
+        .await;
     let (status, body) = cluster
         .leave(joined)
         .await
@@ -80,31 +67,14 @@ async fn join_and_leave() {
         .expect("a node that left drains and stops");
     assert!(exit.success(), "it exits cleanly: {exit}");
     // The others drop the metric series they had for it.
-    let series = format!("peer=\"{joined}\"");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = starling_testkit::cluster::http_request(
-            cluster.node(1).http,
-            "GET",
-            "/metrics",
-            Duration::from_secs(2),
+    cluster
+        .wait_metrics(
+            1,
+            Duration::from_secs(10),
+            "no series of the departed member",
+            |m| !m.contains(&series),
         )
-        .await
-        .expect("node 1 answers /metrics");
-        if !metrics.contains(&series) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 1 still has series of node {joined}: {}",
-            metrics
-                .lines()
-                .filter(|l| l.contains(&series))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        .await;
 
     // The other three keep serving.
     for id in 1..=3 {
@@ -178,15 +148,9 @@ async fn a_second_node_with_a_members_id_is_refused_and_says_why() {
 
 /// The term node `id` reports in its metrics.
 async fn term(cluster: &Cluster, id: u64) -> u64 {
-    let (_, metrics) = starling_testkit::cluster::http_request(
-        cluster.node(id).http,
-        "GET",
-        "/metrics",
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("/metrics answers");
-    metrics
+    cluster
+        .metrics(id)
+        .await
         .lines()
         .find_map(|l| l.strip_prefix("starling_raft_state{what=\"term\"} "))
         .and_then(|v| v.trim().parse().ok())
