@@ -237,13 +237,7 @@ impl Broker {
 
     /// Resolves with the cause once Raft stopped on its own.
     pub async fn failed(&self) -> String {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-        loop {
-            tick.tick().await;
-            if let Some(why) = self.fatal() {
-                return why;
-            }
-        }
+        self.shared.node.wait_fatal().await
     }
 
     /// Has this node drain and stop, as SIGTERM does.

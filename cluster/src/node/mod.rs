@@ -313,6 +313,25 @@ impl Node {
         m.running_state.as_ref().err().map(ToString::to_string)
     }
 
+    /// Resolves with the cause once Raft stops on its own ([`Node::fatal`]),
+    /// woken by Raft's own metrics rather than polled.
+    pub async fn wait_fatal(&self) -> String {
+        let mut metrics = self.inner.core.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                // The metrics are gone with the core. A stop that was asked
+                // for is no failure: nothing to report, ever.
+                return match self.fatal() {
+                    Some(fatal) => fatal,
+                    None => std::future::pending().await,
+                };
+            }
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         if *self.inner.stop.borrow() {
             return false;
