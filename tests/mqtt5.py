@@ -1441,6 +1441,9 @@ def metrics_move(port, http_port):
                  "process_threads", "process_start_time_seconds"):
         check((value(first, name) or 0) > 0, f"{name} under its standard name")
     check(value(first, "process_cpu_seconds_total") is not None, "process_cpu_seconds_total")
+    for via in ("local", "forwarded", "replicated"):
+        check_eq(value(first, "starling_delivery_latency_seconds_count", via=via), 0.0,
+                 f"delivery latency via {via} at the first scrape")
     sub = Paho(port, "mm-sub", protocol=mqtt.MQTTv311, clean_session=False)
     sub.connect()
     sub.subscribe_ok("mm/#", qos=1)
@@ -1448,6 +1451,8 @@ def metrics_move(port, http_port):
     wait_for("starling_sessions", 1.0, "one session online", state="online")
     wait_for("starling_subscriptions", 1.0, "one direct subscription", kind="direct")
     wait_for("starling_subscriptions", 1.0, "one shared subscription", kind="shared")
+    live = v5_client(port, "mm-live")
+    live.subscribe_ok("mm/#", qos=0)
     pub = v5_client(port, "mm-pub")
     pub.publish_ok("mm/r", b"12345", qos=1, retain=True)
     wait_for("starling_retained_messages", 1.0, "one retained message")
@@ -1465,6 +1470,20 @@ def metrics_move(port, http_port):
           "the +Inf bucket holds every batch")
     received = value(scrape(), "starling_messages_received_total", qos="1")
     check(received is not None and received >= 1, f"QoS 1 messages received: {received}")
+    # The retained QoS 1 message went through Raft, and was delivered from its
+    # application; a QoS 0 one goes straight from the publisher's connection.
+    check_eq(live.expect_message(what="mm/r").topic, "mm/r", "the live subscriber's message")
+    pub.publish("mm/z", b"z", qos=0)
+    check_eq(live.expect_message(what="mm/z").topic, "mm/z", "a QoS 0 message")
+    samples = scrape()
+    for via in ("local", "replicated"):
+        timed = value(samples, "starling_delivery_latency_seconds_count", via=via)
+        check(timed is not None and timed >= 1, f"deliveries via {via} timed: {timed}")
+        check(value(samples, "starling_delivery_latency_seconds_bucket", via=via, le="+Inf")
+              == timed, f"the +Inf bucket holds every delivery via {via}")
+        check(value(samples, "starling_delivery_latency_seconds_sum", via=via) > 0,
+              f"latency via {via} adds up to more than nothing")
+    live.disconnect()
     sub.disconnect()
     wait_for("starling_sessions", 1.0, "the persistent session offline", state="offline")
     pub.publish_ok("mm/q", b"x", qos=1)

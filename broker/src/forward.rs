@@ -17,7 +17,7 @@ use starling_cluster::{ForwardError, ForwardHandler, Forwarder, Hold, Node};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::router;
-use crate::state::{Message, MqttMachine, Pick, Target};
+use crate::state::{Arrival, Message, MqttMachine, Pick, Target, Via};
 
 use crate::timeouts;
 
@@ -48,7 +48,8 @@ pub struct Inbound {
 impl ForwardHandler for Inbound {
     fn handle(&self, from: u64, frame: Bytes) -> Option<Hold> {
         match postcard::from_bytes::<Frame>(&frame) {
-            Ok(Frame::Publish(message, shared)) => {
+            Ok(Frame::Publish(mut message, shared)) => {
+                message.arrival = Arrival::now(Via::Forwarded);
                 // The sender already chose the nodes, and the members of shared
                 // subscriptions: deliver here only. The publisher is connected
                 // to the sending node, so No Local has nobody to leave out here.

@@ -1,7 +1,12 @@
 //! The broker's Prometheus metrics. Names are prefixed `starling_` and carry their
 //! unit; label values come from small fixed sets, never from client input.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::state::{Arrival, Via};
 
 pub struct Metrics {
     pub connections: IntGauge,
@@ -14,6 +19,11 @@ pub struct Metrics {
     /// is on the hot path.
     received_by_qos: [IntCounter; 3],
     sent_by_qos: [IntCounter; 3],
+    /// From a message's arrival on this node to its PUBLISH handed to the
+    /// subscriber's connection for writing, by how it arrived (`via`):
+    /// from a local client, from another node, or from the Raft log.
+    pub delivery_latency: HistogramVec,
+    latency_by_via: [Histogram; 3],
     /// Bytes of MQTT read from clients and written to them (inside TLS and
     /// WebSocket framing), counted once per read and per write.
     pub bytes_received: IntCounter,
@@ -132,7 +142,21 @@ impl Metrics {
             &["qos"],
         )?;
         let by_qos = |vec: &IntCounterVec| ["0", "1", "2"].map(|qos| vec.with_label_values(&[qos]));
+        let delivery_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "starling_delivery_latency_seconds",
+                "From a message's arrival on this node (from a client, another node, or the \
+                 Raft log) to its PUBLISH handed to a subscriber's connection",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["via"],
+        )?;
         let metrics = Metrics {
+            latency_by_via: Via::ALL.map(|via| delivery_latency.with_label_values(&[via.label()])),
+            delivery_latency,
             received_by_qos: by_qos(&messages_received),
             sent_by_qos: by_qos(&messages_sent),
             messages_received,
@@ -320,6 +344,7 @@ impl Metrics {
         registry.register(Box::new(metrics.protocol_errors.clone()))?;
         registry.register(Box::new(metrics.messages_received.clone()))?;
         registry.register(Box::new(metrics.messages_sent.clone()))?;
+        registry.register(Box::new(metrics.delivery_latency.clone()))?;
         registry.register(Box::new(metrics.bytes_received.clone()))?;
         registry.register(Box::new(metrics.bytes_sent.clone()))?;
         registry.register(Box::new(metrics.messages_dropped.clone()))?;
@@ -343,6 +368,14 @@ impl Metrics {
     /// Counts a PUBLISH sent at `qos`.
     pub fn sent(&self, qos: starling_proto::mqtt::QoS) {
         self.sent_by_qos[qos as usize].inc();
+    }
+
+    /// A PUBLISH of a message that arrived by `arrival` handed to its
+    /// subscriber's connection now.
+    pub fn delivered(&self, arrival: &Arrival) {
+        if let Some((elapsed, via)) = arrival.elapsed() {
+            self.latency_by_via[via as usize].observe(elapsed.as_secs_f64());
+        }
     }
 
     /// This node's running totals since it started, for `$SYS`.

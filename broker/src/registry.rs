@@ -542,6 +542,7 @@ mod tests {
                 qos: QoS::AtMostOnce,
                 retain: false,
                 expires_at: None,
+                arrival: Default::default(),
                 props: None,
             },
             qos: QoS::AtMostOnce,

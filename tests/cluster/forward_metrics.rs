@@ -55,4 +55,12 @@ async fn per_peer_forwarding_metrics_count_what_crossed() {
     // Nothing went to node 3, which has no subscriber.
     let to_3 = "starling_forward_peer_frames_total{event=\"sent\",peer=\"3\"}";
     assert_eq!(metric(&cluster, 1, to_3).await, Some(0.0));
+    // Node 2 timed each delivery from the frame's arrival; node 1 delivered
+    // nothing, and had nothing forwarded to it.
+    let count = "starling_delivery_latency_seconds_count{via=\"forwarded\"}";
+    let sum = "starling_delivery_latency_seconds_sum{via=\"forwarded\"}";
+    let timed = metric(&cluster, 2, count).await.unwrap_or(0.0);
+    assert!(timed >= 20.0, "node 2 timed {timed} forwarded deliveries");
+    assert!(metric(&cluster, 2, sum).await.unwrap_or(0.0) > 0.0);
+    assert_eq!(metric(&cluster, 1, count).await, Some(0.0));
 }

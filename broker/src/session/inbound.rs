@@ -14,7 +14,9 @@ use super::window::Stage;
 use super::{log, Action, End, Session, Then, View, Wait};
 use crate::auth::{Exchange, Step, Verdict};
 use crate::config::MqttConfig;
-use crate::state::{Command, ConnInfo, Message, MessageProps, RetainedLimit, Subscription, Target};
+use crate::state::{
+    Arrival, Command, ConnInfo, Message, MessageProps, RetainedLimit, Subscription, Target, Via,
+};
 
 /// The prefix of shared subscriptions' filters (MQTT 5 section 4.8.2).
 const SHARED_PREFIX: &str = "$share/";
@@ -578,6 +580,7 @@ impl Session {
         let message = Message {
             props: message_props(&publish.properties),
             expires_at,
+            arrival: Arrival::now(Via::Local),
             ..Message::new(topic, publish.payload, publish.qos, publish.retain)
         };
         // Matched once: whether the message must be committed first, and, when

@@ -126,6 +126,9 @@ impl Session {
             }
         }
         view.metrics().sent(out.qos);
+        if !out.dup {
+            view.metrics().delivered(&message.arrival);
+        }
         self.send(&Packet::Publish(publish));
         Sent::Yes
     }

@@ -168,6 +168,7 @@ mod tests {
                 qos,
                 retain: false,
                 expires_at: None,
+                arrival: Default::default(),
                 props: None,
             },
             qos,

@@ -12,7 +12,8 @@
 use std::sync::Arc;
 
 use super::command::{
-    Command, ConnId, ConnInfo, Effect, Message, Owner, Reply, RetainedLimit, NEVER_EXPIRES,
+    Arrival, Command, ConnId, ConnInfo, Effect, Message, Owner, Reply, RetainedLimit, Via,
+    NEVER_EXPIRES,
 };
 use super::{Index, NodeRecord, Pick, Queued, Route, Session, State};
 
@@ -487,15 +488,20 @@ impl Apply<'_> {
     /// it reaches at QoS 1/2 (once per session, at the highest matching QoS) and,
     /// with `deliver`, asks every node to hand it to its direct subscribers.
     /// `publisher` is not sent it where it subscribed with No Local.
-    fn publish(&mut self, message: Message, deliver: bool, publisher: Option<Arc<str>>) {
+    fn publish(&mut self, mut message: Message, deliver: bool, publisher: Option<Arc<str>>) {
+        // Live traffic from here on, if it was not before (a will).
+        message.arrival = message.arrival.or_now(Via::Replicated);
         if message.retain {
             let old = if message.payload.is_empty() {
                 self.state.retained.remove(&message.topic)
             } else {
                 self.state.retained_bytes += retained_bytes(&message);
-                self.state
-                    .retained
-                    .insert(message.topic.clone(), message.clone())
+                // Sent later to new subscribers, which is no live delivery.
+                let stored = Message {
+                    arrival: Arrival::default(),
+                    ..message.clone()
+                };
+                self.state.retained.insert(message.topic.clone(), stored)
             };
             if let Some(old) = old {
                 self.state.retained_bytes -= retained_bytes(&old);

@@ -21,6 +21,10 @@ pub struct Message {
     /// When the message expires (MQTT 5 Message Expiry Interval), in
     /// milliseconds since the Unix epoch, fixed by the node that received it.
     pub expires_at: Option<u64>,
+    /// When and how this node took the message in, for the delivery latency
+    /// histogram. Local to the node: never serialized.
+    #[serde(skip)]
+    pub arrival: Arrival,
 }
 
 impl Message {
@@ -33,6 +37,7 @@ impl Message {
             retain,
             props: None,
             expires_at: None,
+            arrival: Arrival::default(),
         }
     }
 
@@ -41,6 +46,65 @@ impl Message {
         self.expires_at.is_some_and(|at| at <= now)
     }
 }
+
+/// How a message reached this node: the label of the delivery latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// From a client connected here.
+    Local = 0,
+    /// From another node, over a forwarding stream.
+    Forwarded = 1,
+    /// From the Raft log, when this node applied it (queued for persistent
+    /// sessions, or a will).
+    Replicated = 2,
+}
+
+impl Via {
+    pub const ALL: [Via; 3] = [Via::Local, Via::Forwarded, Via::Replicated];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::Local => "local",
+            Via::Forwarded => "forwarded",
+            Via::Replicated => "replicated",
+        }
+    }
+}
+
+/// When a message arrived on this node, and how; none for messages that are
+/// not live traffic (retained messages sent at subscribe, what a snapshot
+/// restored). It is no part of the message's identity: any two are equal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Arrival(Option<(std::time::Instant, Via)>);
+
+impl Arrival {
+    /// Arrived now, by `via`.
+    pub fn now(via: Via) -> Arrival {
+        Arrival(Some((std::time::Instant::now(), via)))
+    }
+
+    /// Stamped now by `via` unless it was stamped already.
+    pub fn or_now(self, via: Via) -> Arrival {
+        if self.0.is_some() {
+            self
+        } else {
+            Arrival::now(via)
+        }
+    }
+
+    /// How long ago it arrived, and how.
+    pub fn elapsed(&self) -> Option<(std::time::Duration, Via)> {
+        self.0.map(|(at, via)| (at.elapsed(), via))
+    }
+}
+
+impl PartialEq for Arrival {
+    fn eq(&self, _: &Arrival) -> bool {
+        true
+    }
+}
+
+impl Eq for Arrival {}
 
 /// The MQTT 5 properties of a PUBLISH that the server passes on unchanged
 /// (section 3.3.2.3): everything but Topic Alias, Subscription Identifier and

@@ -28,8 +28,8 @@ use tokio::sync::watch;
 use crate::topic::{filter_matches, SubscriptionTrie};
 use crate::Recovered;
 pub use command::{
-    Command, ConnId, ConnInfo, Effect, Message, MessageProps, Owner, Reply, RetainedLimit,
-    Subscription, NEVER_EXPIRES,
+    Arrival, Command, ConnId, ConnInfo, Effect, Message, MessageProps, Owner, Reply, RetainedLimit,
+    Subscription, Via, NEVER_EXPIRES,
 };
 pub use views::{Census, Page, SessionView, SubscriptionView};
 

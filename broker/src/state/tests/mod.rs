@@ -95,6 +95,7 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Message {
         qos,
         retain,
         expires_at: None,
+        arrival: Default::default(),
         props: None,
     }
 }
