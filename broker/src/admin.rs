@@ -229,6 +229,36 @@ impl Broker {
         )
     }
 
+    /// Asks the leader, through the cluster, to hand leadership to another
+    /// voter ([`starling_cluster::Node::step_down`]), and waits until this
+    /// node sees another leader.
+    pub async fn transfer_leadership(&self) -> Result<Transfer, BrokerError> {
+        let node = &self.shared.node;
+        let Some(from) = node.status().leader else {
+            return Ok(Transfer::NoLeader);
+        };
+        if node.members().iter().filter(|(_, _, voter)| *voter).count() < 2 {
+            return Ok(Transfer::Alone { leader: from });
+        }
+        if !found(
+            self.shared
+                .propose_synced(Command::StepDown { node: from })
+                .await?,
+        )? {
+            return Ok(Transfer::NoLeader);
+        }
+        let deadline = tokio::time::Instant::now() + crate::timeouts::STEP_DOWN;
+        loop {
+            if let Some(to) = node.status().leader.filter(|l| *l != from) {
+                return Ok(Transfer::Moved { from, to });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Transfer::TimedOut { leader: from });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Why Raft stopped on this node, if it did on its own (a full disk, a
     /// storage error): the node can serve nothing more until it restarts.
     pub fn fatal(&self) -> Option<String> {
@@ -272,6 +302,19 @@ fn total(counter: &prometheus::IntCounterVec) -> u64 {
         .flat_map(|family| family.get_metric())
         .map(|m| m.get_counter().get_value() as u64)
         .sum()
+}
+
+/// What became of a request to move leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// Node `to` leads now instead of `from`.
+    Moved { from: u64, to: u64 },
+    /// There is no leader to move (an election is under way).
+    NoLeader,
+    /// The leader is the only voter: there is no one to hand over to.
+    Alone { leader: u64 },
+    /// No other node was elected in time; `leader` leads on.
+    TimedOut { leader: u64 },
 }
 
 fn found(reply: Reply) -> Result<bool, BrokerError> {

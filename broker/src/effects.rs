@@ -17,6 +17,9 @@ pub(crate) struct NodeEffects {
     pub(crate) auth: Arc<crate::auth::AuthFiles>,
     /// Set when an operator asked this node to drain (`Command::DrainNode`).
     pub(crate) drain: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Notified when an operator asked this node to hand leadership over
+    /// (`Command::StepDown`); `leadership::run` does it.
+    pub(crate) step_down: Arc<tokio::sync::Notify>,
 }
 
 impl Dispatch for NodeEffects {
@@ -46,6 +49,12 @@ impl Dispatch for NodeEffects {
                     if node == self.registry.node() && incarnation == self.registry.incarnation() {
                         tracing::info!("asked to drain through the cluster");
                         self.drain.send_replace(true);
+                    }
+                }
+                Effect::StepDown { node, incarnation } => {
+                    if node == self.registry.node() && incarnation == self.registry.incarnation() {
+                        tracing::info!("asked through the cluster to hand leadership over");
+                        self.step_down.notify_one();
                     }
                 }
                 Effect::AdminKick(conn) => self.registry.stop(conn, crate::registry::Stop::Admin),

@@ -144,11 +144,13 @@ impl Broker {
         // connections.
         let local = Arc::new(Registry::new(config.node_id, 0));
         let drain = Arc::new(watch::Sender::new(false));
+        let step_down = Arc::new(tokio::sync::Notify::new());
         let machine = Arc::new(MqttMachine::new(Arc::new(effects::NodeEffects {
             registry: local.clone(),
             metrics: metrics.clone(),
             auth: auth_files.clone(),
             drain: drain.clone(),
+            step_down: step_down.clone(),
         })));
         let peers = config
             .cluster
@@ -275,6 +277,11 @@ impl Broker {
         tokio::spawn(listener::expiry_loop(shared.clone(), shutdown_rx.clone()));
         tokio::spawn(clock::tick_loop(shared.clone(), shutdown_rx.clone()));
         tokio::spawn(sys::run(shared.clone(), began, shutdown_rx.clone()));
+        tokio::spawn(step_down_loop(
+            shared.clone(),
+            step_down,
+            shutdown_rx.clone(),
+        ));
         if let Some(tls) = &tls {
             tokio::spawn(tls::watch_loop(tls.clone(), shutdown_rx.clone()));
         }
@@ -378,6 +385,12 @@ impl Broker {
         if let Err(e) = self.accept.await {
             tracing::warn!(error = %e, "listener task failed");
         }
+        // Every connection is gone and its session handed over: leadership
+        // goes to a node that stays before this one stops, so that no
+        // election follows its exit.
+        if let Err(e) = self.shared.node.step_down(timeouts::STEP_DOWN, false).await {
+            tracing::warn!(error = %e, "leadership not handed over before stopping");
+        }
         let stats = self.shared.node.stats();
         tracing::info!(
             commands = stats.commands,
@@ -386,6 +399,24 @@ impl Broker {
             "raft proposal totals"
         );
         self.shared.node.shutdown().await;
+    }
+}
+
+/// Hands leadership over each time an operator asks (`Command::StepDown`),
+/// until shutdown.
+async fn step_down_loop(
+    shared: Arc<Shared>,
+    asked: Arc<tokio::sync::Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = asked.notified() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = shared.node.step_down(timeouts::STEP_DOWN, true).await {
+            tracing::warn!(error = %e, "leadership not handed over as asked");
+        }
     }
 }
 

@@ -43,3 +43,7 @@ pub(crate) const METRICS_REFRESH: Duration = Duration::from_secs(1);
 /// How often the TLS certificate, key and CA files are looked at for a change
 /// (SIGHUP reads them at once): a renewed certificate is served within this.
 pub(crate) const TLS_FILES: Duration = Duration::from_secs(5);
+/// How long a leader that steps down waits for another node to be elected:
+/// followers stand once its lease runs out (an election timeout, at most 1 s,
+/// after its last heartbeat), and an election may take a few rounds.
+pub(crate) const STEP_DOWN: Duration = Duration::from_secs(5);

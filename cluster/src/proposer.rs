@@ -179,7 +179,9 @@ async fn write(core: &Core, request: &Request) -> Result<Response, ClusterError>
         if remaining.is_zero() {
             return Err(ClusterError::Unavailable);
         }
-        if leading {
+        if leading && core.stepping_down.load(Ordering::Relaxed) {
+            debug!("stepping down: the batch waits for the next leader");
+        } else if leading {
             match tokio::time::timeout(remaining, core.raft.client_write(request.clone())).await {
                 Err(_) => return Err(ClusterError::Unavailable),
                 Ok(Ok(response)) => return Ok(response.data),

@@ -4,6 +4,7 @@
 //! It is stopped together with Raft: a server left running would answer with a
 //! stopped Raft, and a peer would not notice this node is gone.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -177,6 +178,15 @@ impl RaftRpc for RaftService {
     ) -> Result<tonic::Response<ProposeReply>, Status> {
         let request = request.into_inner();
         let batch: Request = wire::decode(request.version, &request.command)?;
+        if self.core.stepping_down.load(Ordering::Relaxed) {
+            // The asking node retries, and finds the next leader.
+            return Ok(tonic::Response::new(ProposeReply {
+                version: VERSION,
+                data: wire::encode(&wire::ProposeResult::Err(Refused::NotLeader {
+                    leader: None,
+                }))?,
+            }));
+        }
         let result: wire::ProposeResult = match self.core.raft.client_write(batch).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

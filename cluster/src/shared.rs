@@ -25,4 +25,8 @@ pub(crate) struct Core {
     pub(crate) silent: Mutex<Vec<NodeId>>,
     /// `has_quorum` as of the monitor's last look, for hot paths.
     pub(crate) quorum: std::sync::atomic::AtomicBool,
+    /// Set while this node, as leader, steps down ([`crate::Node::step_down`]):
+    /// it takes no new writes, so that the followers' leases run out and one
+    /// of them is elected.
+    pub(crate) stepping_down: std::sync::atomic::AtomicBool,
 }

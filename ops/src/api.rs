@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use starling_broker::admin::{ClusterView, Deleted, NodeStats};
+use starling_broker::admin::{ClusterView, Deleted, NodeStats, Transfer};
 use starling_broker::state::{Message, MessageProps, SessionView, SubscriptionView};
 use starling_broker::Broker;
 use starling_proto::mqtt::QoS;
@@ -37,6 +37,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/node", get(node))
         .route("/api/v1/cluster/members/{id}", delete(remove_member))
+        .route("/api/v1/cluster/leader/transfer", post(transfer_leadership))
         .route("/api/v1/clients", get(clients))
         .route("/api/v1/clients/{id}", get(client).delete(kick))
         .route("/api/v1/sessions", get(sessions))
@@ -66,6 +67,41 @@ async fn drain(
     match broker.drain_node(id).await {
         Ok(true) => Ok(Json(Draining { draining: true })),
         Ok(false) => Err(ApiError::not_found(format!("no live node {id}"))),
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
+}
+
+#[derive(Serialize)]
+struct Transferred {
+    previous: u64,
+    leader: u64,
+}
+
+/// Has the leader hand leadership to another voter; answers once this node
+/// sees the new leader.
+async fn transfer_leadership(State(state): State<AppState>) -> Result<Json<Transferred>, ApiError> {
+    let broker = broker(&state)?;
+    info!("moving leadership, as asked over http");
+    let conflict = |code, message| ApiError {
+        status: StatusCode::CONFLICT,
+        code,
+        message,
+    };
+    match broker.transfer_leadership().await {
+        Ok(Transfer::Moved { from, to }) => Ok(Json(Transferred {
+            previous: from,
+            leader: to,
+        })),
+        Ok(Transfer::Alone { leader }) => Err(conflict(
+            "alone",
+            format!("node {leader} is the only voter: there is no one to hand leadership to"),
+        )),
+        Ok(Transfer::NoLeader) => Err(ApiError::unavailable(
+            "no leader is known: an election is under way".into(),
+        )),
+        Ok(Transfer::TimedOut { leader }) => Err(ApiError::unavailable(format!(
+            "no other node was elected in time: node {leader} leads on"
+        ))),
         Err(e) => Err(ApiError::unavailable(e.to_string())),
     }
 }

@@ -34,6 +34,8 @@ pub enum CtlCommand {
     Members,
     /// Remove a member (a dead node, or one scaled away) by id
     RemoveMember { id: u64 },
+    /// Have the leader hand leadership to another voter
+    TransferLeader,
     /// List clients (connected or not)
     Clients {
         /// Client ids starting with this
@@ -90,6 +92,15 @@ pub async fn run(args: &CtlArgs) -> anyhow::Result<()> {
             api.call("DELETE", &format!("/api/v1/cluster/members/{id}"), None)
                 .await?;
             println!("node {id} removed");
+        }
+        CtlCommand::TransferLeader => {
+            let moved = api
+                .call("POST", "/api/v1/cluster/leader/transfer", None)
+                .await?;
+            println!(
+                "leadership moved from node {} to node {}",
+                moved["previous"], moved["leader"]
+            );
         }
         CtlCommand::Clients {
             prefix,

@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use starling_testkit::client::{self, Client, Ended};
 use starling_testkit::cluster::{http_request, http_request_with_body, Cluster};
+use starling_testkit::subscribers::Subscriber;
+use starling_testkit::traffic::{assert_delivered_in_order, wait_until, Live, Publisher};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -153,4 +155,66 @@ async fn any_node_shows_and_acts_on_every_client() {
     assert!(!again.session_present, "the session was deleted");
     let (status, _) = api(&cluster, 2, "DELETE", "/api/v1/clients/nobody", "").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn leadership_moves_when_asked_on_any_node_and_nothing_acknowledged_is_lost() {
+    let cluster = Cluster::start(3).await;
+    let everyone = Live::new(cluster.ids().into_iter().map(|id| (id, cluster.mqtt(id))));
+    let sub = Subscriber::start(&everyone, 2, "lt-sub", &[("lt/q", 1)]).await;
+    let mut publisher = Publisher::start_resending(&everyone, 3, "lt-pub", "lt/q", 1);
+    publisher
+        .wait_progress(20, WAIT, "before the transfer")
+        .await;
+
+    for round in 0..2 {
+        let before = cluster.leader().await.expect("a leader");
+        // Asked of a node that does not lead.
+        let asker = cluster.ids().into_iter().find(|id| *id != before).unwrap();
+        let path = "/api/v1/cluster/leader/transfer";
+        let (status, moved) = api(&cluster, asker, "POST", path, "").await;
+        assert_eq!(status, 200, "round {round}: {moved}");
+        assert_eq!(moved["previous"], before, "{moved}");
+        let after = moved["leader"].as_u64().expect("the new leader");
+        assert_ne!(after, before, "{moved}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while cluster.leader().await != Some(after) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the nodes agree that node {after} leads"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // It steps down once it hears from the new leader.
+        while !cluster
+            .node(before)
+            .log_text()
+            .contains("stepped down: another node leads")
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {before} says it stepped down"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        publisher
+            .wait_progress(20, WAIT, &format!("after transfer {round}"))
+            .await;
+    }
+
+    let acked = publisher.finish().await;
+    wait_until(WAIT, || sub.done_waiting("lt/q", &acked)).await;
+    let got = sub.finish().await;
+    assert_delivered_in_order("lt-sub", &got, "lt/q", &acked);
+    for node in cluster.ids() {
+        assert_eq!(cluster.readyz(node).await, Some(200), "node {node} ready");
+    }
+}
+
+#[tokio::test]
+async fn a_lone_voter_has_no_one_to_hand_leadership_to() {
+    let cluster = Cluster::start(1).await;
+    let (status, body) = api(&cluster, 1, "POST", "/api/v1/cluster/leader/transfer", "").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "alone", "{body}");
 }

@@ -63,6 +63,7 @@ async fn draining_each_node_in_turn_loses_nothing_and_spares_the_wills_of_return
         let back = with_will(cluster.mqtt(node), &format!("back-{node}")).await;
         let gone = with_will(cluster.mqtt(node), &format!("gone-{node}")).await;
         everyone.remove(node);
+        let leader = cluster.leader().await;
         let drained_at = tokio::time::Instant::now();
         if node == 3 {
             // Asked through another node's admin API instead of a signal.
@@ -88,6 +89,14 @@ async fn draining_each_node_in_turn_loses_nothing_and_spares_the_wills_of_return
             drained_at.elapsed() < Duration::from_secs(15),
             "node {node} drained within its timeout"
         );
+        if leader == Some(node) {
+            // The leader handed over before it stopped.
+            let log = cluster.node(node).log_text();
+            assert!(
+                log.contains("stepped down: another node leads"),
+                "node {node}, the leader, handed leadership over before stopping"
+            );
+        }
         assert!(
             back.ended().is_some() && gone.ended().is_some(),
             "clients told to go"

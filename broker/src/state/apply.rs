@@ -291,6 +291,16 @@ impl Apply<'_> {
                 }
                 _ => Reply::Found(false),
             },
+            Command::StepDown { node } => match self.state.nodes.get(&node) {
+                Some(record) if !record.down => {
+                    self.effects.push(Effect::StepDown {
+                        node,
+                        incarnation: record.incarnation,
+                    });
+                    Reply::Found(true)
+                }
+                _ => Reply::Found(false),
+            },
             Command::ClearRetained { topic } => match self.state.retained.remove(&topic) {
                 Some(old) => {
                     self.state.retained_bytes -= retained_bytes(&old);

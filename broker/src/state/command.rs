@@ -313,6 +313,10 @@ pub enum Command {
     /// its incarnation current when this applies acts on it, so a restarted
     /// node replaying its log does not drain again.
     DrainNode { node: u64 },
+    /// An operator asks node `node`, the leader when asked, to hand
+    /// leadership to another voter. As for `DrainNode`, only its current
+    /// incarnation acts on it. Replies `Found` (false: no such live node).
+    StepDown { node: u64 },
 }
 
 /// The most retained messages, and bytes of them, the cluster keeps; 0: no
@@ -389,4 +393,6 @@ pub enum Effect {
     AdminKick(ConnId),
     /// That incarnation of that node drains and stops.
     Drain { node: u64, incarnation: u64 },
+    /// That incarnation of that node hands Raft leadership over, if it leads.
+    StepDown { node: u64, incarnation: u64 },
 }

@@ -9,6 +9,7 @@
 //! proposer, then the server and Raft together, then closes the store.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -403,6 +404,71 @@ impl Node {
     /// the leader, as [`Node::leave`] does for this node.
     pub async fn remove_member(&self, node_id: u64) -> Result<(), ClusterError> {
         membership::remove(&self.inner.core, node_id, Instant::now() + timeouts::LEAVE).await
+    }
+
+    /// Hands leadership to another voter, if this node leads. openraft 0.9
+    /// has no transfer, and a follower refuses to vote while its leader's
+    /// lease runs (an election timeout since it last heard from it). So the
+    /// leader goes quiet instead: no heartbeats, no new writes (its own
+    /// proposals and those relayed to it wait, then go to the next leader),
+    /// and no election of its own; the followers' leases run out and one of
+    /// them is elected, while this node still runs and follows it. Writes
+    /// pause for about an election timeout, as when a leader dies, but
+    /// nothing in flight is lost and no second election follows when this
+    /// node stops.
+    ///
+    /// Returns the new leader, or `None` when this node did not lead (or is
+    /// the only voter, which has no one to hand over to). With `stay`, the
+    /// node takes part in elections again afterwards (a transfer); without,
+    /// it never stands again in this run (a drain). `Unavailable` if no other
+    /// leader appeared within `timeout`; this node then leads on.
+    pub async fn step_down(
+        &self,
+        timeout: Duration,
+        stay: bool,
+    ) -> Result<Option<u64>, ClusterError> {
+        let core = &self.inner.core;
+        let config = core.raft.runtime_config();
+        let mut metrics = core.raft.metrics();
+        let (leading, voters) = {
+            let m = metrics.borrow();
+            let voters = m.membership_config.membership().voter_ids().count();
+            (m.state == ServerState::Leader, voters)
+        };
+        if !stay {
+            config.elect(false);
+        }
+        if !leading || voters < 2 {
+            return Ok(None);
+        }
+        info!("stepping down as leader: writes pause until a follower is elected");
+        core.stepping_down.store(true, Ordering::Relaxed);
+        config.heartbeat(false);
+        config.elect(false);
+        let id = core.id;
+        let elected = tokio::time::timeout(
+            timeout,
+            metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != id)),
+        )
+        .await;
+        let outcome = match elected {
+            Ok(Ok(m)) => {
+                let leader = m.current_leader;
+                info!(leader = ?leader, "stepped down: another node leads");
+                Ok(leader)
+            }
+            Ok(Err(_)) => Err(ClusterError::ShuttingDown),
+            Err(_) => {
+                warn!(?timeout, "no other node was elected: this node leads on");
+                Err(ClusterError::Unavailable)
+            }
+        };
+        core.stepping_down.store(false, Ordering::Relaxed);
+        config.heartbeat(true);
+        if stay || outcome.is_err() {
+            config.elect(true);
+        }
+        outcome
     }
 
     /// On the leader: for each other member, the index of the last log entry

@@ -107,6 +107,7 @@ pub(super) async fn start(builder: NodeBuilder) -> Result<Node, ClusterError> {
         stopping: stop_rx.clone(),
         silent: Mutex::new(Vec::new()),
         quorum: std::sync::atomic::AtomicBool::new(false),
+        stepping_down: std::sync::atomic::AtomicBool::new(false),
     });
     if config.tls.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(
