@@ -215,8 +215,8 @@ impl SegmentLog {
                     bytes = scan.file_len,
                     last_entry = %fmt_log_id(last),
                     "raft log ends in a record that does not check out, with nothing valid \
-                     after it (a write cut short by a crash, never reported durable): cutting \
-                     the file there"
+                     after it, as a write cut short by a crash leaves it: cutting the file there \
+                     (the leader sends the entries again)"
                 );
                 file.set_len(scan.valid_len)?;
                 file.sync_all()?;
