@@ -368,3 +368,115 @@ async fn a_node_killed_while_writing_snapshots_restarts_from_the_last_complete_o
     );
     assert_all_delivered(publisher, subscriber).await;
 }
+
+/// Bytes of the files under `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            let meta = e.metadata().expect("metadata");
+            if meta.is_dir() {
+                tree_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+#[tokio::test]
+async fn a_follower_whose_disk_fills_exits_and_catches_up_once_there_is_room() {
+    let mut cluster = Cluster::start_fast(3).await;
+    let live = Live::new(cluster.ids().into_iter().map(|id| (id, cluster.mqtt(id))));
+    let subscriber = Subscriber::start(&live, 2, "rec-sub", &[(TOPIC, 1)]).await;
+    let mut publisher = Publisher::start(&live, 1, "rec-pub", TOPIC, 1);
+    publisher
+        .wait_progress(20, PROGRESS_DEADLINE, "before the disk is swapped")
+        .await;
+
+    // Node 3's data directory moves onto a tmpfs with 3 MiB to spare.
+    live.remove(3);
+    cluster.kill9(3);
+    let data = cluster.node(3).data_dir();
+    let saved = data.with_extension("saved");
+    fs::create_dir_all(&saved).expect("create");
+    copy_tree(&data, &saved);
+    fs::remove_dir_all(&data).expect("empty the data directory");
+    let size = format!("{}k", tree_bytes(&saved) / 1024 + 3 * 1024);
+    let disk = starling_testkit::tmpfs::Tmpfs::mount(&data, &size);
+    copy_tree(&saved, &data);
+    cluster.restart(3).await;
+    live.add(3, cluster.mqtt(3));
+
+    // Retained messages of 8 KB on node 1 until node 3 has no room left.
+    let mut filler = Client::connect(client::options(cluster.mqtt(1), "rec-filler")).await;
+    let mut filled = 0u32;
+    let status = loop {
+        if let Some(status) = cluster.wait_exit(3, Duration::ZERO).await {
+            break status;
+        }
+        assert!(filled < 2000, "node 3 still runs with a full disk");
+        filler
+            .publish(
+                &format!("rec/full/{filled}"),
+                QoS::AtLeastOnce,
+                true,
+                vec![b'd'; 8000],
+            )
+            .await;
+        filled += 1;
+    };
+    live.remove(3);
+    assert_eq!(status.code(), Some(3), "{status}");
+    let log = cluster.node(3).log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("raft stopped on a storage error"))
+        .unwrap_or_else(|| panic!("no cause in the log: {log}"));
+    eprintln!("node 3 after {filled} messages: {line}");
+    assert!(log.contains("No space left on device"), "{log}");
+
+    // The other two go on taking messages.
+    for i in 0..20 {
+        filler
+            .publish(
+                &format!("rec/full/{}", filled + i),
+                QoS::AtLeastOnce,
+                true,
+                vec![b'd'; 8000],
+            )
+            .await;
+    }
+    filled += 20;
+    publisher
+        .wait_progress(20, PROGRESS_DEADLINE, "with node 3 out of room")
+        .await;
+
+    disk.grow("256m");
+    cluster.restart(3).await;
+    live.add(3, cluster.mqtt(3));
+    wait_caught_up(&cluster, 3, 1).await;
+    assert_eq!(
+        retained(&cluster, 3, "rec/full").await.len(),
+        filled as usize
+    );
+    assert_all_delivered(publisher, subscriber).await;
+    cluster.kill9(3);
+    drop(disk);
+}
