@@ -14,11 +14,14 @@ use std::time::Duration;
 use rumqttc::QoS;
 use tokio::sync::watch;
 
-use starling_testkit::client::{self, Client};
+use starling_testkit::client;
 use starling_testkit::cluster::Cluster;
 use starling_testkit::process::starling_bin;
+use starling_testkit::raw::{self, Connect, Raw, Read};
 use starling_testkit::subscribers::Subscriber;
-use starling_testkit::traffic::{assert_delivered_in_order, wait_until, Live, Publisher};
+use starling_testkit::traffic::{
+    assert_delivered_in_order, connect_retry, raw_connect_retry, wait_until, Live, Publisher,
+};
 
 const PROGRESS_DEADLINE: Duration = Duration::from_secs(15);
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(20);
@@ -58,11 +61,9 @@ fn raft_gauge(metrics: &str, what: &str) -> u64 {
 
 /// The retained topics under `prefix/` that node `id` holds.
 async fn retained(cluster: &Cluster, id: u64, prefix: &str) -> BTreeSet<String> {
-    let mut reader = Client::connect(client::options(
-        cluster.mqtt(id),
-        &format!("rec-reader-{id}-{prefix}"),
-    ))
-    .await;
+    let port = cluster.mqtt(id);
+    let client_id = format!("rec-reader-{id}-{prefix}");
+    let mut reader = connect_retry(|| client::options(port, &client_id)).await;
     reader
         .subscribe_ok(&format!("{prefix}/#"), QoS::AtLeastOnce)
         .await;
@@ -75,11 +76,9 @@ async fn retained(cluster: &Cluster, id: u64, prefix: &str) -> BTreeSet<String> 
 }
 
 async fn set_retained(cluster: &Cluster, id: u64, topic: &str) {
-    let mut setter = Client::connect(client::options(cluster.mqtt(id), "rec-setter")).await;
-    setter
-        .publish(topic, QoS::AtLeastOnce, true, b"kept".to_vec())
+    RetainedPublisher::new(cluster.mqtt(id), "rec-setter")
+        .publish(topic, b"kept")
         .await;
-    setter.disconnect().await;
 }
 
 /// Waits until node `id` has applied what the cluster had committed when it
@@ -107,6 +106,51 @@ async fn assert_all_delivered(publisher: Publisher, subscriber: Subscriber) {
     );
     let deliveries = subscriber.finish().await;
     assert_delivered_in_order("rec-sub", &deliveries, TOPIC, &acked);
+}
+
+/// Publishes retained messages at QoS 1 on one node, connecting again when
+/// the node closes the connection (it does while it has no quorum, as it may
+/// for a moment under load while a node is down).
+struct RetainedPublisher {
+    port: u16,
+    client_id: String,
+    conn: Option<Raw>,
+    pkid: u16,
+}
+
+impl RetainedPublisher {
+    fn new(port: u16, client_id: &str) -> RetainedPublisher {
+        RetainedPublisher {
+            port,
+            client_id: client_id.to_owned(),
+            conn: None,
+            pkid: 0,
+        }
+    }
+
+    /// Publishes until a PUBACK comes back.
+    async fn publish(&mut self, topic: &str, payload: &[u8]) {
+        loop {
+            let conn = match &mut self.conn {
+                Some(conn) => conn,
+                None => {
+                    let connect = Connect::v311(&self.client_id);
+                    let (conn, _) = raw_connect_retry(self.port, &connect).await;
+                    self.conn.insert(conn)
+                }
+            };
+            self.pkid = self.pkid % 60_000 + 1;
+            let packet = raw::publish(topic.as_bytes(), 1, true, false, self.pkid, payload);
+            if conn.try_send(&packet).await.is_ok() {
+                if let Read::Packet(p) = conn.read(Duration::from_secs(10)).await {
+                    if p.kind() == raw::kind::PUBACK && p.pkid() == self.pkid {
+                        return;
+                    }
+                }
+            }
+            self.conn = None;
+        }
+    }
 }
 
 enum Damage {
@@ -280,17 +324,12 @@ async fn a_log_damaged_before_its_end_refuses_to_start_and_the_others_serve() {
 fn fill(port: u16) -> (watch::Sender<bool>, tokio::task::JoinHandle<u32>) {
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
-        let mut filler = Client::connect(client::options(port, "rec-filler")).await;
+        let mut filler = RetainedPublisher::new(port, "rec-filler");
         let payload = vec![b'f'; 4096];
         let mut i = 0u32;
         while !*stopped.borrow_and_update() {
             filler
-                .publish(
-                    &format!("rec/fill/{}", i % 300),
-                    QoS::AtLeastOnce,
-                    true,
-                    payload.clone(),
-                )
+                .publish(&format!("rec/fill/{}", i % 300), &payload)
                 .await;
             i += 1;
         }
@@ -425,7 +464,7 @@ async fn a_follower_whose_disk_fills_exits_and_catches_up_once_there_is_room() {
     live.add(3, cluster.mqtt(3));
 
     // Retained messages of 8 KB on node 1 until node 3 has no room left.
-    let mut filler = Client::connect(client::options(cluster.mqtt(1), "rec-filler")).await;
+    let mut filler = RetainedPublisher::new(cluster.mqtt(1), "rec-filler");
     let mut filled = 0u32;
     let status = loop {
         if let Some(status) = cluster.wait_exit(3, Duration::ZERO).await {
@@ -433,12 +472,7 @@ async fn a_follower_whose_disk_fills_exits_and_catches_up_once_there_is_room() {
         }
         assert!(filled < 2000, "node 3 still runs with a full disk");
         filler
-            .publish(
-                &format!("rec/full/{filled}"),
-                QoS::AtLeastOnce,
-                true,
-                vec![b'd'; 8000],
-            )
+            .publish(&format!("rec/full/{filled}"), &[b'd'; 8000])
             .await;
         filled += 1;
     };
@@ -455,12 +489,7 @@ async fn a_follower_whose_disk_fills_exits_and_catches_up_once_there_is_room() {
     // The other two go on taking messages.
     for i in 0..20 {
         filler
-            .publish(
-                &format!("rec/full/{}", filled + i),
-                QoS::AtLeastOnce,
-                true,
-                vec![b'd'; 8000],
-            )
+            .publish(&format!("rec/full/{}", filled + i), &[b'd'; 8000])
             .await;
     }
     filled += 20;
