@@ -31,6 +31,8 @@ mod mqtt5;
 mod partitions;
 #[path = "cluster/quiet_logs.rs"]
 mod quiet_logs;
+#[path = "cluster/recovery.rs"]
+mod recovery;
 #[path = "cluster/resend.rs"]
 mod resend;
 #[path = "cluster/sessions.rs"]

@@ -3,7 +3,6 @@
 //! room again, it has every acknowledged message. The data directory is a
 //! small tmpfs, so the test needs root (as the partition tests do).
 
-use std::process::Command;
 use std::time::Duration;
 
 use rumqttc::QoS;
@@ -11,49 +10,7 @@ use starling_testkit::client::{self, Client};
 use starling_testkit::http_status;
 use starling_testkit::process::Process;
 use starling_testkit::raw::{self, Connect, Raw, Read};
-
-/// A tmpfs of `size` mounted on `dir`, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).expect("create the mount point");
-        mount(&[
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={size}"),
-            "tmpfs",
-            dir.to_str().unwrap(),
-        ]);
-        Tmpfs(dir.to_owned())
-    }
-
-    fn grow(&self, size: &str) {
-        mount(&[
-            "-o",
-            &format!("remount,size={size}"),
-            self.0.to_str().unwrap(),
-        ]);
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount(args: &[&str]) {
-    let status = Command::new("mount")
-        .args(args)
-        .status()
-        .expect("run mount");
-    assert!(
-        status.success(),
-        "mount {args:?} failed ({status}): this test needs root to mount a small tmpfs"
-    );
-}
+use starling_testkit::tmpfs::Tmpfs;
 
 async fn wait_ready(process: &mut Process) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

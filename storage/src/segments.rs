@@ -13,9 +13,13 @@
 //! entry postcard-encoded; its log id comes first, so the scan reads it without
 //! decoding the payload. What makes that safe across a crash:
 //! - appends are written at once and fsynced by the flusher ([`SyncTargets`])
-//!   before openraft hears they are durable; at open, the first record that does
-//!   not check out (torn, or not after its predecessor) ends the log, and the
-//!   files after it are deleted: only unacknowledged entries can be there;
+//!   before openraft hears they are durable. At open, a record that does not
+//!   check out (torn, or not after its predecessor) with nothing valid after
+//!   it is the tail of a write a crash cut short: the file is cut there, with a
+//!   warning naming it and the offset. If a valid entry follows it, in the
+//!   same file or a later one, the damage is inside the log, where entries may
+//!   have been acknowledged: open refuses, naming the file, the offset and the
+//!   entries beyond, rather than drop them;
 //! - a truncation is fsynced, with the deletion of the files after it, before it
 //!   returns, so that no later append ends up next to stale records;
 //! - a purge deletes files only after the caller made the purge point durable,
@@ -165,44 +169,81 @@ impl SegmentLog {
             unsynced: Vec::new(),
             dir_dirty: false,
         };
-        let mut names = names.into_iter();
         let mut changed = false;
-        for (first, path) in names.by_ref() {
-            let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
+        let mut cut = false;
+        for (at, (first, path)) in names.iter().enumerate() {
+            let file = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
             let scan = log.scan(&file, purged)?;
-            if scan.valid_len < scan.file_len {
+            let next_first = names.get(at + 1).map(|(next, _)| *next);
+            // A file that holds only purged entries (a later file starts at or
+            // below the purge point) may be damaged: it is deleted anyway.
+            let all_purged = next_first.is_some_and(|n| purged.is_some_and(|p| n <= p + 1));
+            if scan.valid_len < scan.file_len && !all_purged {
+                let last = log.last_log_id();
+                // Entries at or below the purge point may lie anywhere.
+                let after = last.map(|l| l.index).max(purged);
+                let mut beyond = valid_record_after(&file, scan.valid_len, after)?
+                    .map(|found| (path.clone(), found));
+                for (_, later) in &names[at + 1..] {
+                    if beyond.is_some() {
+                        break;
+                    }
+                    let later_file = File::open(later)?;
+                    beyond = valid_record_after(&later_file, 0, after)?
+                        .map(|found| (later.clone(), found));
+                }
+                if let Some((place, (offset, log_id))) = beyond {
+                    return Err(StoreError::corrupt(
+                        "raft log",
+                        format!(
+                            "{}: the record at byte {} does not check out (after entry {}), \
+                             but entry {log_id} at byte {offset} of {} follows it: the damage is \
+                             inside the log, not a write cut short by a crash, and the entries \
+                             after it may have been acknowledged; refusing to start rather than \
+                             drop them (restore the directory, or let this node join again with \
+                             an empty one)",
+                            path.display(),
+                            scan.valid_len,
+                            fmt_log_id(last),
+                            place.display(),
+                        ),
+                    ));
+                }
                 warn!(
                     file = %path.display(),
-                    kept = scan.valid_len,
+                    offset = scan.valid_len,
                     bytes = scan.file_len,
-                    "raft log ends in a record that does not check out (a write cut by a \
-                     crash): the log ends before it"
+                    last_entry = %fmt_log_id(last),
+                    "raft log ends in a record that does not check out, with nothing valid \
+                     after it, as a write cut short by a crash leaves it: cutting the file there \
+                     (the leader sends the entries again)"
                 );
                 file.set_len(scan.valid_len)?;
                 file.sync_all()?;
                 changed = true;
+                cut = true;
             }
             if scan.live {
                 log.segments.push_back(Segment {
-                    first,
-                    path,
+                    first: *first,
+                    path: path.clone(),
                     file,
                     len: scan.valid_len,
                 });
             } else {
                 // Nothing after the purge point: a file whose deletion a crash
                 // undid, or one created just before the crash.
-                fs::remove_file(&path)?;
+                fs::remove_file(path)?;
                 changed = true;
             }
-            if scan.valid_len < scan.file_len {
+            if cut {
+                // Whatever follows a cut holds no valid record (checked above):
+                // a file started just before the crash.
+                for (_, path) in &names[at + 1..] {
+                    fs::remove_file(path)?;
+                }
                 break;
             }
-        }
-        // Whatever follows a cut was never acknowledged.
-        for (_, path) in names {
-            fs::remove_file(&path)?;
-            changed = true;
         }
         if changed {
             sync_dir(dir)?;
@@ -478,6 +519,54 @@ impl SegmentLog {
         let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
         SyncTargets { files, dir }
     }
+}
+
+fn fmt_log_id(id: Option<LogId>) -> String {
+    id.map_or_else(|| "none".to_owned(), |id| id.to_string())
+}
+
+/// The log id at the front of `body`, if it is after index `after`.
+fn entry_after(body: &[u8], after: Option<u64>) -> Option<LogId> {
+    let (log_id, _) = postcard::take_from_bytes::<LogId>(body).ok()?;
+    after.is_none_or(|a| log_id.index > a).then_some(log_id)
+}
+
+/// The first record after byte `from` of `file` (not at `from` itself, which
+/// does not check out) that checks out and holds an entry after index
+/// `after`: its offset
+/// and log id. Looks at every byte, since the damaged record's length may be
+/// damaged too; candidates are filtered by their log id before their checksum
+/// is computed. Reads the rest of the file into memory: it runs only once a
+/// damaged record was found.
+fn valid_record_after(
+    file: &File,
+    from: u64,
+    after: Option<u64>,
+) -> Result<Option<(u64, LogId)>, StoreError> {
+    let len = file.metadata()?.len();
+    let mut rest = vec![0; usize::try_from(len.saturating_sub(from)).unwrap_or(0)];
+    file.read_exact_at(&mut rest, from)?;
+    // Entries follow each other within this many bytes at most: one record
+    // per index, each at least a header long.
+    let window = rest.len() as u64 / RECORD_HEADER + 1;
+    for start in 1..rest.len() {
+        let Some((len, crc, body)) = rest.get(start..).and_then(split_record) else {
+            break;
+        };
+        let Some(body) = body.get(..len as usize) else {
+            continue;
+        };
+        let Some(log_id) = entry_after(body, after) else {
+            continue;
+        };
+        if after.is_some_and(|a| log_id.index > a.saturating_add(window)) {
+            continue;
+        }
+        if crc32fast::hash(body) == crc {
+            return Ok(Some((from + start as u64, log_id)));
+        }
+    }
+    Ok(None)
 }
 
 struct Scan {

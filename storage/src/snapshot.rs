@@ -23,10 +23,11 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::error::{decode, encode, sync_dir, StoreError};
 use crate::marks::{LastBatch, Mark};
@@ -134,24 +135,49 @@ impl<'a> Body<'a> {
 /// the snapshot's first byte.
 struct Opened {
     file: File,
+    path: PathBuf,
     meta_bytes: Vec<u8>,
     crc: u32,
+}
+
+/// A snapshot file that cannot be used. The log before it may be purged, so
+/// the node cannot do without it: open fails, naming the file.
+fn unusable(path: &Path, why: &str) -> StoreError {
+    StoreError::corrupt(
+        "snapshot file",
+        format!(
+            "{}: {why}; the log it covers may be purged, so this node cannot rebuild its \
+             state without it (restore the directory, or let this node join again with an \
+             empty one)",
+            path.display()
+        ),
+    )
 }
 
 impl Opened {
     /// Opens the snapshot file, if there is one, and reads its header. Blocking.
     fn open(dir: &Path) -> Result<Option<Opened>, StoreError> {
-        let mut file = match File::open(dir.join(FILE)) {
+        let path = dir.join(FILE);
+        let mut file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let file_len = file.metadata()?.len();
-        let truncated = || StoreError::corrupt("snapshot file", "truncated");
+        let truncated = || unusable(&path, &format!("truncated ({file_len} bytes)"));
         let mut header = [0u8; FILE_HEADER];
         file.read_exact(&mut header).map_err(|_| truncated())?;
-        if header[..8] != FILE_MAGIC[..] {
-            return Err(StoreError::corrupt("snapshot file", "not a snapshot file"));
+        if header[..7] != FILE_MAGIC[..7] {
+            return Err(unusable(&path, "not a snapshot file"));
+        }
+        if header[7] != FILE_MAGIC[7] {
+            return Err(unusable(
+                &path,
+                &format!(
+                    "file format {} (this version reads {})",
+                    header[7], FILE_MAGIC[7]
+                ),
+            ));
         }
         let word = |at: usize| {
             u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
@@ -164,6 +190,7 @@ impl Opened {
         file.read_exact(&mut meta_bytes).map_err(|_| truncated())?;
         Ok(Some(Opened {
             file,
+            path,
             meta_bytes,
             crc,
         }))
@@ -173,10 +200,7 @@ impl Opened {
     /// metadata) match the file's checksum.
     fn checked_meta(&self, hasher: crc32fast::Hasher) -> Result<SnapshotMeta, StoreError> {
         if hasher.finalize() != self.crc {
-            return Err(StoreError::corrupt(
-                "snapshot file",
-                "does not match its checksum",
-            ));
+            return Err(unusable(&self.path, "does not match its checksum"));
         }
         decode("snapshot meta", &self.meta_bytes)
     }
@@ -185,6 +209,28 @@ impl Opened {
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&self.meta_bytes);
         hasher
+    }
+}
+
+/// Deletes what a crash while a snapshot was written left of it: the
+/// temporary file is renamed over the snapshot only once it is complete and
+/// fsynced, so it is never the snapshot. Blocking.
+pub(crate) fn remove_partial(dir: &Path) -> Result<(), StoreError> {
+    let tmp = dir.join(TMP_FILE);
+    match fs::metadata(&tmp) {
+        Ok(meta) => {
+            fs::remove_file(&tmp)?;
+            sync_dir(dir)?;
+            warn!(
+                file = %tmp.display(),
+                bytes = meta.len(),
+                "removed a snapshot that a crash cut short while it was written; the previous \
+                 snapshot and the log after it stand"
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -304,4 +350,24 @@ pub(crate) fn write_file(dir: &Path, meta: &SnapshotMeta, body: &[u8]) -> Result
     sync_dir(dir)?;
     file.seek(SeekFrom::Start((FILE_HEADER + meta_bytes.len()) as u64))?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_of_an_unknown_format_is_refused_not_misread() {
+        let current = Body::encode(Vec::new(), Vec::new(), b"app").expect("encode");
+        let body = Body::decode(&current).expect("decode");
+        assert_eq!(body.app, b"app");
+        // The format is the first byte of the header (a small postcard varint).
+        let mut newer = current.clone();
+        newer[4] = u8::try_from(FORMAT + 1).expect("small");
+        let err = Body::decode(&newer).err().expect("refused").to_string();
+        assert!(
+            err.contains(&format!("format {}", FORMAT + 1)) && err.contains("this build reads"),
+            "{err}"
+        );
+    }
 }

@@ -165,6 +165,7 @@ impl Storage {
         let purged = get::<LogId>(&meta, KEY_LAST_PURGED, "last purged log id")?;
         let mut log = SegmentLog::open(&dir.join(LOG_DIR), purged.map(|id| id.index))?;
         legacy::migrate(&db, &mut log, dir, purged.map(|id| id.index))?;
+        snapshot::remove_partial(dir)?;
         let stored_snapshot = snapshot::load(dir)?;
 
         let (closed_tx, closed_rx) = watch::channel(());

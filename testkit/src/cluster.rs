@@ -116,6 +116,11 @@ impl Node {
         self.process.log_text()
     }
 
+    /// Its data directory, kept across restarts.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.process.data_dir()
+    }
+
     fn spawn(&mut self) {
         let mut args = vec!["--node-id".to_owned(), self.id.to_string()];
         match &self.membership {
@@ -331,6 +336,18 @@ impl Cluster {
             .map(|node| node.id)
             .collect();
         self.start_together(&down).await;
+    }
+
+    /// Starts node `id` again, stopped and removed from the membership, as a
+    /// new member joining through member `via` (`--join`), and waits until it
+    /// is ready: how a node whose data directory was lost comes back.
+    pub async fn rejoin(&mut self, id: u64, via: u64) {
+        eprintln!("cluster: node {id} joins again through node {via}");
+        let addr = self.node(via).cluster_addr();
+        let node = self.node_mut(id);
+        node.membership = Membership::Join(addr);
+        node.spawn();
+        self.wait_ready(id).await;
     }
 
     /// SIGSTOP: the process freezes, its sockets stay open.

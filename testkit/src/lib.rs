@@ -17,6 +17,7 @@ pub mod process;
 pub mod raw;
 pub mod script;
 pub mod subscribers;
+pub mod tmpfs;
 pub mod traffic;
 
 pub use process::Process;

@@ -227,3 +227,113 @@ fn an_append_before_the_end_of_the_log_is_refused() {
     assert!(log.append([entry(1, 4, 10), entry(1, 4, 10)]).is_err());
     assert_eq!(log.last_log_id(), Some(log_id(1, 3)), "nothing indexed");
 }
+
+/// Writes entries `1..=n` of `size` bytes and returns the segment files.
+fn written(dir: &Path, n: u64, size: usize) -> Vec<PathBuf> {
+    let mut log = SegmentLog::open(dir, None).expect("open");
+    log.append((1..=n).map(|i| entry(1, i, size)))
+        .expect("append");
+    log.sync_targets().sync().expect("sync");
+    files(dir).iter().map(|name| dir.join(name)).collect()
+}
+
+/// Where entry `index` starts in its file.
+fn offset_of(dir: &Path, index: u64) -> u64 {
+    let log = SegmentLog::open(dir, None).expect("open");
+    log.positions(Bound::Included(index), Bound::Included(index), 1)[0].offset
+}
+
+fn flip(path: &Path, at: u64) {
+    let mut bytes = fs::read(path).expect("read");
+    bytes[at as usize] ^= 0x5a;
+    fs::write(path, bytes).expect("write");
+}
+
+fn refused(dir: &Path) -> String {
+    match SegmentLog::open(dir, None) {
+        Ok(log) => panic!("opened with entries {:?}", indexes(&log)),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_damaged_record_followed_by_valid_ones_refuses_the_open_and_changes_nothing() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let paths = written(dir.path(), 10, 1000);
+    let at = offset_of(dir.path(), 4);
+    // A byte of entry 4's payload.
+    flip(&paths[0], at + RECORD_HEADER + 500);
+    let before = fs::read(&paths[0]).expect("read");
+    let err = refused(dir.path());
+    let name = paths[0].display().to_string();
+    assert!(err.contains(&name), "{err}");
+    assert!(err.contains(&format!("record at byte {at}")), "{err}");
+    assert!(
+        err.contains("entry T1-N1-5"),
+        "the first entry beyond: {err}"
+    );
+    assert!(err.contains("refusing to start"), "{err}");
+    assert_eq!(fs::read(&paths[0]).expect("read"), before, "nothing cut");
+}
+
+#[test]
+fn a_damaged_length_inside_the_log_refuses_the_open() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let paths = written(dir.path(), 10, 1000);
+    // The length of entry 6 now reaches past the end of the file.
+    let at = offset_of(dir.path(), 6);
+    flip(&paths[0], at + 3);
+    let err = refused(dir.path());
+    assert!(err.contains(&format!("record at byte {at}")), "{err}");
+    assert!(err.contains("entry T1-N1-7"), "{err}");
+}
+
+#[test]
+fn a_damaged_tail_of_a_file_before_a_valid_one_refuses_the_open() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let big = (SEGMENT_BYTES / 3) as usize;
+    let paths = written(dir.path(), 6, big);
+    assert!(paths.len() >= 2, "{paths:?}");
+    // The last record of the first file.
+    let len = fs::metadata(&paths[0]).expect("meta").len();
+    OpenOptions::new()
+        .write(true)
+        .open(&paths[0])
+        .expect("open")
+        .set_len(len - 10)
+        .expect("cut");
+    let err = refused(dir.path());
+    assert!(err.contains(&paths[1].display().to_string()), "{err}");
+}
+
+#[test]
+fn garbage_or_zeros_after_the_last_record_are_cut_off() {
+    for tail in [vec![0u8; 4096], b"not a record at all, just bytes".to_vec()] {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let paths = written(dir.path(), 5, 1000);
+        let len = fs::metadata(&paths[0]).expect("meta").len();
+        let mut bytes = fs::read(&paths[0]).expect("read");
+        bytes.extend_from_slice(&tail);
+        fs::write(&paths[0], bytes).expect("write");
+        let log = SegmentLog::open(dir.path(), None).expect("open");
+        assert_eq!(indexes(&log), (1..=5).collect::<Vec<_>>());
+        assert_eq!(fs::metadata(&paths[0]).expect("meta").len(), len, "cut");
+    }
+}
+
+#[test]
+fn a_damaged_file_holding_only_purged_entries_is_deleted_not_refused() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let big = (SEGMENT_BYTES / 3) as usize;
+    let paths = written(dir.path(), 9, big);
+    assert!(paths.len() >= 3, "{paths:?}");
+    let second_first: u64 = files(dir.path())[1]
+        .strip_suffix(SUFFIX)
+        .and_then(|n| n.parse().ok())
+        .expect("name");
+    // A crash lost the deletion of the first file, and damaged it.
+    flip(&paths[0], MAGIC.len() as u64 + RECORD_HEADER + 100);
+    let log = SegmentLog::open(dir.path(), Some(second_first - 1)).expect("open");
+    assert_eq!(indexes(&log), (second_first..=9).collect::<Vec<_>>());
+    assert!(!paths[0].exists());
+}
