@@ -1438,7 +1438,8 @@ def metrics_move(port, http_port):
                          ("starling_connections_refused_total", {"reason": "max_connections"})]:
         check_eq(value(first, name, **labels), 0.0, f"{name}{labels} at the first scrape")
     for name in ("process_resident_memory_bytes", "process_open_fds", "process_max_fds",
-                 "process_threads", "process_start_time_seconds"):
+                 "process_threads", "process_start_time_seconds",
+                 "starling_runtime_alive_tasks"):
         check((value(first, name) or 0) > 0, f"{name} under its standard name")
     check(value(first, "process_cpu_seconds_total") is not None, "process_cpu_seconds_total")
     for via in ("local", "forwarded", "replicated"):

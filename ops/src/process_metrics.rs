@@ -3,6 +3,8 @@
 //! `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
 //! `process_threads`, `process_start_time_seconds`), read from `/proc/self`
 //! at each scrape. On a system without `/proc` the collector yields nothing.
+//! With them, `starling_runtime_alive_tasks`: the tokio tasks alive, which a
+//! leak of connections or timers would make grow.
 
 use std::sync::Mutex;
 
@@ -30,6 +32,7 @@ pub struct ProcessCollector {
     start_time: Gauge,
     open_fds: IntGauge,
     max_fds: IntGauge,
+    tasks: IntGauge,
     /// CPU seconds already counted into `cpu`.
     counted_cpu: Mutex<f64>,
     descs: Vec<Desc>,
@@ -59,7 +62,12 @@ impl ProcessCollector {
             "process_max_fds",
             "Maximum number of open file descriptors.",
         )?;
+        let tasks = IntGauge::new(
+            "starling_runtime_alive_tasks",
+            "Tokio tasks alive in the process's runtime.",
+        )?;
         let descs = [
+            tasks.desc(),
             cpu.desc(),
             resident.desc(),
             virtual_memory.desc(),
@@ -80,6 +88,7 @@ impl ProcessCollector {
             start_time,
             open_fds,
             max_fds,
+            tasks,
             counted_cpu: Mutex::new(0.0),
             descs,
         })
@@ -111,7 +120,12 @@ impl Collector for ProcessCollector {
         self.start_time.set(sample.start_time_seconds);
         self.open_fds.set(sample.open_fds);
         self.max_fds.set(sample.max_fds);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         [
+            self.tasks.collect(),
             self.cpu.collect(),
             self.resident.collect(),
             self.virtual_memory.collect(),
