@@ -11,8 +11,10 @@
 //! A library of its own, so that each test binary links what it uses and
 //! nothing here is dead code in any of them.
 
+pub mod check;
 pub mod client;
 pub mod cluster;
+pub mod history;
 pub mod process;
 pub mod raw;
 pub mod script;
