@@ -171,8 +171,8 @@ pub fn check(events: &[Event]) -> Report {
     let mut connects: BTreeMap<String, Vec<(u64, bool, bool)>> = BTreeMap::new();
     let mut reads = Vec::new();
     let mut wills: BTreeMap<String, WillLife> = BTreeMap::new();
-    // (subscriber, will of) -> fresh deliveries
-    let mut will_copies: BTreeMap<(String, String), usize> = BTreeMap::new();
+    // (subscriber, will of) -> (connection, QoS) of each fresh delivery
+    let mut will_copies: BTreeMap<(String, String), Vec<(u32, u8)>> = BTreeMap::new();
     let mut faults: Vec<(u64, u64)> = Vec::new();
     let mut open_fault: Option<u64> = None;
 
@@ -274,9 +274,18 @@ pub fn check(events: &[Event]) -> Report {
             } => {
                 wills.entry(client.clone()).or_default().end = Some((*t, *accepted, *clean));
             }
-            Event::WillDelivery { client, of, .. } => {
+            Event::WillDelivery {
+                client,
+                of,
+                conn,
+                qos,
+                ..
+            } => {
                 report.will_deliveries += 1;
-                *will_copies.entry((client.clone(), of.clone())).or_default() += 1;
+                will_copies
+                    .entry((client.clone(), of.clone()))
+                    .or_default()
+                    .push((*conn, *qos));
             }
             Event::FaultStart { t, kind, .. } => {
                 *report.faults.entry(kind.clone()).or_default() += 1;
@@ -441,7 +450,7 @@ fn check_retained(
 fn check_wills(
     report: &mut Report,
     wills: &BTreeMap<String, WillLife>,
-    will_copies: &BTreeMap<(String, String), usize>,
+    will_copies: &BTreeMap<(String, String), Vec<(u32, u8)>>,
     subscriptions: &BTreeMap<String, Vec<(String, u64)>>,
     faults: &[(u64, u64)],
 ) {
@@ -462,10 +471,7 @@ fn check_wills(
             if subscribed_at(subs, &life.topic).is_none_or(|t| t > life.connected) {
                 continue;
             }
-            let got = will_copies
-                .get(&(subscriber.clone(), client.clone()))
-                .copied()
-                .unwrap_or(0);
+            let got = will_count(will_copies.get(&(subscriber.clone(), client.clone())));
             let (min, max) = match life.end {
                 Some((_, true, false)) => (1, 1),
                 Some((_, true, true)) if !near_fault => (0, 0),
@@ -495,6 +501,21 @@ fn check_wills(
             }
         }
     }
+}
+
+/// How many times a will was published, as one subscriber can tell: every
+/// QoS 2 delivery counts (exactly once), QoS 1 ones only within one
+/// connection (a copy on a later connection may be a redelivery).
+fn will_count(copies: Option<&Vec<(u32, u8)>>) -> usize {
+    let Some(copies) = copies else {
+        return 0;
+    };
+    let exactly_once = copies.iter().filter(|(_, qos)| *qos == 2).count();
+    let mut per_conn: BTreeMap<u32, usize> = BTreeMap::new();
+    for (conn, _) in copies.iter().filter(|(_, qos)| *qos < 2) {
+        *per_conn.entry(*conn).or_default() += 1;
+    }
+    exactly_once.max(per_conn.values().copied().max().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -620,13 +641,18 @@ mod tests {
             self
         }
 
-        fn will_delivery(mut self, t: u64, of: &str) -> H {
+        fn will_delivery(self, t: u64, of: &str) -> H {
+            self.will_delivery_on(t, of, 1, 2)
+        }
+
+        fn will_delivery_on(mut self, t: u64, of: &str, conn: u32, qos: u8) -> H {
             self.0.push(Event::WillDelivery {
                 t,
                 client: SUB.into(),
                 node: 1,
-                conn: 1,
+                conn,
                 of: of.into(),
+                qos,
             });
             self
         }
@@ -713,7 +739,9 @@ mod tests {
 
     #[test]
     fn a_message_sent_before_the_subscription_may_be_missing() {
-        let h = clean().publish(0, "h/early", 0, 1, false).ok(0, "h/early", 0);
+        let h = clean()
+            .publish(0, "h/early", 0, 1, false)
+            .ok(0, "h/early", 0);
         assert_eq!(h.kinds(), vec![]);
     }
 
@@ -775,6 +803,17 @@ mod tests {
             .fault(81, 90)
             .will_delivery(99, "w2")
             .will_delivery(100, "w2");
+        assert_eq!(h.kinds(), vec![Kind::WillDuplicated]);
+        // At QoS 1, a copy on a later connection is a redelivery.
+        let h = clean()
+            .will(90, "w3", 95, false)
+            .will_delivery_on(96, "w3", 1, 1)
+            .will_delivery_on(97, "w3", 2, 1);
+        assert_eq!(h.kinds(), vec![]);
+        let h = clean()
+            .will(90, "w3", 95, false)
+            .will_delivery_on(96, "w3", 1, 1)
+            .will_delivery_on(97, "w3", 1, 1);
         assert_eq!(h.kinds(), vec![Kind::WillDuplicated]);
         let h = clean().will_delivery(99, "nobody");
         assert_eq!(h.kinds(), vec![Kind::WillUnexpected]);

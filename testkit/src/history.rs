@@ -110,16 +110,21 @@ pub enum Event {
         accepted: bool,
         clean: bool,
     },
-    /// A subscriber received the will of `of` (a fresh delivery).
+    /// A subscriber received the will of `of` (a fresh delivery) at `qos`.
     WillDelivery {
         t: u64,
         client: String,
         node: u64,
         conn: u32,
         of: String,
+        qos: u8,
     },
     /// The nemesis began a fault on `nodes`.
-    FaultStart { t: u64, kind: String, nodes: Vec<u64> },
+    FaultStart {
+        t: u64,
+        kind: String,
+        nodes: Vec<u64>,
+    },
     /// The nemesis healed the fault it began last.
     FaultEnd { t: u64, kind: String },
 }
