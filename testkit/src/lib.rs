@@ -20,6 +20,7 @@ pub mod raw;
 pub mod script;
 pub mod subscribers;
 pub mod traffic;
+pub mod nemesis;
 
 pub use process::Process;
 
