@@ -15,12 +15,13 @@ pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod history;
+pub mod nemesis;
 pub mod process;
 pub mod raw;
 pub mod script;
 pub mod subscribers;
 pub mod traffic;
-pub mod nemesis;
+pub mod workload;
 
 pub use process::Process;
 
