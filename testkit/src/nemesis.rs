@@ -131,13 +131,20 @@ pub async fn run(
     until: Instant,
 ) -> BTreeMap<&'static str, usize> {
     let mut counts = BTreeMap::new();
+    // Faults are drawn from a bag holding each kind once, refilled in a new
+    // order when empty, so that even a short run sees every kind.
+    let mut bag: Vec<Fault> = Vec::new();
     loop {
         tokio::time::sleep(rng.between(schedule.gap.0, schedule.gap.1)).await;
         let length = rng.between(schedule.length.0, schedule.length.1);
         if Instant::now() + length >= until {
             return counts;
         }
-        let fault = rng.pick(&Fault::ALL);
+        if bag.is_empty() {
+            bag = Fault::ALL.to_vec();
+            rng.shuffle(&mut bag);
+        }
+        let fault = bag.pop().expect("refilled");
         let mut ids = cluster.ids();
         rng.shuffle(&mut ids);
         let (a, b) = (ids[0], ids[1]);

@@ -402,17 +402,20 @@ impl SubscriberRun {
                     self.awaiting_pubrel.remove(&packet.pkid());
                     Some(raw::pubcomp(packet.pkid()))
                 }
-                9 => {
-                    // SUBACK
-                    if !self.subscribed || packet.body().get(2).is_some_and(|c| *c < 3) {
-                        self.subscribed = true;
-                        self.recorder.record(Event::Subscribed {
-                            t: self.recorder.now(),
-                            client: self.client.clone(),
-                            node,
-                            filter: FILTER.to_owned(),
-                        });
+                kind::SUBACK => {
+                    if packet.body().get(2).is_none_or(|code| *code > 2) {
+                        // 0x80: refused (a node without quorum, say). Try
+                        // another node, which subscribes again.
+                        self.subscribed = false;
+                        return false;
                     }
+                    self.subscribed = true;
+                    self.recorder.record(Event::Subscribed {
+                        t: self.recorder.now(),
+                        client: self.client.clone(),
+                        node,
+                        filter: FILTER.to_owned(),
+                    });
                     None
                 }
                 _ => None,
@@ -525,7 +528,11 @@ async fn read_retained(conn: &mut Raw) -> Option<Option<u32>> {
             Read::Closed => return None,
         };
         match packet.kind() {
-            9 => {
+            kind::SUBACK => {
+                if packet.body().get(2).is_none_or(|code| *code > 2) {
+                    // Refused: no read happened.
+                    return None;
+                }
                 acked = true;
                 deadline = Instant::now() + RETAINED_WAIT;
             }
