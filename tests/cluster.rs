@@ -27,6 +27,8 @@ mod live_minority;
 mod membership;
 #[path = "cluster/mqtt5.rs"]
 mod mqtt5;
+#[path = "cluster/nemesis.rs"]
+mod nemesis;
 #[path = "cluster/partitions.rs"]
 mod partitions;
 #[path = "cluster/quiet_logs.rs"]

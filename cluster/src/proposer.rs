@@ -15,7 +15,10 @@
 //! possibly several election rounds, the new leader's first commit): the state
 //! machine host applies it once. For that
 //! to hold, only one batch is in flight at a time, so no later batch can commit
-//! before a retried one.
+//! before a retried one. When a batch fails for good, the commands queued
+//! behind it fail with it: a connection's later PUBLISH must not commit
+//! after its earlier one failed (the client sends that one again, on another
+//! node, after the later ones).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,7 +120,19 @@ impl Proposer {
             }
             let first_seq = next_seq;
             next_seq += batch.len() as u64;
-            self.submit(batch, first_seq).await;
+            if let Some(failure) = self.submit(batch, first_seq).await {
+                // Queued behind the failed batch, in the order their callers
+                // meant them to commit: none may commit without it. Only
+                // what is queued now; later commands are on their own.
+                let queued = queue.len();
+                let behind = carried
+                    .take()
+                    .into_iter()
+                    .chain(std::iter::from_fn(|| queue.try_recv().ok()).take(queued));
+                for proposal in behind {
+                    let _ = proposal.reply.send(Err(same(&failure)));
+                }
+            }
         }
 
         queue.close();
@@ -129,8 +144,9 @@ impl Proposer {
         }
     }
 
-    /// Commits one batch as one entry and hands out the replies.
-    async fn submit(&self, batch: Vec<Proposal>, first_seq: u64) {
+    /// Commits one batch as one entry and hands out the replies; the error if
+    /// it failed.
+    async fn submit(&self, batch: Vec<Proposal>, first_seq: u64) -> Option<ClusterError> {
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let count = commands.len();
@@ -147,7 +163,7 @@ impl Proposer {
             commands,
         };
         let outcome = write(&self.core, &request).await;
-        deliver(outcome, replies);
+        deliver(outcome, replies)
     }
 }
 
@@ -219,18 +235,18 @@ async fn write(core: &Core, request: &Request) -> Result<Response, ClusterError>
     }
 }
 
-/// Hands each caller its own reply, or the batch's error.
+/// Hands each caller its own reply, or the batch's error, which it returns.
 fn deliver(
     outcome: Result<Response, ClusterError>,
     replies: Vec<oneshot::Sender<Result<Vec<u8>, ClusterError>>>,
-) {
+) -> Option<ClusterError> {
     let failure = match outcome {
         Ok(data) if data.len() == replies.len() => {
             for (reply, data) in replies.into_iter().zip(data) {
                 // A caller that stopped waiting is no error: its command committed.
                 let _ = reply.send(Ok(data));
             }
-            return;
+            return None;
         }
         Ok(data) => {
             warn!(
@@ -245,6 +261,7 @@ fn deliver(
     for reply in replies {
         let _ = reply.send(Err(same(&failure)));
     }
+    Some(failure)
 }
 
 /// A copy of a batch's error for each of its callers.

@@ -176,6 +176,16 @@ impl Cluster {
         Cluster::launch(n, Some(toml), down_after).await
     }
 
+    /// `n` nodes, each with `toml` as its config file, which sets
+    /// `node_down_after` to `down_after` (or leaves the default).
+    pub async fn start_with_config_and_down_after(
+        n: u64,
+        toml: &str,
+        down_after: Duration,
+    ) -> Cluster {
+        Cluster::launch(n, Some(toml.to_owned()), down_after).await
+    }
+
     async fn launch(n: u64, config_toml: Option<String>, down_after: Duration) -> Cluster {
         assert!(n >= 1, "a cluster has at least one node");
         let turn = ONE_CLUSTER_AT_A_TIME
@@ -295,7 +305,24 @@ impl Cluster {
             .map(Node::cluster_ip)
             .collect();
         eprintln!("cluster: cutting node {id} ({me}) off from {others:?}");
-        Cut::install(&me, &others)
+        let mut links = Vec::new();
+        for other in &others {
+            links.push((me.clone(), other.clone()));
+            links.push((other.clone(), me.clone()));
+        }
+        Cut::install(&links)
+    }
+
+    /// Drops every packet from node `from`'s cluster address to node `to`'s,
+    /// for each pair of `links` (one direction each: list both for a full
+    /// cut). Heals when the returned guard is dropped (or `heal`ed).
+    pub fn drop_links(&self, links: &[(u64, u64)]) -> Cut {
+        eprintln!("cluster: dropping packets on the links (from, to) {links:?}");
+        let links: Vec<(String, String)> = links
+            .iter()
+            .map(|(from, to)| (self.node(*from).cluster_ip(), self.node(*to).cluster_ip()))
+            .collect();
+        Cut::install(&links)
     }
 
     /// SIGKILL every running node.
@@ -589,14 +616,14 @@ pub struct Cut {
 }
 
 impl Cut {
-    fn install(me: &str, others: &[String]) -> Cut {
+    /// Drops packets from the first address of each pair to the second.
+    fn install(links: &[(String, String)]) -> Cut {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let chain = format!("STARLING_CUT_{}_{n}", std::process::id());
         iptables(&["-N", &chain]);
-        for other in others {
-            iptables(&["-A", &chain, "-s", me, "-d", other, "-j", "DROP"]);
-            iptables(&["-A", &chain, "-s", other, "-d", me, "-j", "DROP"]);
+        for (from, to) in links {
+            iptables(&["-A", &chain, "-s", from, "-d", to, "-j", "DROP"]);
         }
         iptables(&["-I", "INPUT", "-j", &chain]);
         Cut {

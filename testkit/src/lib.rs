@@ -7,18 +7,24 @@
 //! fails. `client` wraps rumqttc for well-behaved traffic, `raw` speaks
 //! hand-encoded bytes over a socket for everything a library would refuse to
 //! send, and `subscribers` and `traffic` are the clients of the cluster tests.
+//! `workload` holds clients that record a `history` of what they did and saw,
+//! `nemesis` inflicts seeded faults meanwhile, and `check` judges the history.
 //!
 //! A library of its own, so that each test binary links what it uses and
 //! nothing here is dead code in any of them.
 
+pub mod check;
 pub mod client;
 pub mod cluster;
+pub mod history;
+pub mod nemesis;
 pub mod process;
 pub mod raw;
 pub mod script;
 pub mod subscribers;
 pub mod tmpfs;
 pub mod traffic;
+pub mod workload;
 
 pub use process::Process;
 

@@ -20,6 +20,7 @@ pub mod kind {
     pub const PUBREC: u8 = 5;
     pub const PUBREL: u8 = 6;
     pub const PUBCOMP: u8 = 7;
+    pub const SUBACK: u8 = 9;
     pub const PINGRESP: u8 = 13;
 }
 
