@@ -251,6 +251,9 @@ pub(crate) struct Session {
     version: Option<ProtocolVersion>,
     /// CONNACK was sent.
     connacked: bool,
+    /// Some bytes came from the client: a connection that times out before
+    /// CONNECT is a slow one rather than a silent one.
+    heard: bool,
     client_id: Option<Arc<str>>,
     persistent: bool,
     keep_alive: Option<Duration>,
@@ -307,6 +310,7 @@ impl Session {
             conn,
             version: None,
             connacked: false,
+            heard: false,
             client_id: None,
             persistent: false,
             keep_alive: None,
@@ -391,6 +395,7 @@ impl Session {
     /// Decodes and handles every complete packet in `input`. Returns how many
     /// packets were handled.
     pub fn input(&mut self, input: &mut BytesMut, view: &impl View) -> usize {
+        self.heard |= !input.is_empty();
         let mut handled = 0;
         while self.end.is_none() {
             match mqtt::decode(input, view.config().max_packet_size, self.version) {
@@ -613,7 +618,17 @@ impl Session {
     fn stop(&mut self, why: Stop, view: &impl View) {
         let (end, reason, text) = match why {
             Stop::TakenOver => {
-                log!(self, info, "session taken over by a new connection");
+                // A storm of CONNECTs with one client id would log a line
+                // each: counted always, logged now and then.
+                if let Some(total) = view.metrics().disconnected_quietly("taken_over") {
+                    log!(
+                        self,
+                        info,
+                        total,
+                        "session taken over by a new connection (logged at most every 10 s; \
+                         starling_client_disconnects_total{{reason=\"taken_over\"}} counts every one)"
+                    );
+                }
                 let text = "another connection took the session over";
                 (End::TakenOver, ReasonCode::SessionTakenOver, text)
             }
@@ -648,10 +663,22 @@ impl Session {
                 (End::Lost, ReasonCode::AdministrativeAction, text)
             }
             Stop::Expired => {
-                if self.version.is_some() {
-                    log!(self, info, "keepalive expired [MQTT-3.1.2-24]");
-                } else {
-                    log!(self, info, "no CONNECT in time");
+                let (reason, what) = match (self.version, self.heard) {
+                    (Some(_), _) => ("keepalive_timeout", "keepalive expired [MQTT-3.1.2-24]"),
+                    (None, false) => ("connect_timeout", "nothing received, no CONNECT in time"),
+                    (None, true) => ("slow_connect", "CONNECT begun but not finished in time"),
+                };
+                // Sockets left open and silent come by the thousand from a
+                // flood: counted always, logged now and then.
+                if let Some(total) = view.metrics().disconnected_quietly(reason) {
+                    log!(
+                        self,
+                        info,
+                        reason,
+                        total,
+                        "closing: {what} (logged at most every 10 s for each reason; \
+                         starling_client_disconnects_total counts every one)"
+                    );
                 }
                 let text = "nothing from the client within its keepalive";
                 (End::Lost, ReasonCode::KeepAliveTimeout, text)
