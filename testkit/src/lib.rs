@@ -6,11 +6,13 @@
 //! by one launcher ([`process::Process`]); the logs are printed when the test
 //! fails. `client` wraps rumqttc for well-behaved traffic, `raw` speaks
 //! hand-encoded bytes over a socket for everything a library would refuse to
-//! send, and `subscribers` and `traffic` are the clients of the cluster tests.
+//! send, `subscribers` and `traffic` are the clients of the cluster tests, and
+//! `attack` floods a broker with bad input while a probe client measures it.
 //!
 //! A library of its own, so that each test binary links what it uses and
 //! nothing here is dead code in any of them.
 
+pub mod attack;
 pub mod client;
 pub mod cluster;
 pub mod process;
