@@ -69,10 +69,12 @@ pub struct Metrics {
     /// When a drop was last logged (ms since the epoch): drops are logged
     /// at most every `DROP_LOG_EVERY_MS`, counted always.
     drop_logged_at: std::sync::atomic::AtomicU64,
-    /// When each reason of `disconnects` was last logged, as `drop_logged_at`
-    /// (in the order of `DISCONNECT_REASONS`): the closes a flood of bad
-    /// clients causes are logged at most every `DROP_LOG_EVERY_MS` per reason.
+    /// When each reason of `disconnects` and of `protocol_errors` was last
+    /// logged, as `drop_logged_at` (in the order of `DISCONNECT_REASONS` and
+    /// `PROTOCOL_ERROR_REASONS`): the closes a flood of bad clients causes are
+    /// logged at most every `DROP_LOG_EVERY_MS` per reason.
     disconnect_logged_at: [std::sync::atomic::AtomicU64; DISCONNECT_REASONS.len()],
+    protocol_error_logged_at: [std::sync::atomic::AtomicU64; PROTOCOL_ERROR_REASONS.len()],
 }
 
 /// Why messages are dropped: the label values of `starling_messages_dropped_total`.
@@ -284,6 +286,7 @@ impl Metrics {
             )?,
             drop_logged_at: std::sync::atomic::AtomicU64::new(0),
             disconnect_logged_at: Default::default(),
+            protocol_error_logged_at: Default::default(),
             forward_peers: std::sync::Mutex::default(),
             snapshots: IntCounter::new(
                 "starling_raft_snapshots_total",
@@ -402,15 +405,7 @@ impl Metrics {
     pub fn dropped_many(&self, reason: &'static str, n: u64) {
         let counter = self.messages_dropped.with_label_values(&[reason]);
         counter.inc_by(n);
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = crate::clock::now_ms();
-        let last = self.drop_logged_at.load(Relaxed);
-        if now >= last.saturating_add(DROP_LOG_EVERY_MS)
-            && self
-                .drop_logged_at
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
+        if due(&self.drop_logged_at) {
             tracing::warn!(
                 reason,
                 total = counter.get(),
@@ -434,15 +429,7 @@ impl Metrics {
         let counter = self.disconnects.with_label_values(&[reason]);
         counter.inc();
         let at = DISCONNECT_REASONS.iter().position(|r| *r == reason)?;
-        let logged_at = &self.disconnect_logged_at[at];
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = crate::clock::now_ms();
-        let last = logged_at.load(Relaxed);
-        (now >= last.saturating_add(DROP_LOG_EVERY_MS)
-            && logged_at
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok())
-        .then(|| counter.get())
+        due(&self.disconnect_logged_at[at]).then(|| counter.get())
     }
 
     /// Counts a filter of a SUBSCRIBE refused for `reason`.
@@ -469,9 +456,28 @@ impl Metrics {
         self.connections_refused.with_label_values(&[reason]).inc();
     }
 
-    pub fn protocol_error(&self, reason: &'static str) {
-        self.protocol_errors.with_label_values(&[reason]).inc();
+    /// Counts a connection closed for bad input, for `reason`. Returns the
+    /// total so far if this one is to be logged: at most one every ten
+    /// seconds for each reason, since a flood of malformed packets would
+    /// otherwise write a line for each.
+    pub fn protocol_error(&self, reason: &'static str) -> Option<u64> {
+        let counter = self.protocol_errors.with_label_values(&[reason]);
+        counter.inc();
+        let at = PROTOCOL_ERROR_REASONS.iter().position(|r| *r == reason)?;
+        due(&self.protocol_error_logged_at[at]).then(|| counter.get())
     }
+}
+
+/// Whether a line is due, the last one logged at `logged_at` (ms since the
+/// epoch); if so, `logged_at` becomes now. One caller wins a race.
+fn due(logged_at: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = crate::clock::now_ms();
+    let last = logged_at.load(Relaxed);
+    now >= last.saturating_add(DROP_LOG_EVERY_MS)
+        && logged_at
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
 }
 
 /// What this node counted since it started: PUBLISH packets received, sent
@@ -542,5 +548,8 @@ mod tests {
         assert_eq!(m.disconnected_quietly("taken_over"), None);
         let count = |reason| m.disconnects.with_label_values(&[reason]).get();
         assert_eq!((count("taken_over"), count("connect_timeout")), (3, 1));
+        assert_eq!(m.protocol_error("malformed"), Some(1));
+        assert_eq!(m.protocol_error("malformed"), None);
+        assert_eq!(m.protocol_error("violation"), Some(1));
     }
 }

@@ -575,9 +575,11 @@ impl Session {
                 }));
             }
             (then, Reply::RetainedFull) => {
+                // Counted, and logged now and then with the other drops: a
+                // flood of retained messages would log a line each.
                 log!(
                     self,
-                    info,
+                    debug,
                     "retained PUBLISH refused: the retained messages are at their limit"
                 );
                 view.metrics().dropped("retained_full");
@@ -690,13 +692,17 @@ impl Session {
 
     fn decode_failed(&mut self, e: mqtt::DecodeError, view: &impl View) {
         if let (mqtt::DecodeError::UnsupportedProtocolLevel(level), None) = (&e, self.version) {
-            log!(
-                self,
-                info,
-                level,
-                "unsupported protocol level [MQTT-3.1.2-2]"
-            );
-            view.metrics().protocol_error("protocol_level");
+            match view.metrics().protocol_error("protocol_level") {
+                Some(total) => log!(
+                    self,
+                    info,
+                    level,
+                    total,
+                    "unsupported protocol level [MQTT-3.1.2-2] (logged at most every 10 s; \
+                     starling_protocol_errors_total counts every one)"
+                ),
+                None => log!(self, debug, level, "unsupported protocol level"),
+            }
             // Answered as 3.1.1 demands (return code 0x01): MQTT 5 only allows
             // its 0x84 (section 3.1.2.2), and a client of a level we do not
             // know reads neither layout for sure.
@@ -712,8 +718,18 @@ impl Session {
             mqtt::DecodeError::PacketTooLarge { .. } => "too_large",
             _ => "malformed",
         };
-        log!(self, info, error = %e, "closing connection: bad packet");
-        view.metrics().protocol_error(reason);
+        match view.metrics().protocol_error(reason) {
+            Some(total) => log!(
+                self,
+                info,
+                error = %e,
+                reason,
+                total,
+                "closing connection: bad packet (logged at most every 10 s for each reason; \
+                 starling_protocol_errors_total counts every one)"
+            ),
+            None => log!(self, debug, error = %e, "closing connection: bad packet"),
+        }
         self.send_disconnect(e.reason_code(), &e.to_string());
         self.end = Some(End::Lost);
     }
@@ -771,8 +787,20 @@ impl Session {
     /// Closes the connection for a protocol violation, telling an MQTT 5
     /// client `reason`.
     fn violation_with(&mut self, what: &'static str, reason: ReasonCode, view: &impl View) {
-        log!(self, info, "closing connection: protocol violation: {what}");
-        view.metrics().protocol_error("violation");
+        match view.metrics().protocol_error("violation") {
+            Some(total) => log!(
+                self,
+                info,
+                total,
+                "closing connection: protocol violation: {what} (logged at most every 10 s; \
+                 starling_protocol_errors_total counts every one)"
+            ),
+            None => log!(
+                self,
+                debug,
+                "closing connection: protocol violation: {what}"
+            ),
+        }
         self.send_disconnect(reason, what);
         self.end = Some(End::Lost);
     }

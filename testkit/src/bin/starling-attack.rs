@@ -140,7 +140,7 @@ fn row(name: &str, outcome: &Outcome, rss: (Option<f64>, Option<f64>), moved: &s
         _ => String::new(),
     };
     format!(
-        "| {} | {} | {} / {} | {} | {} | {} | {} | {} | {}{} | {} → {} | {} |",
+        "| {} | {} | {} / {} | {} | {} | {} | {} | {} | {} / {}{} | {} → {} | {} |",
         outcome.attack.name(),
         name,
         p.delivered,
@@ -151,6 +151,7 @@ fn row(name: &str, outcome: &Outcome, rss: (Option<f64>, Option<f64>), moved: &s
         outcome.ops,
         outcome.closed,
         outcome.left_open,
+        outcome.errors,
         extra,
         mib(rss.0),
         mib(rss.1),
@@ -179,7 +180,7 @@ fn main() -> ExitCode {
     if options.header {
         println!(
             "| attack | broker | probe delivered / sent | p50 ms | p99 ms | max ms \
-             | attacker ops | closed by broker | left open | RSS MiB before → after \
+             | attacker ops | closed by broker | left open / failed | RSS MiB before → after \
              | counters moved |"
         );
         println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
