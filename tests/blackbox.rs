@@ -4,6 +4,8 @@
 //! sockets, or Debian's mosquitto clients. One test binary, so the harness is
 //! linked once.
 
+#[path = "attack.rs"]
+mod attack;
 #[path = "auth.rs"]
 mod auth;
 #[path = "bench_smoke.rs"]

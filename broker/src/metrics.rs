@@ -33,6 +33,8 @@ pub struct Metrics {
     pub messages_dropped: IntCounterVec,
     /// Connections the server closed, by why (other than protocol errors).
     pub disconnects: IntCounterVec,
+    /// Filters of SUBSCRIBE packets refused, by why.
+    pub subscriptions_refused: IntCounterVec,
     /// CONNECTs refused for their credentials, by why (`unknown_user`,
     /// `wrong_password`, `anonymous`, `enhanced_auth`).
     pub auth_failures: IntCounterVec,
@@ -77,6 +79,12 @@ pub struct Metrics {
     /// When a drop was last logged (ms since the epoch): drops are logged
     /// at most every `DROP_LOG_EVERY_MS`, counted always.
     drop_logged_at: std::sync::atomic::AtomicU64,
+    /// When each reason of `disconnects` and of `protocol_errors` was last
+    /// logged, as `drop_logged_at` (in the order of `DISCONNECT_REASONS` and
+    /// `PROTOCOL_ERROR_REASONS`): the closes a flood of bad clients causes are
+    /// logged at most every `DROP_LOG_EVERY_MS` per reason.
+    disconnect_logged_at: [std::sync::atomic::AtomicU64; DISCONNECT_REASONS.len()],
+    protocol_error_logged_at: [std::sync::atomic::AtomicU64; PROTOCOL_ERROR_REASONS.len()],
 }
 
 /// Why messages are dropped: the label values of `starling_messages_dropped_total`.
@@ -98,13 +106,31 @@ pub const DROP_REASONS: [&str; 14] = [
 ];
 
 /// Why the server closes connections: `starling_client_disconnects_total`.
-pub const DISCONNECT_REASONS: [&str; 6] = [
+/// `connect_timeout`: nothing received within `connect_timeout`;
+/// `slow_connect`: a CONNECT begun but not finished in that time;
+/// `keepalive_timeout`: nothing received within 1.5 keepalives;
+/// `taken_over`: a new connection with the same client id took the session.
+pub const DISCONNECT_REASONS: [&str; 10] = [
     "admin",
     "auth_failed",
+    "connect_timeout",
     "forward_failed",
+    "keepalive_timeout",
     "no_quorum",
     "publish_rate",
+    "slow_connect",
     "slow_subscriber",
+    "taken_over",
+];
+
+/// Why filters of a SUBSCRIBE are refused:
+/// `starling_subscriptions_refused_total`.
+pub const SUBSCRIBE_REFUSAL_REASONS: [&str; 5] = [
+    "invalid_filter",
+    "max_subscriptions",
+    "not_authorized",
+    "shared_unsupported",
+    "topic_limits",
 ];
 
 /// Why CONNECTs are refused: `starling_auth_failures_total`.
@@ -203,6 +229,13 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            subscriptions_refused: IntCounterVec::new(
+                Opts::new(
+                    "starling_subscriptions_refused_total",
+                    "Filters of SUBSCRIBE packets refused, by why",
+                ),
+                &["reason"],
+            )?,
             auth_failures: IntCounterVec::new(
                 Opts::new(
                     "starling_auth_failures_total",
@@ -276,6 +309,8 @@ impl Metrics {
                 &["peer"],
             )?,
             drop_logged_at: std::sync::atomic::AtomicU64::new(0),
+            disconnect_logged_at: Default::default(),
+            protocol_error_logged_at: Default::default(),
             forward_peers: std::sync::Mutex::default(),
             snapshots: IntCounter::new(
                 "starling_raft_snapshots_total",
@@ -307,6 +342,9 @@ impl Metrics {
         }
         for reason in DISCONNECT_REASONS {
             metrics.disconnects.with_label_values(&[reason]);
+        }
+        for reason in SUBSCRIBE_REFUSAL_REASONS {
+            metrics.subscriptions_refused.with_label_values(&[reason]);
         }
         for reason in AUTH_FAILURE_REASONS {
             metrics.auth_failures.with_label_values(&[reason]);
@@ -349,6 +387,7 @@ impl Metrics {
         registry.register(Box::new(metrics.bytes_sent.clone()))?;
         registry.register(Box::new(metrics.messages_dropped.clone()))?;
         registry.register(Box::new(metrics.disconnects.clone()))?;
+        registry.register(Box::new(metrics.subscriptions_refused.clone()))?;
         registry.register(Box::new(metrics.auth_failures.clone()))?;
         registry.register(Box::new(metrics.shared_redelivered.clone()))?;
         registry.register(Box::new(metrics.connections_refused.clone()))?;
@@ -399,15 +438,7 @@ impl Metrics {
     pub fn dropped_many(&self, reason: &'static str, n: u64) {
         let counter = self.messages_dropped.with_label_values(&[reason]);
         counter.inc_by(n);
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = crate::clock::now_ms();
-        let last = self.drop_logged_at.load(Relaxed);
-        if now >= last.saturating_add(DROP_LOG_EVERY_MS)
-            && self
-                .drop_logged_at
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
+        if due(&self.drop_logged_at) {
             tracing::warn!(
                 reason,
                 total = counter.get(),
@@ -420,6 +451,25 @@ impl Metrics {
     /// Counts a connection the server closed for `reason`.
     pub fn disconnected(&self, reason: &'static str) {
         self.disconnects.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a connection the server closed for `reason`, one that a flood
+    /// of bad or hostile clients causes by the thousand (`connect_timeout`,
+    /// `slow_connect`, `keepalive_timeout`, `taken_over`). Returns the total
+    /// so far if this one is to be logged: at most one every ten seconds for
+    /// each reason.
+    pub fn disconnected_quietly(&self, reason: &'static str) -> Option<u64> {
+        let counter = self.disconnects.with_label_values(&[reason]);
+        counter.inc();
+        let at = DISCONNECT_REASONS.iter().position(|r| *r == reason)?;
+        due(&self.disconnect_logged_at[at]).then(|| counter.get())
+    }
+
+    /// Counts a filter of a SUBSCRIBE refused for `reason`.
+    pub fn subscription_refused(&self, reason: &'static str) {
+        self.subscriptions_refused
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Counts a CONNECT refused for its credentials, for `reason`.
@@ -439,9 +489,28 @@ impl Metrics {
         self.connections_refused.with_label_values(&[reason]).inc();
     }
 
-    pub fn protocol_error(&self, reason: &'static str) {
-        self.protocol_errors.with_label_values(&[reason]).inc();
+    /// Counts a connection closed for bad input, for `reason`. Returns the
+    /// total so far if this one is to be logged: at most one every ten
+    /// seconds for each reason, since a flood of malformed packets would
+    /// otherwise write a line for each.
+    pub fn protocol_error(&self, reason: &'static str) -> Option<u64> {
+        let counter = self.protocol_errors.with_label_values(&[reason]);
+        counter.inc();
+        let at = PROTOCOL_ERROR_REASONS.iter().position(|r| *r == reason)?;
+        due(&self.protocol_error_logged_at[at]).then(|| counter.get())
     }
+}
+
+/// Whether a line is due, the last one logged at `logged_at` (ms since the
+/// epoch); if so, `logged_at` becomes now. One caller wins a race.
+fn due(logged_at: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = crate::clock::now_ms();
+    let last = logged_at.load(Relaxed);
+    now >= last.saturating_add(DROP_LOG_EVERY_MS)
+        && logged_at
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
 }
 
 /// What this node counted since it started: PUBLISH packets received, sent
@@ -501,5 +570,19 @@ mod tests {
                 bytes_sent: 7,
             }
         );
+    }
+
+    #[test]
+    fn quiet_disconnects_are_all_counted_and_logged_once_per_reason_at_first() {
+        let m = Metrics::unregistered();
+        assert_eq!(m.disconnected_quietly("taken_over"), Some(1));
+        assert_eq!(m.disconnected_quietly("taken_over"), None);
+        assert_eq!(m.disconnected_quietly("connect_timeout"), Some(1));
+        assert_eq!(m.disconnected_quietly("taken_over"), None);
+        let count = |reason| m.disconnects.with_label_values(&[reason]).get();
+        assert_eq!((count("taken_over"), count("connect_timeout")), (3, 1));
+        assert_eq!(m.protocol_error("malformed"), Some(1));
+        assert_eq!(m.protocol_error("malformed"), None);
+        assert_eq!(m.protocol_error("violation"), Some(1));
     }
 }

@@ -9,10 +9,12 @@
 //! send, and `subscribers` and `traffic` are the clients of the cluster tests.
 //! `workload` holds clients that record a `history` of what they did and saw,
 //! `nemesis` inflicts seeded faults meanwhile, and `check` judges the history.
+//! `attack` floods a broker with bad input while a probe client measures it.
 //!
 //! A library of its own, so that each test binary links what it uses and
 //! nothing here is dead code in any of them.
 
+pub mod attack;
 pub mod check;
 pub mod client;
 pub mod cluster;

@@ -378,6 +378,28 @@ impl Raw {
         }
     }
 
+    /// A TCP connection with nothing sent yet, or why there is none: for
+    /// clients that must not panic when the broker refuses them.
+    pub async fn try_tcp(port: u16) -> Result<Raw, String> {
+        let stream = match tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port))).await
+        {
+            Err(_) => return Err(format!("TCP connect to {port} timed out")),
+            Ok(Err(e)) => return Err(format!("TCP connect to {port}: {e}")),
+            Ok(Ok(stream)) => stream,
+        };
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("nodelay: {e}"))?;
+        let (read, writer) = stream.into_split();
+        Ok(Raw {
+            reader: Reader {
+                read,
+                buf: Vec::new(),
+            },
+            writer,
+        })
+    }
+
     /// Sends `connect` and returns the CONNACK's (session present, return code).
     pub async fn connect_with(port: u16, connect: &Connect) -> (Raw, bool, u8) {
         let mut raw = Raw::tcp(port).await;
@@ -390,23 +412,7 @@ impl Raw {
     /// before the CONNACK, or no CONNACK within `WAIT` is an `Err` instead of a
     /// panic: for clients that look for a node that will take them.
     pub async fn try_connect_with(port: u16, connect: &Connect) -> Result<(Raw, bool, u8), String> {
-        let stream = match tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port))).await
-        {
-            Err(_) => return Err(format!("TCP connect to {port} timed out")),
-            Ok(Err(e)) => return Err(format!("TCP connect to {port}: {e}")),
-            Ok(Ok(stream)) => stream,
-        };
-        stream
-            .set_nodelay(true)
-            .map_err(|e| format!("nodelay: {e}"))?;
-        let (read, writer) = stream.into_split();
-        let mut raw = Raw {
-            reader: Reader {
-                read,
-                buf: Vec::new(),
-            },
-            writer,
-        };
+        let mut raw = Raw::try_tcp(port).await?;
         raw.try_send(&connect.encode())
             .await
             .map_err(|e| format!("send CONNECT: {e}"))?;
@@ -466,6 +472,20 @@ impl Raw {
             Read::Timeout => {}
             Read::Packet(packet) => panic!("unexpected packet {packet:?}"),
             Read::Closed => panic!("connection closed"),
+        }
+    }
+
+    /// Whether the broker closes the connection within `timeout`; packets
+    /// that arrive first are skipped.
+    pub async fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read(left).await {
+                Read::Closed => return true,
+                Read::Packet(_) => {}
+                Read::Timeout => return false,
+            }
         }
     }
 

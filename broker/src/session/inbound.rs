@@ -721,23 +721,29 @@ impl Session {
             if matches!(shared, Some(Ok(_))) && options.no_local {
                 return self.violation("No Local on a shared subscription [MQTT-3.8.3-4]", view);
             }
-            let code = if validate_topic_filter(&filter).is_err()
-                || matches!(shared, Some(Err(_)))
-                || !config.topic_within_limits(&filter)
+            let code = if validate_topic_filter(&filter).is_err() || matches!(shared, Some(Err(_)))
             {
                 tracing::debug!(%filter, "invalid topic filter refused");
+                view.metrics().subscription_refused("invalid_filter");
+                ReasonCode::TopicFilterInvalid
+            } else if !config.topic_within_limits(&filter) {
+                tracing::debug!(%filter, "topic filter over the topic limits refused");
+                view.metrics().subscription_refused("topic_limits");
                 ReasonCode::TopicFilterInvalid
             } else if shared.is_some() && !config.shared_subscriptions {
+                view.metrics().subscription_refused("shared_unsupported");
                 ReasonCode::SharedSubscriptionsNotSupported
             } else if !self.acl_allows_subscribe(&filter, view) {
                 log!(self, debug, %filter, "SUBSCRIBE denied by the ACL");
+                view.metrics().subscription_refused("not_authorized");
                 ReasonCode::NotAuthorized
             } else if config.max_subscriptions > 0
                 && held + accepted.len() >= config.max_subscriptions
                 && !view.has_subscription(&client_id, &filter)
             {
-                log!(self, info, %filter, "SUBSCRIBE over max_subscriptions refused");
+                log!(self, debug, %filter, "SUBSCRIBE over max_subscriptions refused");
                 view.metrics().dropped("max_subscriptions");
+                view.metrics().subscription_refused("max_subscriptions");
                 ReasonCode::QuotaExceeded
             } else {
                 options.qos = options.qos.min(config.max_qos());

@@ -251,6 +251,9 @@ pub(crate) struct Session {
     version: Option<ProtocolVersion>,
     /// CONNACK was sent.
     connacked: bool,
+    /// Some bytes came from the client: a connection that times out before
+    /// CONNECT is a slow one rather than a silent one.
+    heard: bool,
     client_id: Option<Arc<str>>,
     persistent: bool,
     keep_alive: Option<Duration>,
@@ -307,6 +310,7 @@ impl Session {
             conn,
             version: None,
             connacked: false,
+            heard: false,
             client_id: None,
             persistent: false,
             keep_alive: None,
@@ -391,6 +395,7 @@ impl Session {
     /// Decodes and handles every complete packet in `input`. Returns how many
     /// packets were handled.
     pub fn input(&mut self, input: &mut BytesMut, view: &impl View) -> usize {
+        self.heard |= !input.is_empty();
         let mut handled = 0;
         while self.end.is_none() {
             match mqtt::decode(input, view.config().max_packet_size, self.version) {
@@ -570,9 +575,11 @@ impl Session {
                 }));
             }
             (then, Reply::RetainedFull) => {
+                // Counted, and logged now and then with the other drops: a
+                // flood of retained messages would log a line each.
                 log!(
                     self,
-                    info,
+                    debug,
                     "retained PUBLISH refused: the retained messages are at their limit"
                 );
                 view.metrics().dropped("retained_full");
@@ -613,7 +620,17 @@ impl Session {
     fn stop(&mut self, why: Stop, view: &impl View) {
         let (end, reason, text) = match why {
             Stop::TakenOver => {
-                log!(self, info, "session taken over by a new connection");
+                // A storm of CONNECTs with one client id would log a line
+                // each: counted always, logged now and then.
+                if let Some(total) = view.metrics().disconnected_quietly("taken_over") {
+                    log!(
+                        self,
+                        info,
+                        total,
+                        "session taken over by a new connection (logged at most every 10 s; \
+                         starling_client_disconnects_total{{reason=\"taken_over\"}} counts every one)"
+                    );
+                }
                 let text = "another connection took the session over";
                 (End::TakenOver, ReasonCode::SessionTakenOver, text)
             }
@@ -648,10 +665,22 @@ impl Session {
                 (End::Lost, ReasonCode::AdministrativeAction, text)
             }
             Stop::Expired => {
-                if self.version.is_some() {
-                    log!(self, info, "keepalive expired [MQTT-3.1.2-24]");
-                } else {
-                    log!(self, info, "no CONNECT in time");
+                let (reason, what) = match (self.version, self.heard) {
+                    (Some(_), _) => ("keepalive_timeout", "keepalive expired [MQTT-3.1.2-24]"),
+                    (None, false) => ("connect_timeout", "nothing received, no CONNECT in time"),
+                    (None, true) => ("slow_connect", "CONNECT begun but not finished in time"),
+                };
+                // Sockets left open and silent come by the thousand from a
+                // flood: counted always, logged now and then.
+                if let Some(total) = view.metrics().disconnected_quietly(reason) {
+                    log!(
+                        self,
+                        info,
+                        reason,
+                        total,
+                        "closing: {what} (logged at most every 10 s for each reason; \
+                         starling_client_disconnects_total counts every one)"
+                    );
                 }
                 let text = "nothing from the client within its keepalive";
                 (End::Lost, ReasonCode::KeepAliveTimeout, text)
@@ -663,13 +692,17 @@ impl Session {
 
     fn decode_failed(&mut self, e: mqtt::DecodeError, view: &impl View) {
         if let (mqtt::DecodeError::UnsupportedProtocolLevel(level), None) = (&e, self.version) {
-            log!(
-                self,
-                info,
-                level,
-                "unsupported protocol level [MQTT-3.1.2-2]"
-            );
-            view.metrics().protocol_error("protocol_level");
+            match view.metrics().protocol_error("protocol_level") {
+                Some(total) => log!(
+                    self,
+                    info,
+                    level,
+                    total,
+                    "unsupported protocol level [MQTT-3.1.2-2] (logged at most every 10 s; \
+                     starling_protocol_errors_total counts every one)"
+                ),
+                None => log!(self, debug, level, "unsupported protocol level"),
+            }
             // Answered as 3.1.1 demands (return code 0x01): MQTT 5 only allows
             // its 0x84 (section 3.1.2.2), and a client of a level we do not
             // know reads neither layout for sure.
@@ -685,8 +718,18 @@ impl Session {
             mqtt::DecodeError::PacketTooLarge { .. } => "too_large",
             _ => "malformed",
         };
-        log!(self, info, error = %e, "closing connection: bad packet");
-        view.metrics().protocol_error(reason);
+        match view.metrics().protocol_error(reason) {
+            Some(total) => log!(
+                self,
+                info,
+                error = %e,
+                reason,
+                total,
+                "closing connection: bad packet (logged at most every 10 s for each reason; \
+                 starling_protocol_errors_total counts every one)"
+            ),
+            None => log!(self, debug, error = %e, "closing connection: bad packet"),
+        }
         self.send_disconnect(e.reason_code(), &e.to_string());
         self.end = Some(End::Lost);
     }
@@ -744,8 +787,20 @@ impl Session {
     /// Closes the connection for a protocol violation, telling an MQTT 5
     /// client `reason`.
     fn violation_with(&mut self, what: &'static str, reason: ReasonCode, view: &impl View) {
-        log!(self, info, "closing connection: protocol violation: {what}");
-        view.metrics().protocol_error("violation");
+        match view.metrics().protocol_error("violation") {
+            Some(total) => log!(
+                self,
+                info,
+                total,
+                "closing connection: protocol violation: {what} (logged at most every 10 s; \
+                 starling_protocol_errors_total counts every one)"
+            ),
+            None => log!(
+                self,
+                debug,
+                "closing connection: protocol violation: {what}"
+            ),
+        }
         self.send_disconnect(reason, what);
         self.end = Some(End::Lost);
     }
