@@ -229,7 +229,7 @@ fn qos(u: &mut Unstructured) -> Result<QoS> {
 }
 
 fn packet_id(u: &mut Unstructured) -> Result<u16> {
-    Ok(u.int_in_range(1..=u16::MAX)?)
+    u.int_in_range(1..=u16::MAX)
 }
 
 fn code(u: &mut Unstructured, allowed_in: &str) -> Result<ReasonCode> {
@@ -256,7 +256,7 @@ fn opt<T>(
 }
 
 fn nonzero_u16(u: &mut Unstructured) -> Result<u16> {
-    Ok(u.int_in_range(1..=u16::MAX)?)
+    u.int_in_range(1..=u16::MAX)
 }
 
 /// Which groups of properties a packet may carry (MQTT 5.0 section 2.2.2.2).
