@@ -23,7 +23,7 @@ use crate::timeouts;
 
 /// What travels in one forward frame.
 #[derive(Debug, Serialize, Deserialize)]
-enum Frame {
+pub(crate) enum Frame {
     /// A message for this node's subscribers, and the members of shared
     /// subscriptions the sender chose for it (delivered if they are here).
     Publish(Message, Vec<Target>),

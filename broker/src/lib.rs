@@ -10,6 +10,8 @@ mod effects;
 mod events;
 mod forward;
 mod fsync_metrics;
+#[doc(hidden)]
+pub mod fuzzing;
 mod listener;
 pub mod metrics;
 pub mod registry;

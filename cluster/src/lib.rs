@@ -14,6 +14,8 @@ use std::time::Duration;
 
 mod compaction;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod liveness;
 mod membership;
 mod network;

@@ -139,6 +139,10 @@ impl Cli {
     /// the `STARLING_*` variables in `env`, then by the flags; with
     /// `node_id_from_hostname`, the node id is then taken from the hostname; checked
     /// as a whole.
+    // `ConfigError` is large (it carries a TOML error), and lives in the library
+    // since the fuzz targets need it: only then does clippy look at its size here.
+    // Read once per start; not worth a box.
+    #[allow(clippy::result_large_err)]
     pub fn resolve_config<I>(&self, env: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,

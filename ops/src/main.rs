@@ -4,7 +4,6 @@
 
 mod api;
 mod cli;
-mod config;
 mod ctl;
 mod http;
 mod log_limit;
@@ -18,6 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+// The configuration lives in the library (src/lib.rs), for the fuzz targets;
+// `crate::config` still names it here.
+use starling::config;
 use starling_broker::{Broker, BrokerConfig, ClusterConfig};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};

@@ -278,6 +278,11 @@ impl PasswordFile {
         let mut first_seen: HashMap<String, usize> = HashMap::new();
         for (at, raw) in text.lines().enumerate() {
             let number = at + 1;
+            // `lines` takes "\r\n" for a line end, but leaves a "\r" before it
+            // ("a\r\r\n") or at the end of the text ("a\r"): dropped here too,
+            // or `to_text` would write "a\r\n", which reads back as "a", and
+            // the file would change at every save.
+            let raw = raw.trim_end_matches('\r');
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
                 file.lines.push(Line {
@@ -572,6 +577,25 @@ mod tests {
             assert!(file.set(user, b"p").is_err(), "{user:?}");
         }
         assert!(file.is_empty());
+    }
+
+    /// Found by the `auth_files` fuzz target: a last line ending in "\r" (or
+    /// any line in "\r\r\n") was written back ending in "\r\n", which reads
+    /// back without the "\r", so the file changed at every save.
+    #[test]
+    fn a_last_line_ending_in_a_carriage_return_is_written_back_as_read() {
+        for text in [
+            "\r",
+            "# note\r",
+            "# a\r\r\r\n#b",
+            &format!("{PBKDF2_BOB}\r"),
+        ] {
+            let file = PasswordFile::parse(text).expect("valid file");
+            let written = file.to_text();
+            let again = PasswordFile::parse(&written).expect("written file reads");
+            assert_eq!(again.to_text(), written, "{text:?}");
+            assert_eq!(again.len(), file.len());
+        }
     }
 
     #[test]

@@ -1,0 +1,27 @@
+//! The MQTT 3.1 / 3.1.1 decoder on arbitrary bytes: a stream of packets read as
+//! a connection reads them (the first by the rules that apply before CONNECT,
+//! the rest by the version CONNECT named, 3.1.1 if none), under a packet size
+//! limit taken from the input. No panic, no packet over the limit, and no
+//! allocation beyond what the bytes consumed justify.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use starling_fuzz::{decode_stream, Counting};
+use starling_proto::mqtt::ProtocolVersion;
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&limit, stream)) = data.split_first() else {
+        return;
+    };
+    // From 2 bytes (a PINGREQ) to the broker's default of 1 MiB.
+    let max_packet_size = match limit {
+        0 => 1024 * 1024,
+        n => 2 + usize::from(n) * 8,
+    };
+    decode_stream(stream, max_packet_size, None);
+    decode_stream(stream, max_packet_size, Some(ProtocolVersion::V3_1));
+});
