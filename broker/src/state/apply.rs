@@ -281,26 +281,12 @@ impl Apply<'_> {
                 self.publish(message, true, None);
                 Reply::Published { duplicate: false }
             }
-            Command::DrainNode { node } => match self.state.nodes.get(&node) {
-                Some(record) if !record.down => {
-                    self.effects.push(Effect::Drain {
-                        node,
-                        incarnation: record.incarnation,
-                    });
-                    Reply::Found(true)
-                }
-                _ => Reply::Found(false),
-            },
-            Command::StepDown { node } => match self.state.nodes.get(&node) {
-                Some(record) if !record.down => {
-                    self.effects.push(Effect::StepDown {
-                        node,
-                        incarnation: record.incarnation,
-                    });
-                    Reply::Found(true)
-                }
-                _ => Reply::Found(false),
-            },
+            Command::DrainNode { node } => {
+                self.ask_live_node(node, |incarnation| Effect::Drain { node, incarnation })
+            }
+            Command::StepDown { node } => {
+                self.ask_live_node(node, |incarnation| Effect::StepDown { node, incarnation })
+            }
             Command::ClearRetained { topic } => match self.state.retained.remove(&topic) {
                 Some(old) => {
                     self.state.retained_bytes -= retained_bytes(&old);
@@ -482,6 +468,19 @@ impl Apply<'_> {
         self.state.retained_bytes -= freed;
         for will in wills {
             self.publish(will, true, None);
+        }
+    }
+
+    /// An operator's request to node `node`: the effect for its current
+    /// incarnation (so a restarted node replaying its log does not act on it
+    /// again), and `Found(false)` when it is no live node.
+    fn ask_live_node(&mut self, node: u64, effect: impl FnOnce(u64) -> Effect) -> Reply {
+        match self.state.nodes.get(&node) {
+            Some(record) if !record.down => {
+                self.effects.push(effect(record.incarnation));
+                Reply::Found(true)
+            }
+            _ => Reply::Found(false),
         }
     }
 
