@@ -7,20 +7,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use starling_fuzz::{decode_stream, Counting};
+use starling_fuzz::{decode_stream, split_limit, Counting};
 use starling_proto::mqtt::ProtocolVersion;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&limit, stream)) = data.split_first() else {
+    let Some((max_packet_size, stream)) = split_limit(data) else {
         return;
-    };
-    // From 2 bytes (a PINGREQ) to the broker's default of 1 MiB.
-    let max_packet_size = match limit {
-        0 => 1024 * 1024,
-        n => 2 + usize::from(n) * 8,
     };
     decode_stream(stream, max_packet_size, None);
     decode_stream(stream, max_packet_size, Some(ProtocolVersion::V3_1));

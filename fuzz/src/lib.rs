@@ -79,6 +79,18 @@ pub const BYTES_PER_WIRE_BYTE: usize = 24;
 /// properties, a will, and the first allocation of each vector.
 pub const BYTES_PER_PACKET: usize = 4096;
 
+/// Splits a decoder target's input into a packet size limit, from its first
+/// byte (0: the broker's default of 1 MiB; otherwise from 10 bytes up, in
+/// steps of 8), and the stream to decode. `None` for an empty input.
+pub fn split_limit(data: &[u8]) -> Option<(usize, &[u8])> {
+    let (&limit, stream) = data.split_first()?;
+    let max_packet_size = match limit {
+        0 => 1024 * 1024,
+        n => 2 + usize::from(n) * 8,
+    };
+    Some((max_packet_size, stream))
+}
+
 /// Decodes packets off `input` as a connection does, with `max_packet_size`
 /// as its limit, until the buffer is used up or a packet is refused. Checks
 /// that no packet is larger than the limit or than its bytes, and that no call
